@@ -1,0 +1,24 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="zspark",
+    version="0.1.0",
+    description="Event ingestion appliance: HTTP and ZeroMQ in, a durable journal, Kafka and MongoDB out",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(exclude=["tests", "tests.*"]),
+    install_requires=[
+        "gevent>=24.2",
+        "pyzmq>=25.1",
+        "bottle>=0.12.25",
+        # BSON comes from pymongo's own `bson` module; never install the PyPI package `bson`.
+        "pymongo>=4.6",
+        "PyYAML>=6.0",
+    ],
+    extras_require={
+        "test": ["nose2>=0.14"],
+    },
+    entry_points={"console_scripts": ["zcmd = zspark.cli:main"]},
+    scripts=["scripts/zsend"],
+)
