@@ -1,0 +1,65 @@
+"""`zcmd`: the one command that runs and inspects zspark.
+
+    zcmd [-y CONFIG] serve | validate | tail ...
+
+The config file comes from -y/--config, else $ZSPARK_CONFIG, else the built-in defaults. A bad
+config exits with status 2 and a message naming the key and the file.
+"""
+from gevent import monkey
+
+monkey.patch_all()  # before anything imports socket, threading or pymongo
+
+import argparse  # noqa: E402
+import importlib  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+
+from . import __version__, config as config_module  # noqa: E402
+from .commands import COMMANDS  # noqa: E402
+
+EXIT_CONFIG = 2
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="zcmd",
+        description="Run and inspect zspark, the event ingestion appliance.",
+        epilog="Run 'zcmd COMMAND --help' for a command's options.")
+    parser.add_argument("-y", "--config", metavar="FILE", default=os.environ.get("ZSPARK_CONFIG"),
+                        help="YAML config file (default: $ZSPARK_CONFIG, else built-in defaults)")
+    parser.add_argument("--version", action="version", version=f"zspark {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        module = importlib.import_module(f"zspark.commands.{name}")
+        doc = (module.__doc__ or "").strip()
+        summary = doc.splitlines()[0] if doc else name
+        p = sub.add_parser(name, help=summary, description=doc,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(p)
+        p.set_defaults(run=module.run)
+    return parser
+
+
+def setup_logging(level):
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help(sys.stderr)
+        return EXIT_CONFIG
+    try:
+        config = config_module.load(args.config)
+    except config_module.ConfigError as e:
+        print(f"zcmd: bad config: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(config.log.level)
+    return args.run(args, config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""ZSparkClient: send events to zspark over ZeroMQ PUSH; a drop-in for Zarkov's ZarkovClient.
+
+    from zspark.client import ZSparkClient
+    client = ZSparkClient("tcp://127.0.0.1:6543")
+    client.event("page_view", {"user": "rick", "path": "/"})
+    client.event("signup", {"user": "rick"}, extra={"plan": "pro"}, topic="web", level="info")
+
+PUSH has no acknowledgement: `event` returns once ZeroMQ has queued the frame, not once zspark has
+journaled it. Frames are BSON by default (connect to zspark's BSON socket, 6543); pass
+`format="json"` to talk to the JSON socket (6544).
+"""
+import datetime
+import json
+
+import bson
+import zmq
+
+from .journal.codec import to_json_value
+
+
+class ZSparkClient:
+    def __init__(self, addr, context=None, format="bson", linger_ms=None):
+        if format not in ("bson", "json"):
+            raise ValueError("format must be 'bson' or 'json'")
+        self.addr = addr
+        self.format = format
+        self._context = context or zmq.Context.instance()
+        self._sock = self._context.socket(zmq.PUSH)
+        if linger_ms is not None:
+            self._sock.setsockopt(zmq.LINGER, linger_ms)
+        self._sock.connect(addr)
+
+    def event(self, type, context=None, extra=None, **fields):
+        """Send one event; `fields` are the other event fields (level, topic, env, stimestamp...)."""
+        doc = dict(fields, type=type, context=context if context is not None else {})
+        if extra is not None:
+            doc["extra"] = extra
+        self.send(doc)
+
+    def event_noval(self, type, context=None, extra=None, **fields):
+        """Send an event zspark stores as it is, without validating its fields (Zarkov's)."""
+        doc = dict(fields, type=type, context=context if context is not None else {})
+        doc.setdefault("timestamp", datetime.datetime.now(datetime.timezone.utc))
+        if extra is not None:
+            doc["extra"] = extra
+        self._command("event_noval", **doc)
+
+    def _command(self, cmd, **kw):
+        self.send(dict(kw, **{"$command": cmd}))
+
+    def send(self, doc):
+        """Send one document as it is."""
+        if self.format == "bson":
+            frame = bson.encode(doc)
+        else:
+            frame = json.dumps(doc, default=to_json_value).encode("utf-8")
+        self._sock.send(frame)
+
+    def close(self, linger_ms=None):
+        self._sock.close(linger=linger_ms)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+ZarkovClient = ZSparkClient

@@ -1,0 +1,33 @@
+"""Run the appliance: HTTP and ZeroMQ sources and the journal in one gevent process.
+
+SIGTERM or SIGINT stops it gracefully: it stops accepting, answers the requests in flight,
+journals what the ZeroMQ sockets hold, syncs the journal and exits 0. Exit 1 means a part of the
+server failed while running; exit 3 that it could not start (the message says why).
+"""
+import logging
+import signal
+import sys
+
+import gevent
+
+from ..server import Server, StartupError
+
+log = logging.getLogger("zspark.serve")
+EXIT_STARTUP = 3
+
+
+def add_arguments(parser):
+    pass
+
+
+def run(args, config):
+    server = Server(config)
+    try:
+        server.start()
+    except StartupError as e:
+        log.error("cannot start: %s", e)
+        print(f"zcmd serve: cannot start: {e}", file=sys.stderr)
+        return EXIT_STARTUP
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(signum, server.request_stop, signal.Signals(signum).name)
+    return server.run()

@@ -1,0 +1,285 @@
+"""The configuration: one YAML file loaded into one validated, typed `Config`.
+
+Every setting has a default, so an empty file (or none) serves. A wrong type, an unknown key or a
+bad address raises `ConfigError` naming the key and the file. Zarkov's flat keys
+(`bson_bind_address`, `web_port`, `mongo_uri`, ...) are accepted as aliases of the nested ones.
+Relative paths are resolved against the directory of the file they were read from.
+"""
+import dataclasses
+import ipaddress
+import os
+import re
+import socket
+from dataclasses import dataclass, field
+from typing import Any, get_args, get_origin
+
+import yaml
+
+
+class ConfigError(Exception):
+    """A config value that cannot be used; the message names the key and the file."""
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
+               "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+
+
+class ByteSize(int):
+    """An integer number of bytes; YAML may also say `64MiB`, `10GB`, `512k`."""
+
+
+class Path(str):
+    """A filesystem path, resolved against the config file's directory."""
+
+
+class ZmqAddress(str):
+    """A ZeroMQ endpoint such as `tcp://127.0.0.1:6543`; empty disables the socket."""
+
+
+class Host(str):
+    """An interface address to bind to, such as `127.0.0.1` or `0.0.0.0`."""
+
+
+class Port(int):
+    """A TCP port, 1-65535 (0 asks the kernel for a free one)."""
+
+
+def _choice(*values):
+    return type("Choice", (str,), {"choices": values})
+
+
+@dataclass
+class NodeConfig:
+    id: str = field(default_factory=socket.gethostname)
+
+
+@dataclass
+class JournalConfig:
+    dir: Path = Path("journal")
+    sync: _choice("always", "batch", "never") = "batch"
+    sync_interval_ms: float = 5.0
+    segment_bytes: ByteSize = ByteSize(64 * 1024**2)
+    max_bytes: ByteSize = ByteSize(10 * 1024**3)
+    retain_hours: float = 168.0
+    retention_check_s: float = 60.0
+
+
+@dataclass
+class HttpConfig:
+    enabled: bool = True
+    host: Host = Host("127.0.0.1")
+    port: Port = Port(8080)
+    root: str = ""
+    max_body_bytes: ByteSize = ByteSize(4 * 1024**2)
+    tokens: list[str] = field(default_factory=list)
+    trusted_proxies: list[str] = field(default_factory=list)
+    retry_after_s: int = 5
+    stop_timeout_s: float = 10.0
+
+
+@dataclass
+class ZmqConfig:
+    bson_bind: ZmqAddress = ZmqAddress("tcp://127.0.0.1:6543")
+    json_bind: ZmqAddress = ZmqAddress("tcp://127.0.0.1:6544")
+    max_message_bytes: ByteSize = ByteSize(1024**2)
+    receive_batch: int = 1000
+
+
+@dataclass
+class EventConfig:
+    max_string_bytes: ByteSize = ByteSize(64 * 1024)
+    max_depth: int = 32
+    max_fields: int = 1000
+
+
+@dataclass
+class KafkaConfig:
+    enabled: bool = False
+    brokers: str = "127.0.0.1:9092"
+
+
+@dataclass
+class MongoConfig:
+    enabled: bool = False
+    uri: str = "mongodb://127.0.0.1:27017/?directConnection=true"
+    database: str = "zspark"
+    collection: str = "event"
+
+
+@dataclass
+class LogConfig:
+    level: _choice("debug", "info", "warning", "error") = "info"
+
+
+@dataclass
+class Config:
+    node: NodeConfig = field(default_factory=NodeConfig)
+    journal: JournalConfig = field(default_factory=JournalConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    zmq: ZmqConfig = field(default_factory=ZmqConfig)
+    event: EventConfig = field(default_factory=EventConfig)
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    mongo: MongoConfig = field(default_factory=MongoConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    source: str = "<defaults>"  # the file this was loaded from, for messages
+
+
+# Zarkov's flat keys -> (nested key, converter)
+ZARKOV_ALIASES = {
+    "bson_bind_address": ("zmq.bson_bind", None),
+    "json_bind_address": ("zmq.json_bind", None),
+    "web_port": ("http.port", None),
+    "mongo_uri": ("mongo.uri", None),
+    "mongo_database": ("mongo.database", None),
+    "journal": ("journal.dir", None),
+    "verbose": ("log.level", lambda v: "debug" if v is True else ("info" if v is False else v)),
+}
+
+
+def load(path=None) -> Config:
+    """Load and validate the YAML file at `path`; None gives the defaults."""
+    if path is None:
+        return Config()
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    return from_dict(data, source=str(path), base_dir=os.path.dirname(os.path.abspath(path)))
+
+
+def from_dict(data, source="<dict>", base_dir=None) -> Config:
+    """Build a Config from already-parsed data (a mapping or None)."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {_kind(data)}")
+    data = _apply_aliases(dict(data), source)
+    ctx = _Context(source, base_dir or os.getcwd())
+    config = _build(Config, data, "", ctx)
+    config.source = source
+    return config
+
+
+def _apply_aliases(data, source):
+    for flat, (nested, convert) in ZARKOV_ALIASES.items():
+        if flat not in data or (flat == nested.split(".")[0] and isinstance(data[flat], dict)):
+            continue  # `journal:` is both Zarkov's path and our section
+        value = data.pop(flat)
+        if convert:
+            value = convert(value)
+        section, key = nested.split(".")
+        target = data.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"{source}: key '{section}' must be a mapping, got {_kind(target)}")
+        if key in target:
+            raise ConfigError(f"{source}: '{flat}' and '{nested}' both set; keep one")
+        target[key] = value
+    return data
+
+
+@dataclass
+class _Context:
+    source: str
+    base_dir: str
+
+
+def _build(cls, data, prefix, ctx):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{ctx.source}: key '{prefix.rstrip('.')}' must be a mapping, got {_kind(data)}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        known = ", ".join(sorted(fields))
+        raise ConfigError(f"{ctx.source}: unknown key '{prefix}{unknown[0]}' (known here: {known})")
+    values = {}
+    for name, f in fields.items():
+        if name not in data:
+            continue
+        key = prefix + name
+        if dataclasses.is_dataclass(f.type):
+            values[name] = _build(f.type, data[name] if data[name] is not None else {}, key + ".", ctx)
+        else:
+            values[name] = _convert(f.type, data[name], key, ctx)
+    return cls(**values)
+
+
+def _convert(typ, value, key, ctx):
+    def fail(expected):
+        raise ConfigError(f"{ctx.source}: key '{key}': expected {expected}, got {value!r}")
+
+    if get_origin(typ) is list:
+        (item_type,) = get_args(typ)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            fail("a list")
+        return [_convert(item_type, v, f"{key}[{i}]", ctx) for i, v in enumerate(value)]
+    if typ is bool:
+        if not isinstance(value, bool):
+            fail("true or false")
+        return value
+    if typ is ByteSize:
+        return ByteSize(_parse_size(value, fail))
+    if typ is Port:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+            fail("a TCP port number 0-65535")
+        return Port(value)
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            fail("a non-negative integer")
+        return value
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            fail("a non-negative number")
+        return float(value)
+    if not isinstance(value, str):
+        fail("a string")
+    if typ is Path:
+        return Path(os.path.normpath(os.path.join(ctx.base_dir, os.path.expanduser(value))))
+    if typ is Host:
+        if value in ("localhost", "*"):
+            return Host("127.0.0.1" if value == "localhost" else "0.0.0.0")
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            fail("an IP address to bind to, such as 127.0.0.1 or 0.0.0.0")
+        return Host(value)
+    if typ is ZmqAddress:
+        if value and not _ZMQ_ADDRESS.match(value):
+            fail("a ZeroMQ endpoint such as tcp://127.0.0.1:6543 (or '' to disable)")
+        return ZmqAddress(value)
+    choices = getattr(typ, "choices", None)
+    if choices and value not in choices:
+        fail("one of " + ", ".join(choices))
+    return value
+
+
+_ZMQ_ADDRESS = re.compile(r"^(tcp://(\*|\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(\*|\d{1,5})|ipc://.+|inproc://.+)$")
+
+
+def _parse_size(value, fail):
+    if isinstance(value, bool):
+        fail("a size in bytes such as 1048576 or '64MiB'")
+    if isinstance(value, int) and value >= 0:
+        return value
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", value)
+        if m and m.group(2).lower() in _SIZE_UNITS:
+            return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    fail("a size in bytes such as 1048576 or '64MiB'")
+
+
+def _kind(value):
+    return {dict: "a mapping", list: "a list", str: "a string"}.get(type(value), type(value).__name__)
+
+
+def describe(config: Config) -> dict:
+    """The config as plain data (for `zcmd validate` and `/status`), without secrets."""
+    data = dataclasses.asdict(config)
+    data.pop("source", None)
+    if data["http"]["tokens"]:
+        data["http"]["tokens"] = [f"<{len(data['http']['tokens'])} configured>"]
+    return data

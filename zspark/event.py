@@ -1,0 +1,207 @@
+"""The event schema: `normalize` turns what any source received into one valid event document.
+
+Fields (DESIGN.md): `_id` (assigned by the journal), `timestamp` (when zspark received it, UTC),
+`stimestamp` (the sender's own time), `type` (required), `level`, `topic`, `env`, `version`, `ip`,
+`referrer`, `user_agent`, `cookies`, `context`, `extra`, `source`, `node`.
+
+Every source calls `normalize`; a bad event raises `InvalidEvent` with a reason a sender can act
+on ("context.user: nested deeper than 32 levels"). Nothing here raises anything else for bad input.
+"""
+import datetime
+import ipaddress
+import math
+
+from bson import ObjectId
+from bson.int64 import Int64
+
+UTC = datetime.timezone.utc
+
+STRING_FIELDS = ("type", "level", "topic", "env", "version", "ip", "referrer", "user_agent")
+FIELDS = frozenset(STRING_FIELDS + ("timestamp", "stimestamp", "cookies", "context", "extra",
+                                    "source", "node", "_id"))
+# Fields the sender may not set: the appliance assigns them.
+ASSIGNED = ("_id", "source", "node")
+SHORT_LIMIT = 256  # type, level, topic, env, version: names, not payloads
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+class InvalidEvent(ValueError):
+    """The event cannot be accepted; str() is the reason to give the sender."""
+
+
+class Limits:
+    """Size limits applied by normalize (from the `event` config section)."""
+
+    def __init__(self, max_string_bytes=64 * 1024, max_depth=32, max_fields=1000):
+        self.max_string_bytes = max_string_bytes
+        self.max_depth = max_depth
+        self.max_fields = max_fields
+
+    @classmethod
+    def from_config(cls, event_config):
+        return cls(event_config.max_string_bytes, event_config.max_depth, event_config.max_fields)
+
+
+DEFAULT_LIMITS = Limits()
+
+
+def normalize(raw, source, node, now=None, limits=DEFAULT_LIMITS, trusted=False):
+    """Validate `raw` (a mapping from JSON, BSON or a query string) and return the event document.
+
+    `trusted` is Zarkov's `event_noval`: the sender vouches for the fields, so unknown fields are
+    kept as they are, but the document must still be storable and have a string `type`.
+    """
+    if not isinstance(raw, dict):
+        raise InvalidEvent(f"an event must be a JSON object / BSON document, got {_kind(raw)}")
+    now = now or datetime.datetime.now(UTC)
+    event = {"timestamp": now}
+    for name, value in raw.items():
+        if not isinstance(name, str):
+            raise InvalidEvent(f"field names must be strings, got {name!r}")
+        if name in ASSIGNED:
+            continue  # assigned below; a sender's value is ignored, never trusted
+        if name == "timestamp":
+            # Zarkov's clients send their own time as `timestamp`; it becomes `stimestamp`.
+            if "stimestamp" not in raw and value is not None:
+                event["stimestamp"] = _timestamp(value, "timestamp")
+            continue
+        if value is None:
+            continue
+        if name in STRING_FIELDS:
+            event[name] = _string(value, name, limits, SHORT_LIMIT if name in
+                                  ("type", "level", "topic", "env", "version") else None)
+        elif name == "stimestamp":
+            event[name] = _timestamp(value, name)
+        elif name == "cookies":
+            event[name] = _cookies(value, limits)
+        elif name in ("context", "extra"):
+            counter = [0]
+            if name == "context" and not isinstance(value, dict):
+                raise InvalidEvent(f"context: must be an object, got {_kind(value)}")
+            event[name] = _value(value, name, 1, limits, counter)
+        elif trusted:
+            event[name] = _value(value, name, 1, limits, [0])
+        else:
+            raise InvalidEvent(f"unknown field '{_short(name)}' (known: {', '.join(sorted(FIELDS - set(ASSIGNED)))})")
+    if "type" not in event:
+        raise InvalidEvent("type: required, a non-empty string")
+    if not event["type"]:
+        raise InvalidEvent("type: must not be empty")
+    if "ip" in event:
+        try:
+            ipaddress.ip_address(event["ip"])
+        except ValueError:
+            raise InvalidEvent(f"ip: not an IP address: {_short(event['ip'])!r}") from None
+    event["source"] = source
+    event["node"] = node
+    return event
+
+
+def _string(value, name, limits, short_limit=None):
+    if not isinstance(value, str):
+        raise InvalidEvent(f"{name}: must be a string, got {_kind(value)}")
+    limit = short_limit or limits.max_string_bytes
+    if len(value) > limit or (len(value) * 4 > limit and len(value.encode("utf-8", "surrogatepass")) > limit):
+        raise InvalidEvent(f"{name}: longer than {limit} bytes")
+    _check_text(value, name)
+    return value
+
+
+def _check_text(value, where):
+    if "\x00" in value:
+        raise InvalidEvent(f"{where}: contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidEvent(f"{where}: not valid UTF-8 text (lone surrogate)") from None
+
+
+def _timestamp(value, name):
+    if isinstance(value, datetime.datetime):
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise InvalidEvent(f"{name}: must be a finite number")
+        seconds = value / 1000.0 if abs(value) >= 1e11 else float(value)  # ms since epoch if large
+        try:
+            return datetime.datetime.fromtimestamp(seconds, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise InvalidEvent(f"{name}: out of range: {value!r}") from None
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            number = float(text)
+        except ValueError:
+            try:
+                parsed = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+            except ValueError:
+                raise InvalidEvent(f"{name}: not a time: {_short(value)!r} (use ISO 8601 or "
+                                   "seconds/milliseconds since the epoch)") from None
+            return _timestamp(parsed, name)
+        return _timestamp(number, name)
+    raise InvalidEvent(f"{name}: must be a time (ISO 8601 string or epoch number), got {_kind(value)}")
+
+
+def _cookies(value, limits):
+    if not isinstance(value, dict):
+        raise InvalidEvent(f"cookies: must be an object of strings, got {_kind(value)}")
+    if len(value) > limits.max_fields:
+        raise InvalidEvent(f"cookies: more than {limits.max_fields} entries")
+    out = {}
+    for k, v in value.items():
+        _check_key(k, "cookies")
+        out[k] = _string(v, f"cookies.{_short(k)}", limits)
+    return out
+
+
+def _check_key(key, path):
+    if not isinstance(key, str):
+        raise InvalidEvent(f"{path}: keys must be strings, got {key!r}")
+    if key.startswith("$"):
+        raise InvalidEvent(f"{path}: key {_short(key)!r} must not start with '$'")
+    if len(key) > SHORT_LIMIT:
+        raise InvalidEvent(f"{path}: a key is longer than {SHORT_LIMIT} characters")
+    _check_text(key, path)
+
+
+_PLAIN = (bool, type(None), datetime.datetime, ObjectId, bytes)
+
+
+def _value(value, path, depth, limits, counter):
+    """Check a free-form value (context, extra) and return it in storable form."""
+    counter[0] += 1
+    if counter[0] > limits.max_fields:
+        raise InvalidEvent(f"{path.split('.')[0]}: more than {limits.max_fields} values")
+    if isinstance(value, str):
+        return _string(value, path, limits)
+    if isinstance(value, _PLAIN):
+        return value
+    if isinstance(value, int):  # Int64 is an int
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise InvalidEvent(f"{path}: integer out of the 64-bit range")
+        return int(value) if not isinstance(value, Int64) else value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidEvent(f"{path}: must be a finite number")
+        return value
+    if depth > limits.max_depth:
+        raise InvalidEvent(f"{path}: nested deeper than {limits.max_depth} levels")
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            _check_key(k, path)
+            out[k] = _value(v, f"{path}.{k}", depth + 1, limits, counter)
+        return out
+    if isinstance(value, list):
+        return [_value(v, f"{path}[{i}]", depth + 1, limits, counter) for i, v in enumerate(value)]
+    raise InvalidEvent(f"{path}: unsupported value type {_kind(value)}")
+
+
+def _kind(value):
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+            type(None): "null", int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _short(text, limit=40):
+    text = str(text)
+    return text if len(text) <= limit else text[:limit] + "..."

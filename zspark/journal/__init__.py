@@ -1,0 +1,15 @@
+"""The journal: zspark's storage engine, the only thing between sources and sinks.
+
+`Journal` appends (group-committed, durable per sync policy), recovers at open and applies the
+size cap and retention; `Reader` iterates records from any offset; `Cursor` remembers how far a
+consumer got; `codec` turns events into records with stable ids.
+"""
+from .codec import decode_event, encode_event, event_id, event_to_json
+from .cursor import Cursor, list_cursors
+from .journal import Journal, JournalClosed, JournalError, JournalFull, JournalLocked, PendingAppend
+from .reader import Reader
+from .record import list_segments
+
+__all__ = ["Journal", "JournalError", "JournalFull", "JournalClosed", "JournalLocked", "PendingAppend",
+           "Reader", "Cursor", "list_cursors", "list_segments", "encode_event", "decode_event",
+           "event_id", "event_to_json"]

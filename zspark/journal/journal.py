@@ -1,0 +1,471 @@
+"""The journal's writing side: group-committed appends, recovery at open, size cap, retention.
+
+Appends from any number of greenlets are gathered into one batch; a single flusher greenlet
+writes each batch with one `write` and (per sync policy) one `fsync`, both in gevent's thread
+pool, and only then wakes the appenders. So an append returns only once its records are durable:
+
+    always  every batch is fsynced as soon as it is written (group commit, no waiting)
+    batch   fsync at most every `sync_interval` seconds, covering everything written since
+    never   written to the OS without fsync: survives a crash of zspark, not of the machine
+
+Readers (`reader()`) see only records that are durable under the policy, so an offset a forwarder
+has seen can never be reused after a crash.
+
+At open, the last segment is scanned: a torn record at its end is cut off and logged; damaged
+records before intact ones are left for readers to skip. One process writes a journal at a time
+(an exclusive lock on `.lock`).
+"""
+import errno
+import fcntl
+import logging
+import os
+import time
+
+import gevent
+from gevent.event import Event
+from gevent.hub import get_hub
+
+from . import record
+from .cursor import Cursor, list_cursors
+from .reader import Reader
+
+log = logging.getLogger("zspark.journal")
+
+SYNC_POLICIES = ("always", "batch", "never")
+
+
+class JournalError(Exception):
+    """The journal could not take the records (a write or fsync failed, or it is closed)."""
+
+
+class JournalFull(JournalError):
+    """Taking the records would go over `max_bytes`; nothing old is dropped to make room."""
+
+
+class JournalClosed(JournalError):
+    pass
+
+
+class JournalLocked(JournalError):
+    pass
+
+
+class PendingAppend:
+    """Records handed to the journal and waiting for their batch to become durable."""
+
+    __slots__ = ("offsets", "_batch")
+
+    def __init__(self, offsets, batch):
+        self.offsets = offsets
+        self._batch = batch
+
+    def wait(self):
+        """Block until durable; return the offsets, or raise JournalError."""
+        self._batch.done.wait()
+        if self._batch.error is not None:
+            raise self._batch.error
+        return self.offsets
+
+
+class _Batch:
+    __slots__ = ("chunks", "nbytes", "first", "last", "done", "error")
+
+    def __init__(self):
+        self.chunks = []
+        self.nbytes = 0
+        self.first = None
+        self.last = None
+        self.done = Event()
+        self.error = None
+
+
+class Stats:
+    def __init__(self):
+        self.syncs = 0
+        self.sync_seconds_total = 0.0
+        self.sync_seconds_last = 0.0
+        self.sync_seconds_max = 0.0
+        self.records_appended = 0
+        self.write_errors = 0
+        self.recovered_cut_bytes = 0
+
+    def record_sync(self, seconds):
+        self.syncs += 1
+        self.sync_seconds_total += seconds
+        self.sync_seconds_last = seconds
+        self.sync_seconds_max = max(self.sync_seconds_max, seconds)
+
+
+class Journal:
+    def __init__(self, directory, sync="batch", sync_interval=0.005, segment_bytes=64 * 1024**2,
+                 max_bytes=10 * 1024**3, retain_hours=168.0, on_fatal=None):
+        if sync not in SYNC_POLICIES:
+            raise ValueError(f"sync must be one of {SYNC_POLICIES}, not {sync!r}")
+        self.directory = os.path.abspath(directory)
+        self.sync = sync
+        self.sync_interval = sync_interval
+        self.segment_bytes = segment_bytes
+        self.max_bytes = max_bytes
+        self.retain_hours = retain_hours
+        self.stats = Stats()
+        self._on_fatal = on_fatal
+        self._threadpool = get_hub().threadpool
+        self._segments = []  # [base_offset, size_bytes], ascending; the last is active
+        self._fd = None
+        self._lock_fd = None
+        self._next_offset = 0  # the offset the next appended record gets
+        self._end_offset = 0  # records below this are durable and readable
+        self._open_batch = _Batch()
+        self._pending_bytes = 0  # framed bytes handed over but not yet written
+        self._wake = Event()
+        self._appended = Event()  # replaced each time records become durable
+        self._closing = False
+        self._closed = True
+        self._failed = None
+        self._flusher = None
+        self._last_sync = 0.0
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def open(self):
+        os.makedirs(self.directory, exist_ok=True)
+        self._lock()
+        try:
+            self._recover()
+        except BaseException:
+            self._unlock()
+            raise
+        self._closed = False
+        self._flusher = gevent.spawn(self._flush_loop)
+        self._flusher.link_exception(self._flusher_died)
+        log.info("journal %s open: offsets %d..%d, %d segment(s), %d bytes, sync=%s",
+                 self.directory, self.first_offset, self._end_offset, len(self._segments),
+                 self.size_bytes, self.sync)
+        return self
+
+    def close(self):
+        """Write and sync everything pending, then close. Appends after this fail."""
+        if self._closed:
+            return
+        self._closing = True
+        self._wake.set()
+        if self._flusher is not None and not self._flusher.dead:
+            self._flusher.join()
+        if self._fd is not None:
+            self._threadpool.apply(os.fsync, (self._fd,))
+            os.close(self._fd)
+            self._fd = None
+        self._unlock()
+        self._closed = True
+        self._notify_readers()
+        log.info("journal %s closed at offset %d", self.directory, self._end_offset)
+
+    def __enter__(self):
+        return self.open()
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- appending ----------------------------------------------------------------------------
+
+    def append(self, items, encode=None):
+        """Append records and wait until they are durable; return their offsets.
+
+        `items` are bytes, or anything `encode(item, offset) -> bytes` turns into bytes (so a
+        payload can carry its own offset, as event ids do).
+        """
+        return self.append_nowait(items, encode).wait()
+
+    def append_nowait(self, items, encode=None):
+        """Hand records to the journal without waiting; `.wait()` on the result to wait."""
+        if self._closed or self._closing:
+            raise JournalClosed("the journal is closed")
+        if self._failed is not None:
+            raise JournalError(f"the journal has stopped after an error: {self._failed}")
+        offset = self._next_offset
+        frames = []
+        nbytes = 0
+        for item in items:
+            payload = encode(item, offset) if encode is not None else item
+            frame = record.frame(offset, payload)
+            frames.append(frame)
+            nbytes += len(frame)
+            offset += 1
+        if not frames:
+            return PendingAppend([], _done_batch())
+        if self.size_bytes + self._pending_bytes + nbytes > self.max_bytes:
+            raise JournalFull(f"the journal is full ({self.size_bytes + self._pending_bytes} of "
+                              f"{self.max_bytes} bytes used)")
+        batch = self._open_batch
+        if batch.first is None:
+            batch.first = self._next_offset
+        batch.last = offset - 1
+        batch.chunks.extend(frames)
+        batch.nbytes += nbytes
+        self._pending_bytes += nbytes
+        offsets = list(range(self._next_offset, offset))
+        self._next_offset = offset
+        self._wake.set()
+        return PendingAppend(offsets, batch)
+
+    def _flush_loop(self):
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self.sync == "batch" and not self._closing:
+                delay = self._last_sync + self.sync_interval - time.monotonic()
+                if delay > 0:
+                    gevent.sleep(delay)  # let more appends join this batch
+            batch = self._open_batch
+            if not batch.chunks:
+                if self._closing:
+                    return
+                continue
+            self._open_batch = _Batch()
+            self._write_batch(batch)
+            if self._closing:
+                self._wake.set()  # drain whatever came in meanwhile, then stop
+
+    def _write_batch(self, batch):
+        try:
+            if self._segments[-1][1] >= self.segment_bytes:
+                self._roll(batch.first)
+            data = b"".join(batch.chunks)
+            position = self._segments[-1][1]
+            started = time.monotonic()
+            self._threadpool.apply(_write_at, (self._fd, data, position, self.sync != "never"))
+            if self.sync != "never":
+                self._last_sync = time.monotonic()
+                self.stats.record_sync(self._last_sync - started)
+        except OSError as e:
+            self.stats.write_errors += 1
+            batch.error = JournalFull(f"no space left for the journal: {e}") if e.errno in (
+                errno.ENOSPC, errno.EDQUOT) else JournalError(f"journal write failed: {e}")
+            log.error("journal: write of offsets %d..%d failed, those records were refused: %s",
+                      batch.first, batch.last, e)
+        else:
+            self._segments[-1][1] += len(data)
+            self._end_offset = batch.last + 1
+            self.stats.records_appended += batch.last - batch.first + 1
+            self._notify_readers()
+        finally:
+            self._pending_bytes -= batch.nbytes
+            batch.done.set()
+
+    def _roll(self, base):
+        """Close the active segment (synced) and start a new one whose first record is `base`."""
+        new_fd = self._threadpool.apply(_create_segment, (self.directory, base))
+        old_fd, self._fd = self._fd, new_fd
+        self._segments.append([base, 0])
+        self._threadpool.apply(_sync_and_close, (old_fd,))
+        log.info("journal: rolled to segment %s", record.segment_name(base))
+
+    def _flusher_died(self, greenlet):
+        self._failed = greenlet.exception
+        log.critical("journal flusher died: %r; refusing further appends", greenlet.exception)
+        for batch in (self._open_batch,):
+            batch.error = JournalError(f"journal flusher died: {greenlet.exception!r}")
+            batch.done.set()
+        if self._on_fatal is not None:
+            self._on_fatal(f"journal flusher died: {greenlet.exception!r}")
+
+    # -- reading ------------------------------------------------------------------------------
+
+    @property
+    def end_offset(self):
+        """One past the last durable record: readers see offsets below this."""
+        return self._end_offset
+
+    @property
+    def first_offset(self):
+        return self._segments[0][0] if self._segments else 0
+
+    @property
+    def size_bytes(self):
+        return sum(size for _, size in self._segments)
+
+    def segment_bases(self):
+        return [base for base, _ in self._segments]
+
+    def reader(self, offset=0):
+        return Reader(self.directory, offset, journal=self)
+
+    def wait_for_append(self, offset, timeout=None):
+        """Block until records at or past `offset` are durable, the journal closes, or timeout."""
+        if offset < self._end_offset or self._closed:
+            return True
+        return self._appended.wait(timeout)
+
+    def _notify_readers(self):
+        appended, self._appended = self._appended, Event()
+        appended.set()
+
+    def cursor(self, name):
+        return Cursor(self.directory, name)
+
+    # -- retention ----------------------------------------------------------------------------
+
+    def apply_retention(self, consumers, now=None):
+        """Delete whole segments every named consumer's cursor has passed and that are older
+        than `retain_hours`. Return the deleted segments' base offsets."""
+        now = time.time() if now is None else now
+        cursors = {name: Cursor(self.directory, name).offset for name in consumers}
+        passed = min(cursors.values()) if cursors else self._end_offset
+        deleted = []
+        while len(self._segments) > 1:
+            base, _ = self._segments[0]
+            next_base = self._segments[1][0]
+            if next_base > passed:
+                break
+            path = os.path.join(self.directory, record.segment_name(base))
+            try:
+                age_hours = (now - os.stat(path).st_mtime) / 3600.0
+            except FileNotFoundError:
+                age_hours = float("inf")
+            if age_hours < self.retain_hours:
+                break
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            self._segments.pop(0)
+            deleted.append(base)
+        if deleted:
+            log.info("journal retention: deleted %d segment(s) %s..%s (all consumers past offset %d)",
+                     len(deleted), record.segment_name(deleted[0]), record.segment_name(deleted[-1]),
+                     passed)
+        return deleted
+
+    def cursors(self):
+        return {name: Cursor(self.directory, name).offset for name in list_cursors(self.directory)}
+
+    # -- open: lock and recovery --------------------------------------------------------------
+
+    def _lock(self):
+        path = os.path.join(self.directory, ".lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise JournalLocked(f"journal {self.directory} is in use by another process"
+                                f"{' (pid ' + holder + ')' if holder else ''}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _unlock(self):
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _recover(self):
+        bases = record.list_segments(self.directory)
+        if not bases:
+            self._fd = _create_segment(self.directory, 0)
+            self._segments = [[0, 0]]
+            self._next_offset = self._end_offset = 0
+            return
+        self._segments = [[b, os.path.getsize(os.path.join(self.directory, record.segment_name(b)))]
+                          for b in bases]
+        last_base = bases[-1]
+        path = os.path.join(self.directory, record.segment_name(last_base))
+        valid_end, last_offset, skipped = _scan_segment(path)
+        size = self._segments[-1][1]
+        if skipped:
+            log.warning("journal recovery: %d damaged region(s) inside %s will be skipped by readers",
+                        skipped, record.segment_name(last_base))
+        fd = os.open(path, os.O_RDWR)
+        if valid_end < size:
+            log.warning("journal recovery: cut %d bytes of a torn record at the end of %s "
+                        "(after offset %s)", size - valid_end, record.segment_name(last_base),
+                        last_offset if last_offset is not None else "none")
+            os.ftruncate(fd, valid_end)
+            os.fsync(fd)
+            self.stats.recovered_cut_bytes += size - valid_end
+            self._segments[-1][1] = valid_end
+        self._fd = fd
+        self._next_offset = max(last_base, last_offset + 1 if last_offset is not None else 0)
+        self._end_offset = self._next_offset
+
+
+def last_offset_on_disk(directory):
+    """The offset of the last intact record in the journal at `directory`, or None (read-only)."""
+    for base in reversed(record.list_segments(directory)):
+        try:
+            _, last, _ = _scan_segment(os.path.join(directory, record.segment_name(base)))
+        except FileNotFoundError:
+            continue
+        if last is not None:
+            return last
+    return None
+
+
+def _scan_segment(path):
+    """Return (end of the last intact record, its offset, damaged regions before it)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    pos = 0
+    valid_end = 0
+    last_offset = None
+    skipped = 0
+    while pos < len(data):
+        result = record.parse(data, pos)
+        if isinstance(result, tuple):
+            last_offset, _, pos = result
+            valid_end = pos
+            continue
+        if result is record.INCOMPLETE:
+            break
+        at = record.resync(data, pos)
+        if at is None:
+            break
+        skipped += 1
+        pos = at
+    return valid_end, last_offset, skipped
+
+
+def _write_at(fd, data, position, do_fsync):
+    """Write all of `data` at `position`; on failure cut the file back so no torn record stays."""
+    view = memoryview(data)
+    written = 0
+    try:
+        while written < len(view):
+            written += os.pwrite(fd, view[written:], position + written)
+        if do_fsync:
+            os.fsync(fd)
+    except OSError:
+        try:
+            os.ftruncate(fd, position)
+        except OSError:
+            pass
+        raise
+
+
+def _sync_and_close(fd):
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _create_segment(directory, base):
+    fd = os.open(os.path.join(directory, record.segment_name(base)),
+                 os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    _fsync_dir(directory)
+    return fd
+
+
+def _fsync_dir(directory):
+    dfd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _done_batch():
+    batch = _Batch()
+    batch.done.set()
+    return batch

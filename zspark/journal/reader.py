@@ -1,0 +1,170 @@
+"""Reading the journal: iterate records from any offset, across segments, past damage.
+
+A `Reader` is a position in the journal. `read()` returns the records that are there now and
+never blocks; `wait()` blocks cooperatively until more may be there. Bound to an open `Journal`
+(in the serving process) it reads only records the journal has made durable; opened on a
+directory alone (`zcmd tail` beside a running or stopped server) it reads whatever is intact in
+the files and polls for more.
+
+Damage is skipped, never fatal: a record whose checksum fails is passed over to the next intact
+record, counted in `skipped_bytes` and logged.
+"""
+import logging
+import os
+
+import gevent
+from gevent.hub import get_hub
+
+from . import record
+
+log = logging.getLogger("zspark.journal")
+
+READ_CHUNK = 1024 * 1024
+
+
+class Reader:
+    def __init__(self, directory, offset=0, journal=None, poll_interval=0.2, use_threadpool=True):
+        self.directory = directory
+        self.offset = offset  # the next offset this reader returns (or the first after a gap)
+        self.skipped_bytes = 0
+        self.skipped_regions = 0
+        self._journal = journal
+        self._poll_interval = poll_interval
+        self._threadpool = get_hub().threadpool if use_threadpool else None
+        self._fd = None
+        self._segment = None  # base offset of the open segment
+        self._file_pos = 0  # file position of the end of self._buf
+        self._buf = b""
+        self._pos = 0  # parse position in self._buf
+        self._stuck_at = None  # (segment, file position) of damage we are waiting behind
+
+    # -- public -----------------------------------------------------------------------------
+
+    def read(self, max_records=1000, max_bytes=4 * 1024 * 1024):
+        """Return a list of `(offset, payload)` available now, in offset order."""
+        out = []
+        size = 0
+        limit = self._journal.end_offset if self._journal is not None else None
+        while len(out) < max_records and size < max_bytes:
+            if limit is not None and self.offset >= limit:
+                break
+            if self._fd is None and not self._open_segment_for(self.offset):
+                break
+            result = record.parse(self._buf, self._pos)
+            if isinstance(result, tuple):
+                rec_offset, start, end = result
+                if limit is not None and rec_offset >= limit:
+                    break
+                if rec_offset >= self.offset:
+                    payload = self._buf[start:end]
+                    out.append((rec_offset, payload))
+                    size += len(payload)
+                    self.offset = rec_offset + 1
+                self._pos = end
+                self._stuck_at = None
+                continue
+            if self._fill():
+                continue  # more bytes arrived; parse again
+            # At the end of the file with an incomplete or damaged record (or none) in hand.
+            if result is record.CORRUPT and self._skip_damage():
+                continue
+            if not self._next_segment():
+                break
+        return out
+
+    def wait(self, timeout=None):
+        """Block cooperatively until new records may be readable (or `timeout` seconds)."""
+        if self._journal is not None:
+            self._journal.wait_for_append(self.offset, timeout)
+        else:
+            gevent.sleep(self._poll_interval if timeout is None else min(timeout, self._poll_interval))
+
+    def seek(self, offset):
+        self.close()
+        self.offset = offset
+
+    def close(self):
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = None
+        self._segment = None
+        self._buf = b""
+        self._pos = 0
+
+    def __iter__(self):
+        """Yield `(offset, payload)` up to the end of what is there now."""
+        while True:
+            batch = self.read()
+            if not batch:
+                return
+            yield from batch
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _segments(self):
+        if self._journal is not None:
+            return self._journal.segment_bases()
+        return record.list_segments(self.directory)
+
+    def _open_segment_for(self, offset):
+        bases = self._segments()
+        if not bases:
+            return False
+        candidates = [b for b in bases if b <= offset]
+        base = candidates[-1] if candidates else bases[0]
+        return self._open(base)
+
+    def _open(self, base):
+        self.close()
+        try:
+            self._fd = os.open(os.path.join(self.directory, record.segment_name(base)), os.O_RDONLY)
+        except FileNotFoundError:
+            return False  # deleted by retention meanwhile; the caller moves on
+        self._segment = base
+        self._file_pos = 0
+        return True
+
+    def _fill(self):
+        """Read more of the open file into the buffer; False at end of file."""
+        if self._pos > 0:
+            self._buf = self._buf[self._pos:]
+            self._pos = 0
+        if self._threadpool is not None:
+            data = self._threadpool.apply(os.pread, (self._fd, READ_CHUNK, self._file_pos))
+        else:
+            data = os.pread(self._fd, READ_CHUNK, self._file_pos)
+        if not data:
+            return False
+        self._file_pos += len(data)
+        self._buf = self._buf + data if self._buf else data
+        return True
+
+    def _skip_damage(self):
+        """Skip from the damaged record to the next intact one in this file, if there is one."""
+        at = record.resync(self._buf, self._pos)
+        if at is None:
+            return False
+        self._report_skip(at - self._pos, f"byte {self._file_pos - len(self._buf) + self._pos}")
+        self._pos = at
+        return True
+
+    def _next_segment(self):
+        """At the end of the open segment: move to the next one if it exists."""
+        later = [b for b in self._segments() if b > (self._segment if self._segment is not None else -1)]
+        if not later:
+            return False
+        leftover = len(self._buf) - self._pos
+        if leftover:
+            self._report_skip(leftover, "its end")
+        self._open(later[0])
+        return True
+
+    def _report_skip(self, nbytes, where):
+        key = (self._segment, self._file_pos, self._pos)
+        if self._stuck_at == key:
+            return
+        self._stuck_at = key
+        self.skipped_bytes += nbytes
+        self.skipped_regions += 1
+        log.warning("journal: skipped %d damaged bytes at %s of segment %s (reading from offset %d)",
+                    nbytes, where, record.segment_name(self._segment), self.offset)

@@ -1,0 +1,81 @@
+"""Record framing and segment naming: the journal's on-disk format.
+
+A segment is a file named by the 20-digit offset of its first record (`00000000000000001234.log`),
+holding records back to back. Each record is
+
+    magic  b"ZJ"     2 bytes   finds the next record again after a damaged one
+    length uint32    4 bytes   payload length
+    offset uint64    8 bytes   the record's offset (its position in the whole journal)
+    crc    uint32    4 bytes   zlib.crc32 over length, offset and payload
+    payload          length bytes
+
+all big-endian. `parse` reads one record out of a buffer; `resync` finds the next intact one after
+damage. Nothing here does I/O.
+"""
+import os
+import re
+import struct
+import zlib
+
+MAGIC = b"ZJ"
+HEADER = struct.Struct(">2sIQI")
+HEADER_SIZE = HEADER.size
+_LEN_OFFSET = struct.Struct(">IQ")
+MAX_RECORD_BYTES = 256 * 1024**2  # a larger length field is damage, not a record
+
+SEGMENT_SUFFIX = ".log"
+_SEGMENT_NAME = re.compile(r"^(\d{20})\.log$")
+
+INCOMPLETE = "incomplete"  # the buffer ends inside this record
+CORRUPT = "corrupt"  # bad magic, impossible length or checksum mismatch
+
+
+def frame(offset, payload):
+    """Return the bytes of one record."""
+    crc = zlib.crc32(payload, zlib.crc32(_LEN_OFFSET.pack(len(payload), offset)))
+    return HEADER.pack(MAGIC, len(payload), offset, crc) + payload
+
+
+def parse(buf, pos):
+    """Parse the record at `buf[pos:]`.
+
+    Returns `(offset, payload_start, payload_end)` for an intact record, or INCOMPLETE, or
+    CORRUPT. `buf` may be bytes or a memoryview.
+    """
+    if len(buf) - pos < HEADER_SIZE:
+        return INCOMPLETE if bytes(buf[pos:pos + 2]) == MAGIC[:len(buf) - pos] else CORRUPT
+    magic, length, offset, crc = HEADER.unpack_from(buf, pos)
+    if magic != MAGIC or length > MAX_RECORD_BYTES:
+        return CORRUPT
+    start = pos + HEADER_SIZE
+    end = start + length
+    if end > len(buf):
+        return INCOMPLETE
+    if zlib.crc32(buf[start:end], zlib.crc32(_LEN_OFFSET.pack(length, offset))) != crc:
+        return CORRUPT
+    return offset, start, end
+
+
+def resync(buf, pos):
+    """Find the next intact record strictly after `pos`; return its position or None."""
+    find = buf.find if isinstance(buf, (bytes, bytearray)) else bytes(buf).find
+    at = pos
+    while True:
+        at = find(MAGIC, at + 1)
+        if at < 0:
+            return None
+        if isinstance(parse(buf, at), tuple):
+            return at
+
+
+def segment_name(base_offset):
+    return f"{base_offset:020d}{SEGMENT_SUFFIX}"
+
+
+def list_segments(directory):
+    """The base offsets of the segments in `directory`, ascending."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    return sorted(int(m.group(1)) for m in map(_SEGMENT_NAME.match, names) if m)

@@ -1,0 +1,68 @@
+"""Counters the process keeps about itself, read by `/status` (and later `/metrics`).
+
+Per source: events accepted, events rejected (with the last reason), requests refused because
+the journal was full or the server stopping. `RateLimitedLog` keeps a flood of bad input from
+flooding the log: it logs the first few in each interval and then how many it held back.
+"""
+import logging
+import time
+
+
+class SourceStats:
+    def __init__(self, name):
+        self.name = name
+        self.accepted = 0
+        self.rejected = 0
+        self.refused = 0  # valid events the journal could not take (full, write error, stopping)
+        self.last_rejection = None
+
+    def reject(self, reason, count=1):
+        self.rejected += count
+        self.last_rejection = reason
+
+    def as_dict(self):
+        return {"accepted": self.accepted, "rejected": self.rejected, "refused": self.refused,
+                "last_rejection": self.last_rejection}
+
+
+class Metrics:
+    def __init__(self):
+        self.started = time.time()
+        self.sources = {}
+
+    def source(self, name):
+        stats = self.sources.get(name)
+        if stats is None:
+            stats = self.sources[name] = SourceStats(name)
+        return stats
+
+    def uptime(self):
+        return time.time() - self.started
+
+
+class RateLimitedLog:
+    """Log at most `burst` messages per `interval` seconds, then a count of the ones held back."""
+
+    def __init__(self, logger, level=logging.WARNING, burst=10, interval=60.0):
+        self.logger = logger
+        self.level = level
+        self.burst = burst
+        self.interval = interval
+        self._window_start = 0.0
+        self._in_window = 0
+        self._suppressed = 0
+
+    def __call__(self, msg, *args):
+        now = time.monotonic()
+        if now - self._window_start >= self.interval:
+            if self._suppressed:
+                self.logger.log(self.level, "... %d more like this in the last %.0fs were not logged",
+                                self._suppressed, self.interval)
+            self._window_start = now
+            self._in_window = 0
+            self._suppressed = 0
+        if self._in_window < self.burst:
+            self._in_window += 1
+            self.logger.log(self.level, msg, *args)
+        else:
+            self._suppressed += 1

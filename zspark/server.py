@@ -1,0 +1,173 @@
+"""One zspark process: wires config, journal, sources (and later forwarders) together.
+
+`Server.start()` opens the journal and starts every source; `run()` serves until `request_stop`
+(SIGTERM/SIGINT) and then shuts down in order: refuse new work, let requests in flight finish,
+journal what the ZeroMQ sockets already hold, sync and close the journal. A long-running greenlet
+that dies unexpectedly stops the process loudly (exit code 1), never silently.
+"""
+import logging
+import os
+import socket
+import time
+
+import gevent
+from gevent.event import Event
+
+from . import __version__
+from .event import Limits
+from .ingest import Ingest
+from .journal import Journal, JournalError
+from .metrics import Metrics
+from .sources.http import HttpSource
+from .sources.zmq import ZmqSource, decode_bson, decode_json
+
+log = logging.getLogger("zspark.server")
+
+
+class StartupError(Exception):
+    """The server cannot start (a port in use, the journal locked...); the message says why."""
+
+
+class Server:
+    def __init__(self, config):
+        self.config = config
+        self.metrics = Metrics()
+        jc = config.journal
+        self.journal = Journal(jc.dir, sync=jc.sync, sync_interval=jc.sync_interval_ms / 1000.0,
+                               segment_bytes=jc.segment_bytes, max_bytes=jc.max_bytes,
+                               retain_hours=jc.retain_hours, on_fatal=self.fatal)
+        self.ingest = Ingest(self.journal, config.node.id, self.metrics, Limits.from_config(config.event))
+        self.http = None
+        self.zmq_sources = []
+        self.consumers = []  # cursor names retention must wait for (the forwarders')
+        self.exit_code = 0
+        self._stopping = False
+        self._stop_requested = Event()
+        self._greenlets = []
+
+    # -- start ----------------------------------------------------------------------------------
+
+    def start(self):
+        try:
+            self.journal.open()
+        except (OSError, JournalError) as e:
+            raise StartupError(f"cannot open the journal in {self.config.journal.dir}: {e}") from None
+        try:
+            self._start_sources()
+        except BaseException:
+            self._stop_sources()
+            self.journal.close()
+            raise
+        self._watch(gevent.spawn(self._retention_loop), "retention")
+        log.info("zspark %s serving as node %r (pid %d)", __version__, self.config.node.id, os.getpid())
+
+    def _start_sources(self):
+        cfg = self.config
+        if cfg.http.enabled:
+            self.http = HttpSource(cfg, self.ingest, self.status, lambda: self._stopping)
+            try:
+                self.http.start()
+            except OSError as e:
+                raise StartupError(f"cannot listen for HTTP on {cfg.http.host}:{cfg.http.port} "
+                                   f"(config key http.port): {e.strerror or e}") from None
+        for name, address, decode in (("zmq_bson", cfg.zmq.bson_bind, decode_bson),
+                                      ("zmq_json", cfg.zmq.json_bind, decode_json)):
+            if not address:
+                continue
+            source = ZmqSource(name, address, decode, self.ingest, cfg)
+            try:
+                greenlet = source.start()
+            except Exception as e:  # zmq.ZMQError: address in use, bad interface
+                key = "zmq.bson_bind" if name == "zmq_bson" else "zmq.json_bind"
+                raise StartupError(f"cannot bind ZeroMQ {name} socket to {address} (config key "
+                                   f"{key}): {e}") from None
+            self.zmq_sources.append(source)
+            self._watch(greenlet, f"ZeroMQ source {name}")
+
+    def _watch(self, greenlet, what):
+        """A greenlet that should run for ever: if it dies, stop the process loudly."""
+        self._greenlets.append(greenlet)
+
+        def died(g):
+            if not self._stopping:
+                self.fatal(f"{what} died unexpectedly: {g.exception!r}")
+        greenlet.link_exception(died)
+        greenlet.link_value(died)
+
+    # -- run and stop -------------------------------------------------------------------------
+
+    def run(self):
+        """Serve until asked to stop; shut down cleanly; return the exit code."""
+        self._stop_requested.wait()
+        self.shutdown()
+        return self.exit_code
+
+    def request_stop(self, reason="requested"):
+        if not self._stop_requested.is_set():
+            log.info("stopping (%s): finishing requests in flight and syncing the journal", reason)
+        self._stop_requested.set()
+
+    def fatal(self, reason):
+        log.critical("%s; stopping", reason)
+        self.exit_code = 1
+        self._stop_requested.set()
+
+    def shutdown(self):
+        if self._stopping:
+            return
+        self._stopping = True
+        self._stop_sources()
+        for greenlet in self._greenlets:
+            greenlet.kill(block=False)
+        self.journal.close()
+        log.info("stopped: %s", ", ".join(f"{name} accepted {s.accepted}, rejected {s.rejected}"
+                                          for name, s in self.metrics.sources.items()) or "no events")
+
+    def _stop_sources(self):
+        self._stopping = True
+        if self.http is not None:
+            self.http.stop(self.config.http.stop_timeout_s)
+        for source in self.zmq_sources:
+            source.stop()
+
+    # -- housekeeping -------------------------------------------------------------------------
+
+    def _retention_loop(self):
+        while True:
+            gevent.sleep(self.config.journal.retention_check_s)
+            try:
+                self.journal.apply_retention(self.consumers)
+            except OSError as e:
+                log.error("journal retention failed, will retry: %s", e)
+
+    def status(self):
+        j = self.journal
+        syncs = j.stats.syncs
+        return {
+            "ok": True,
+            "node": self.config.node.id,
+            "version": __version__,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "uptime_s": round(self.metrics.uptime(), 3),
+            "time": time.time(),
+            "stopping": self._stopping,
+            "sources": {name: s.as_dict() for name, s in self.metrics.sources.items()},
+            "journal": {
+                "dir": j.directory,
+                "first_offset": j.first_offset,
+                "end_offset": j.end_offset,
+                "bytes": j.size_bytes,
+                "max_bytes": j.max_bytes,
+                "segments": len(j.segment_bases()),
+                "sync": j.sync,
+                "syncs": syncs,
+                "sync_latency_ms": {
+                    "last": round(j.stats.sync_seconds_last * 1000, 3),
+                    "avg": round(j.stats.sync_seconds_total / syncs * 1000, 3) if syncs else 0.0,
+                    "max": round(j.stats.sync_seconds_max * 1000, 3),
+                },
+                "write_errors": j.stats.write_errors,
+                "cursors": j.cursors(),
+            },
+        }

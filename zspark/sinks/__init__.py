@@ -1,0 +1,1 @@
+"""Sinks: where the forwarders deliver journaled events (Kafka, MongoDB, ZeroMQ PUB)."""

@@ -1,0 +1,349 @@
+"""The HTTP source: Bottle routes served by gevent.pywsgi.
+
+    GET  /log?type=&level=&topic=&env=&ver=&stimestamp=&ip=&...   Sparkngin's form; other
+         parameters land in `context`; ip, referrer, user agent and cookies come from the request
+    POST /log    a JSON object, a JSON array or NDJSON (application/x-ndjson), gzip optional;
+                 a batch is journaled whole or not at all
+    GET  /imok   "imok"
+    GET  /status JSON counters
+
+Every answer is JSON except /imok. 200 only once the events are durable; 400 with the reason and
+the index of the bad item; 401 without a valid bearer token where tokens are configured; 405,
+413 (also after gunzip), 503 + Retry-After when the journal is full or the server stopping. Bad
+input never produces a 500.
+"""
+import hmac
+import ipaddress
+import json
+import logging
+import socket
+import urllib.parse
+import zlib
+
+import bottle
+from gevent.pywsgi import WSGIHandler, WSGIServer
+
+from ..ingest import BatchRejected
+from ..journal import JournalError, JournalFull
+from ..metrics import RateLimitedLog
+
+log = logging.getLogger("zspark.http")
+
+SOURCE = "http"
+QUERY_FIELDS = {"type": "type", "level": "level", "topic": "topic", "env": "env", "ver": "version",
+                "version": "version", "stimestamp": "stimestamp", "ip": "ip"}
+NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonlines",
+                "application/x-jsonlines")
+
+
+class Refusal(Exception):
+    """An HTTP error answer: status, reason, extra headers."""
+
+    def __init__(self, status, reason, headers=None, index=None):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.headers = headers or {}
+        self.index = index
+
+
+def json_response(status, body, headers=None):
+    return bottle.HTTPResponse(json.dumps(body, separators=(",", ":")), status,
+                               {"Content-Type": "application/json", **(headers or {})})
+
+
+class HttpSource:
+    def __init__(self, config, ingest, status_provider, stopping):
+        self.config = config.http
+        self.ingest = ingest
+        self.status_provider = status_provider
+        self.stopping = stopping  # callable: True once the server is shutting down
+        self.stats = ingest.metrics.source(SOURCE)
+        self._warn = RateLimitedLog(log)
+        self._trusted = [ipaddress.ip_network(p, strict=False) for p in self.config.trusted_proxies]
+        self._tokens = [t.encode() for t in self.config.tokens]
+        self.app = self._build_app()
+        self.server = None
+
+    # -- serving ------------------------------------------------------------------------------
+
+    def start(self):
+        self.server = _NoDelayServer((self.config.host, self.config.port), self.app,
+                                     log=None, error_log=_ErrorLog())
+        self.server.start()
+        log.info("HTTP listening on http://%s:%d%s/log", self.config.host, self.address[1], self.config.root)
+
+    @property
+    def address(self):
+        return self.server.address
+
+    def stop(self, timeout):
+        """Stop accepting, let requests in flight finish (up to `timeout` seconds)."""
+        if self.server is not None:
+            self.server.stop(timeout=timeout)
+
+    # -- the app ------------------------------------------------------------------------------
+
+    def _build_app(self):
+        app = bottle.Bottle(catchall=True, autojson=False)
+        root = self.config.root.rstrip("/")
+        app.route(root + "/log", "GET", self._get_log)
+        app.route(root + "/log", "POST", self._post_log)
+        app.route(root + "/imok", ["GET", "HEAD"], lambda: _text("imok"))
+        app.route(root + "/status", "GET", lambda: json_response(200, self.status_provider()))
+        for code, reason in ((404, "not found"), (405, "method not allowed")):
+            app.error(code)(self._error_page(code, reason))
+        app.error(500)(self._internal_error)
+        return app
+
+    def _error_page(self, code, reason):
+        def page(error):
+            bottle.response.content_type = "application/json"
+            if code == 405:
+                bottle.response.set_header("Allow", error.headers.get("Allow", "GET, POST"))
+            return json.dumps({"ok": False, "error": reason})
+        return page
+
+    def _internal_error(self, error):
+        log.error("HTTP handler failed on %s %s: %s\n%s", bottle.request.method, bottle.request.path,
+                  error.exception, error.traceback)
+        bottle.response.content_type = "application/json"
+        return json.dumps({"ok": False, "error": "internal error"})
+
+    def _get_log(self):
+        return self._handle(self._events_from_query)
+
+    def _post_log(self):
+        return self._handle(self._events_from_body)
+
+    def _handle(self, read_events):
+        try:
+            if self.stopping():
+                raise Refusal(503, "the server is stopping", {"Retry-After": str(self.config.retry_after_s),
+                                                                "Connection": "close"})
+            self._authorize()
+            raws = read_events()
+            events = self.ingest.normalize_all(raws, SOURCE)
+            try:
+                ids = self.ingest.append(events, SOURCE)
+            except JournalFull as e:
+                raise Refusal(503, str(e), {"Retry-After": str(self.config.retry_after_s)}) from None
+            except JournalError as e:
+                raise Refusal(503, f"the journal cannot take events now: {e}",
+                              {"Retry-After": str(self.config.retry_after_s)}) from None
+        except BatchRejected as e:
+            self._warn("HTTP %s: rejected: %s", self._peer(), e)
+            return json_response(400, {"ok": False, "error": e.reason, "index": e.index})
+        except Refusal as e:
+            if e.status < 500:
+                if e.status != 401:
+                    self.stats.reject(e.reason)
+                self._warn("HTTP %s: %d %s", self._peer(), e.status, e.reason)
+            else:
+                self.stats.refused += 1  # requests answered 503
+            body = {"ok": False, "error": e.reason}
+            if e.index is not None:
+                body["index"] = e.index
+            return json_response(e.status, body, e.headers)
+        return json_response(200, {"ok": True, "ids": [str(i) for i in ids]})
+
+    def _authorize(self):
+        if not self._tokens:
+            return
+        header = bottle.request.environ.get("HTTP_AUTHORIZATION", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() == "bearer" and token:
+            given = token.strip().encode()
+            # Compare against every token so the time taken does not tell which one came close.
+            matched = False
+            for expected in self._tokens:
+                matched |= hmac.compare_digest(given, expected)
+            if matched:
+                return
+        raise Refusal(401, "a valid bearer token is required (Authorization: Bearer TOKEN)",
+                      {"WWW-Authenticate": 'Bearer realm="zspark"'})
+
+    # -- reading requests ---------------------------------------------------------------------
+
+    def _events_from_query(self):
+        environ = bottle.request.environ
+        try:
+            raw_qs = environ.get("QUERY_STRING", "").encode("latin-1").decode("utf-8")
+            pairs = urllib.parse.parse_qsl(raw_qs, keep_blank_values=True, errors="strict")
+        except (UnicodeError, ValueError):
+            raise Refusal(400, "the query string is not valid UTF-8") from None
+        event = {}
+        context = {}
+        for name, value in pairs:
+            if name in QUERY_FIELDS:
+                event[QUERY_FIELDS[name]] = value
+            else:
+                context[name] = value
+        if context:
+            event["context"] = context
+        event.setdefault("ip", self._client_ip())
+        headers = bottle.request.headers
+        if headers.get("Referer"):
+            event["referrer"] = _header_text(headers["Referer"])
+        if headers.get("User-Agent"):
+            event["user_agent"] = _header_text(headers["User-Agent"])
+        cookies = _parse_cookies(headers.get("Cookie", ""))
+        if cookies:
+            event["cookies"] = cookies
+        return [event]
+
+    def _events_from_body(self):
+        body = self._read_body()
+        content_type = bottle.request.environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise Refusal(400, f"the body is not valid UTF-8 (at byte {e.start})") from None
+        if content_type in NDJSON_TYPES:
+            return _parse_ndjson(text)
+        # Anything else is read as JSON: `curl -d` says form-urlencoded but sends JSON.
+        value = _loads(text, "the body")
+        if isinstance(value, list):
+            if not value:
+                raise Refusal(400, "the batch is empty")
+            return value
+        if isinstance(value, dict):
+            return [value]
+        raise Refusal(400, "the body must be a JSON object, an array of objects, or NDJSON")
+
+    def _read_body(self):
+        environ = bottle.request.environ
+        limit = self.config.max_body_bytes
+        length = environ.get("CONTENT_LENGTH") or ""
+        too_large = Refusal(413, f"the body is larger than {limit} bytes", {"Connection": "close"})
+        if length:
+            try:
+                length = int(length)
+            except ValueError:
+                raise Refusal(400, "bad Content-Length") from None
+            if length > limit:
+                raise too_large
+        stream = environ["wsgi.input"]
+        try:
+            body = stream.read(length if length else limit + 1)
+        except (OSError, ValueError) as e:
+            raise Refusal(400, f"could not read the body: {e}", {"Connection": "close"}) from None
+        if len(body) > limit:
+            raise too_large
+        encoding = environ.get("HTTP_CONTENT_ENCODING", "identity").strip().lower()
+        if encoding in ("gzip", "x-gzip"):
+            return _gunzip(body, limit)
+        if encoding not in ("identity", ""):
+            raise Refusal(415, f"unsupported Content-Encoding {encoding!r}: use gzip or none")
+        return body
+
+    def _client_ip(self):
+        environ = bottle.request.environ
+        peer = environ.get("REMOTE_ADDR", "")
+        forwarded = environ.get("HTTP_X_FORWARDED_FOR")
+        if not forwarded or not self._is_trusted(peer):
+            return peer
+        # The rightmost address not of a trusted proxy is the client's.
+        for hop in reversed([h.strip() for h in forwarded.split(",") if h.strip()]):
+            if not self._is_trusted(hop):
+                return hop
+        return peer
+
+    def _is_trusted(self, address):
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self._trusted)
+
+    def _peer(self):
+        return bottle.request.environ.get("REMOTE_ADDR", "?")
+
+
+def _gunzip(body, limit):
+    decompressor = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        out = decompressor.decompress(body, limit + 1)  # never inflate more than the limit allows
+    except zlib.error as e:
+        raise Refusal(400, f"the gzip body is damaged: {e}") from None
+    if len(out) > limit or decompressor.unconsumed_tail:
+        raise Refusal(413, f"the body is larger than {limit} bytes after gunzip", {"Connection": "close"})
+    if not decompressor.eof:
+        raise Refusal(400, "the gzip body is truncated")
+    return out
+
+
+def _loads(text, what):
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise Refusal(400, f"{what} is nested too deeply") from None
+    except ValueError as e:
+        hint = " (for one event per line send Content-Type: application/x-ndjson)" if (
+            "Extra data" in str(e) and what == "the body") else ""
+        raise Refusal(400, f"{what} is not valid JSON: {e}{hint}") from None
+
+
+def _reject_constant(name):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _parse_ndjson(text):
+    lines = [line for line in text.split("\n") if line.strip()]
+    if not lines:
+        raise Refusal(400, "the batch is empty")
+    events = []
+    for index, line in enumerate(lines):
+        try:
+            events.append(_loads(line, f"line {index + 1}"))
+        except Refusal as e:
+            e.index = index
+            raise
+    return events
+
+
+def _parse_cookies(header):
+    cookies = {}
+    for part in header.split(";"):
+        name, sep, value = part.strip().partition("=")
+        if sep and name:
+            cookies[_header_text(name)] = _header_text(value.strip().strip('"'))
+    return cookies
+
+
+def _header_text(value):
+    """Header values arrive as latin-1 strings; most clients meant UTF-8."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value
+
+
+def _text(body):
+    return bottle.HTTPResponse(body, 200, {"Content-Type": "text/plain"})
+
+
+class _NoDelayHandler(WSGIHandler):
+    def handle(self):
+        # Without TCP_NODELAY, keep-alive answers wait ~40 ms for the client's delayed ACK.
+        try:
+            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # not a TCP socket
+        return super().handle()
+
+
+class _NoDelayServer(WSGIServer):
+    handler_class = _NoDelayHandler
+
+
+class _ErrorLog:
+    """pywsgi's error log, routed to logging (malformed requests, client disconnects)."""
+
+    def write(self, data):
+        data = data.strip()
+        if data:
+            log.debug("pywsgi: %s", data)
+
+    def flush(self):
+        pass

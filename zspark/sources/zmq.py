@@ -1,0 +1,162 @@
+"""The ZeroMQ source: PULL sockets taking one event per frame, BSON on one socket, JSON on another.
+
+A frame is a document; its `$command` key selects what to do with it:
+
+    (none) or "event"   validate and journal the event
+    "event_noval"       Zarkov's pre-validated event: journal it with its fields as they are
+
+Frames are received in bursts (up to `receive_batch` at a time), normalized one by one and
+journaled together; while one burst waits for its fsync the next is being received. An
+undecodable or invalid frame is counted and logged (rate-limited) and the socket keeps serving.
+Frames over `max_message_bytes` are refused by libzmq itself (ZMQ_MAXMSGSIZE), which drops the
+sending connection; the sender's PUSH socket reconnects.
+
+PUSH has no acknowledgement, so when the journal cannot take events (full disk or size cap) this
+source holds its burst and stops receiving until it can: senders queue up to their high-water
+mark and then block, instead of events being dropped.
+"""
+import json
+import logging
+
+import bson
+import gevent
+import zmq.green as zmq
+
+from ..event import InvalidEvent
+from ..journal import JournalClosed, JournalError
+from ..journal.codec import DECODE_OPTIONS
+from ..metrics import RateLimitedLog
+
+log = logging.getLogger("zspark.zmq")
+
+COMMANDS = ("event", "event_noval")
+RETRY_SECONDS = 1.0
+
+
+def decode_bson(frame):
+    return bson.decode(frame, codec_options=DECODE_OPTIONS)
+
+
+def decode_json(frame):
+    return json.loads(frame)
+
+
+class ZmqSource:
+    def __init__(self, name, address, decode, ingest, config, context=None):
+        self.name = name  # also the source name recorded in events: zmq_bson / zmq_json
+        self.address = address
+        self.decode = decode
+        self.ingest = ingest
+        self.max_message_bytes = config.zmq.max_message_bytes
+        self.receive_batch = max(1, config.zmq.receive_batch)
+        self.stats = ingest.metrics.source(name)
+        self._context = context or zmq.Context.instance()
+        self._socket = None
+        self._greenlet = None
+        self._stopping = False
+        self._warn = RateLimitedLog(log)
+
+    def start(self):
+        sock = self._context.socket(zmq.PULL)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.bind(self.address)
+        self._socket = sock
+        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._greenlet = gevent.spawn(self._run)
+        log.info("ZeroMQ %s listening on %s", self.name, self.endpoint)
+        return self._greenlet
+
+    def stop(self):
+        """Journal what has been received (and what is queued in the socket), then close."""
+        self._stopping = True
+        if self._greenlet is not None:
+            self._greenlet.join()
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+
+    def _run(self):
+        previous = None  # (pending append, its events): one burst in flight while we receive
+        while True:
+            frames = self._receive()
+            if frames is None:
+                break
+            events = self._normalize(frames)
+            current = (self._hand_over(events), events) if events else None
+            if previous is not None:
+                self._wait_durable(*previous)
+            previous = current
+        if previous is not None:
+            self._wait_durable(*previous)
+
+    def _receive(self):
+        """A burst of frames; None once stopping and the socket's queue is drained."""
+        sock = self._socket
+        while not sock.poll(200, zmq.POLLIN):
+            if self._stopping:
+                return None
+        frames = []
+        try:
+            while len(frames) < self.receive_batch:
+                frames.append(sock.recv(zmq.NOBLOCK, copy=True))
+        except zmq.Again:
+            pass
+        return frames
+
+    def _normalize(self, frames):
+        events = []
+        for frame in frames:
+            try:
+                doc = self.decode(frame)
+            except Exception as e:  # any decoder error (RecursionError included) is bad input
+                self._reject(f"undecodable frame of {len(frame)} bytes: {type(e).__name__}: {e}")
+                continue
+            if not isinstance(doc, dict):
+                self._reject(f"a frame must hold one document, got {type(doc).__name__}")
+                continue
+            command = doc.pop("$command", "event")
+            if command not in COMMANDS:
+                self._reject(f"unknown $command {str(command)[:40]!r} (known: {', '.join(COMMANDS)})")
+                continue
+            try:
+                events.append(self.ingest.normalize_one(doc, self.name, trusted=command == "event_noval"))
+            except InvalidEvent as e:  # counted by normalize_one
+                self._warn("ZeroMQ %s: rejected an event: %s", self.name, e)
+        return events
+
+    def _reject(self, reason):
+        self.stats.reject(reason)
+        self._warn("ZeroMQ %s: rejected a frame: %s", self.name, reason)
+
+    def _hand_over(self, events):
+        """Give events to the journal; while it refuses them, hold on to them and retry."""
+        while True:
+            try:
+                return self.ingest.append_nowait(events, self.name)
+            except JournalError as e:
+                if not self._refused(events, e):
+                    return None
+
+    def _wait_durable(self, pending, events):
+        """Wait for a burst to be durable; if its write failed, hand it over again."""
+        while pending is not None:
+            try:
+                pending.wait()
+                return
+            except JournalError as e:
+                if not self._refused(events, e):
+                    return
+                pending = self._hand_over(events)
+
+    def _refused(self, events, error):
+        """Wait a moment before trying again; False if there is no point (shutting down)."""
+        if self._stopping or isinstance(error, JournalClosed):
+            log.error("ZeroMQ %s: %d received event(s) could not be journaled before shutdown and "
+                      "are lost: %s", self.name, len(events), error)
+            return False
+        self.stats.refused += len(events)
+        self._warn("ZeroMQ %s: the journal refused %d event(s); holding them and retrying in %gs: %s",
+                   self.name, len(events), RETRY_SECONDS, error)
+        gevent.sleep(RETRY_SECONDS)
+        return True
