@@ -196,11 +196,13 @@ def _build(cls, data, prefix, ctx):
         raise ConfigError(f"{ctx.source}: unknown key '{prefix}{unknown[0]}' (known here: {known})")
     values = {}
     for name, f in fields.items():
-        if name not in data:
-            continue
         key = prefix + name
         if dataclasses.is_dataclass(f.type):
-            values[name] = _build(f.type, data[name] if data[name] is not None else {}, key + ".", ctx)
+            section = data.get(name)
+            values[name] = _build(f.type, {} if section is None else section, key + ".", ctx)
+        elif name not in data:
+            if f.type is Path:  # a default path is relative to the config file too
+                values[name] = _convert(Path, f.default, key, ctx)
         else:
             values[name] = _convert(f.type, data[name], key, ctx)
     return cls(**values)

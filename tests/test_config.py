@@ -1,0 +1,136 @@
+"""Config loading: defaults, types, unknown keys, addresses, Zarkov's flat keys, relative paths,
+and `zcmd validate`'s exit codes and messages."""
+import os
+import unittest
+
+from zspark import config
+from zspark.config import ConfigError
+
+from .support import TempDir, zcmd
+
+
+class ConfigCase(unittest.TestCase):
+    def setUp(self):
+        self.tmp = TempDir()
+        self.addCleanup(self.tmp.remove)
+
+    def write(self, text, name="zspark.yaml"):
+        path = self.tmp.join(name)
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def assertConfigError(self, text, *fragments):
+        path = self.write(text)
+        with self.assertRaises(ConfigError) as ctx:
+            config.load(path)
+        message = str(ctx.exception)
+        self.assertIn(path, message)
+        for fragment in fragments:
+            self.assertIn(fragment, message)
+        return message
+
+
+class Loading(ConfigCase):
+    def test_an_empty_file_gives_every_default(self):
+        c = config.load(self.write(""))
+        self.assertEqual(c.journal.sync, "batch")
+        self.assertEqual(c.http.port, 8080)
+        self.assertEqual(c.zmq.bson_bind, "tcp://127.0.0.1:6543")
+        self.assertEqual(c.zmq.json_bind, "tcp://127.0.0.1:6544")
+        self.assertEqual(c.journal.dir, self.tmp.join("journal"))
+
+    def test_values_and_sizes_are_typed(self):
+        c = config.load(self.write("journal: {sync: always, max_bytes: 64MiB, segment_bytes: 1000}\n"
+                                   "http: {port: 9000, tokens: [abc]}\n"))
+        self.assertEqual(c.journal.sync, "always")
+        self.assertEqual(c.journal.max_bytes, 64 * 1024 * 1024)
+        self.assertEqual(c.journal.segment_bytes, 1000)
+        self.assertEqual(c.http.port, 9000)
+        self.assertEqual(c.http.tokens, ["abc"])
+
+    def test_relative_paths_are_relative_to_the_files_directory(self):
+        os.makedirs(self.tmp.join("etc"))
+        c = config.load(self.write("journal: {dir: ../data/j}\n", name="etc/zspark.yaml"))
+        self.assertEqual(c.journal.dir, self.tmp.join("data", "j"))
+
+    def test_zarkov_flat_keys_are_accepted(self):
+        c = config.load(self.write(
+            "bson_bind_address: tcp://0.0.0.0:7000\njson_bind_address: tcp://0.0.0.0:7001\n"
+            "web_port: 8181\nmongo_uri: mongodb://db:27017\nmongo_database: zarkov\n"
+            "journal: /var/zarkov/journal\nverbose: true\n"))
+        self.assertEqual(c.zmq.bson_bind, "tcp://0.0.0.0:7000")
+        self.assertEqual(c.zmq.json_bind, "tcp://0.0.0.0:7001")
+        self.assertEqual(c.http.port, 8181)
+        self.assertEqual(c.mongo.uri, "mongodb://db:27017")
+        self.assertEqual(c.mongo.database, "zarkov")
+        self.assertEqual(c.journal.dir, "/var/zarkov/journal")
+        self.assertEqual(c.log.level, "debug")
+
+
+class Errors(ConfigCase):
+    def test_unknown_key_is_named(self):
+        self.assertConfigError("http: {prot: 80}\n", "unknown key 'http.prot'", "port")
+
+    def test_unknown_section_is_named(self):
+        self.assertConfigError("htp: {}\n", "unknown key 'htp'")
+
+    def test_wrong_types_are_named(self):
+        self.assertConfigError("http: {port: eighty}\n", "http.port", "port number")
+        self.assertConfigError("http: {port: 70000}\n", "http.port")
+        self.assertConfigError("journal: {sync: sometimes}\n", "journal.sync", "always, batch, never")
+        self.assertConfigError("journal: {max_bytes: lots}\n", "journal.max_bytes", "64MiB")
+        self.assertConfigError("http: {enabled: 'yes please'}\n", "http.enabled", "true or false")
+        self.assertConfigError("http: {tokens: abc}\n", "http.tokens", "a list")
+        self.assertConfigError("http: [1, 2]\n", "'http' must be a mapping")
+
+    def test_bad_addresses_are_named(self):
+        self.assertConfigError("zmq: {bson_bind: 'localhost:6543'}\n", "zmq.bson_bind", "tcp://")
+        self.assertConfigError("http: {host: 'not a host'}\n", "http.host")
+        self.assertConfigError("web_port: -1\n", "http.port")
+
+    def test_bad_yaml_and_a_missing_file(self):
+        self.assertConfigError("http: {port: [\n", "not valid YAML")
+        with self.assertRaises(ConfigError) as ctx:
+            config.load(self.tmp.join("nope.yaml"))
+        self.assertIn("nope.yaml", str(ctx.exception))
+
+    def test_alias_and_nested_key_together_are_refused(self):
+        self.assertConfigError("web_port: 1\nhttp: {port: 2}\n", "web_port", "http.port")
+
+
+class ValidateCommand(ConfigCase):
+    def test_a_good_config_exits_zero_and_prints_the_settings(self):
+        result = zcmd("-y", self.write("http: {port: 9999}\n"), "validate")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("OK", result.stdout)
+        self.assertIn('"port": 9999', result.stdout)
+
+    def test_a_bad_config_exits_non_zero_naming_the_key_and_file(self):
+        path = self.write("journal: {sync: sometimes}\n")
+        result = zcmd("-y", path, "validate")
+        self.assertEqual(result.returncode, 2)
+        self.assertIn("journal.sync", result.stderr)
+        self.assertIn(path, result.stderr)
+
+    def test_tokens_are_not_printed(self):
+        result = zcmd("-y", self.write("http: {tokens: [s3cret-token]}\n"), "validate")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertNotIn("s3cret-token", result.stdout)
+
+    def test_help_explains_each_command(self):
+        result = zcmd("--help")
+        self.assertEqual(result.returncode, 0)
+        for name in ("serve", "validate", "tail"):
+            self.assertIn(name, result.stdout)
+        result = zcmd("tail", "--help")
+        self.assertIn("--follow", result.stdout)
+
+    def test_no_command_prints_usage_and_fails(self):
+        result = zcmd()
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("usage", result.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,106 @@
+"""event.normalize: the fields every source produces, and a clear reason for each bad input."""
+import datetime
+import unittest
+
+from bson import ObjectId
+
+from zspark.event import InvalidEvent, Limits, normalize
+
+UTC = datetime.timezone.utc
+NOW = datetime.datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
+
+
+def norm(raw, **kw):
+    return normalize(raw, "http", "node-1", now=NOW, **kw)
+
+
+class Accepts(unittest.TestCase):
+    def test_a_minimal_event_gets_receive_time_source_and_node(self):
+        self.assertEqual(norm({"type": "click"}),
+                         {"type": "click", "timestamp": NOW, "source": "http", "node": "node-1"})
+
+    def test_all_protocol_fields_are_kept(self):
+        raw = {"type": "t", "level": "info", "topic": "web", "env": "prod", "version": "1.2",
+               "ip": "10.0.0.1", "referrer": "http://a/", "user_agent": "ua", "cookies": {"sid": "x"},
+               "context": {"user": "rick", "n": 3, "tags": ["a", {"b": None}]}, "extra": [1, 2.5, True]}
+        event = norm(raw)
+        for key, value in raw.items():
+            self.assertEqual(event[key], value)
+
+    def test_stimestamp_accepts_iso_seconds_and_milliseconds(self):
+        expected = datetime.datetime(2026, 1, 1, tzinfo=UTC)
+        for value in ("2026-01-01T00:00:00Z", "2026-01-01T01:00:00+01:00", 1767225600,
+                      1767225600000, "1767225600", datetime.datetime(2026, 1, 1)):
+            with self.subTest(value=value):
+                self.assertEqual(norm({"type": "t", "stimestamp": value})["stimestamp"], expected)
+
+    def test_a_senders_timestamp_becomes_stimestamp(self):
+        event = norm({"type": "t", "timestamp": "2026-01-01T00:00:00Z"})
+        self.assertEqual(event["timestamp"], NOW)
+        self.assertEqual(event["stimestamp"], datetime.datetime(2026, 1, 1, tzinfo=UTC))
+
+    def test_assigned_fields_from_the_sender_are_ignored(self):
+        event = norm({"type": "t", "_id": "forged", "source": "forged", "node": "forged"})
+        self.assertNotIn("_id", event)
+        self.assertEqual((event["source"], event["node"]), ("http", "node-1"))
+
+    def test_trusted_events_keep_unknown_fields(self):
+        event = norm({"type": "t", "custom": {"a": 1}, "oid": ObjectId()}, trusted=True)
+        self.assertEqual(event["custom"], {"a": 1})
+
+    def test_null_optional_fields_are_dropped(self):
+        self.assertNotIn("level", norm({"type": "t", "level": None}))
+
+
+class Rejects(unittest.TestCase):
+    def assertRejected(self, raw, *fragments, **kw):
+        with self.assertRaises(InvalidEvent) as ctx:
+            norm(raw, **kw)
+        for fragment in fragments:
+            self.assertIn(fragment, str(ctx.exception))
+
+    def test_not_an_object(self):
+        self.assertRejected([1, 2], "an event must be")
+        self.assertRejected("text", "an event must be")
+
+    def test_type_is_required_and_a_string(self):
+        self.assertRejected({}, "type", "required")
+        self.assertRejected({"type": ""}, "type", "empty")
+        self.assertRejected({"type": 5}, "type", "must be a string")
+        self.assertRejected({"type": "x" * 300}, "type", "longer than")
+
+    def test_unknown_fields_are_named(self):
+        self.assertRejected({"type": "t", "colour": "red"}, "unknown field 'colour'")
+
+    def test_wrong_types(self):
+        self.assertRejected({"type": "t", "context": [1]}, "context", "must be an object")
+        self.assertRejected({"type": "t", "cookies": "a=b"}, "cookies")
+        self.assertRejected({"type": "t", "cookies": {"a": 1}}, "cookies.a")
+        self.assertRejected({"type": "t", "level": 3}, "level")
+        self.assertRejected({"type": "t", "stimestamp": "yesterday"}, "stimestamp", "ISO 8601")
+        self.assertRejected({"type": "t", "stimestamp": [1]}, "stimestamp")
+        self.assertRejected({"type": "t", "ip": "999.1.1.1"}, "ip", "not an IP address")
+
+    def test_values_bson_and_mongodb_cannot_hold(self):
+        self.assertRejected({"type": "t", "context": {"n": 2**70}}, "context.n", "64-bit")
+        self.assertRejected({"type": "t", "context": {"n": float("nan")}}, "context.n", "finite")
+        self.assertRejected({"type": "t", "context": {"$where": 1}}, "must not start with '$'")
+        self.assertRejected({"type": "t", "context": {"a\x00b": 1}}, "NUL")
+        self.assertRejected({"type": "t", "context": {"s": "\ud800"}}, "UTF-8")
+        self.assertRejected({"type": "t", "context": {"s": {1, 2}}}, "unsupported value type")
+
+    def test_limits_on_depth_size_and_count(self):
+        deep = {}
+        node = deep
+        for _ in range(40):
+            node["d"] = {}
+            node = node["d"]
+        self.assertRejected({"type": "t", "context": deep}, "nested deeper than 32")
+        self.assertRejected({"type": "t", "context": {"s": "x" * 100}}, "context.s", "longer than 50",
+                            limits=Limits(max_string_bytes=50))
+        self.assertRejected({"type": "t", "context": {str(i): i for i in range(20)}}, "more than 10",
+                            limits=Limits(max_fields=10))
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,313 @@
+"""The journal in one process: append, read, wait, cursors, segment roll, retention, size cap,
+recovery from damage, the lock, and stable event ids."""
+import datetime
+import logging
+import os
+import time
+import unittest
+
+import gevent
+
+from zspark.journal import (Cursor, Journal, JournalClosed, JournalFull, JournalLocked, Reader,
+                            decode_event, encode_event, event_id, list_segments)
+from zspark.journal import record
+
+from .support import TempDir
+
+
+def payloads(n, start=0, size=200):
+    return [f"record-{i:08d}-".encode().ljust(size, b".") for i in range(start, start + n)]
+
+
+class JournalCase(unittest.TestCase):
+    def setUp(self):
+        self.tmp = TempDir()
+        self.addCleanup(self.tmp.remove)
+        self.dir = self.tmp.join("journal")
+
+    def open(self, **kw):
+        journal = Journal(self.dir, **kw).open()
+        self.addCleanup(journal.close)
+        return journal
+
+    def read_all(self, directory=None, start=0):
+        reader = Reader(directory or self.dir, start)
+        self.addCleanup(reader.close)
+        return list(reader), reader
+
+
+class AppendAndRead(JournalCase):
+    def test_append_returns_offsets_and_records_read_back_in_order(self):
+        journal = self.open()
+        self.assertEqual(journal.append(payloads(3)), [0, 1, 2])
+        self.assertEqual(journal.append(payloads(2, 3)), [3, 4])
+        self.assertEqual(journal.end_offset, 5)
+        records = list(journal.reader(0))
+        self.assertEqual([o for o, _ in records], [0, 1, 2, 3, 4])
+        self.assertEqual([p for _, p in records], payloads(5))
+
+    def test_reader_starts_at_any_offset(self):
+        journal = self.open()
+        journal.append(payloads(10))
+        self.assertEqual([o for o, _ in journal.reader(7)], [7, 8, 9])
+        self.assertEqual(list(journal.reader(10)), [])
+
+    def test_many_greenlets_appending_concurrently_share_fsyncs_and_lose_nothing(self):
+        journal = self.open(sync="batch", sync_interval=0.002)
+        acked = []
+
+        def writer(n):
+            for i in range(50):
+                (offset,) = journal.append([f"w{n}-{i}".encode()])
+                acked.append((offset, f"w{n}-{i}".encode()))
+
+        gevent.joinall([gevent.spawn(writer, n) for n in range(20)], raise_error=True)
+        self.assertEqual(sorted(acked), sorted(journal.reader(0)))
+        self.assertEqual(len(acked), 1000)
+        self.assertLess(journal.stats.syncs, 1000, "appends from concurrent greenlets must share fsyncs")
+
+    def test_every_sync_policy_makes_records_durable_before_append_returns(self):
+        for policy in ("always", "batch", "never"):
+            with self.subTest(policy=policy):
+                directory = self.tmp.join(policy)
+                journal = Journal(directory, sync=policy).open()
+                journal.append(payloads(5))
+                # Another reader (as after a crash) sees them at once: they are in the file.
+                records, _ = self.read_all(directory)
+                self.assertEqual(len(records), 5)
+                journal.close()
+
+    def test_encode_hook_gets_each_records_offset(self):
+        journal = self.open()
+        journal.append([b"a"])
+        offsets = journal.append(["x", "y"], encode=lambda item, offset: f"{item}@{offset}".encode())
+        self.assertEqual(offsets, [1, 2])
+        self.assertEqual([p for _, p in journal.reader(1)], [b"x@1", b"y@2"])
+
+    def test_append_after_close_fails_clearly(self):
+        journal = Journal(self.dir).open()
+        journal.close()
+        with self.assertRaises(JournalClosed):
+            journal.append([b"late"])
+
+    def test_reopen_continues_offsets(self):
+        journal = Journal(self.dir).open()
+        journal.append(payloads(4))
+        journal.close()
+        journal = self.open()
+        self.assertEqual(journal.end_offset, 4)
+        self.assertEqual(journal.append([b"next"]), [4])
+        self.assertEqual(len(list(journal.reader(0))), 5)
+
+
+class Waiting(JournalCase):
+    def test_reader_wait_wakes_when_records_arrive(self):
+        journal = self.open()
+        reader = journal.reader(0)
+        got = []
+
+        def consume():
+            while len(got) < 3:
+                batch = reader.read()
+                if not batch:
+                    reader.wait(5)
+                got.extend(batch)
+
+        consumer = gevent.spawn(consume)
+        gevent.sleep(0.05)
+        self.assertEqual(got, [])
+        journal.append([b"one"])
+        journal.append([b"two", b"three"])
+        consumer.join(5)
+        self.assertEqual([p for _, p in got], [b"one", b"two", b"three"])
+
+    def test_wait_times_out_when_nothing_arrives(self):
+        journal = self.open()
+        reader = journal.reader(0)
+        self.assertFalse(reader.wait(0.05))
+
+    def test_directory_reader_follows_a_journal_written_elsewhere(self):
+        journal = self.open()
+        journal.append([b"first"])
+        reader = Reader(self.dir, 0, poll_interval=0.01)
+        self.addCleanup(reader.close)
+        self.assertEqual([p for _, p in reader.read()], [b"first"])
+        self.assertEqual(reader.read(), [])
+        journal.append([b"second"])
+        reader.wait(1)
+        self.assertEqual([p for _, p in reader.read()], [b"second"])
+
+
+class Cursors(JournalCase):
+    def test_cursor_starts_at_zero_and_commits_durably(self):
+        journal = self.open()
+        cursor = journal.cursor("kafka")
+        self.assertEqual(cursor.offset, 0)
+        cursor.commit(42)
+        self.assertEqual(Cursor(self.dir, "kafka").offset, 42)
+        self.assertEqual(journal.cursors(), {"kafka": 42})
+        leftovers = [n for n in os.listdir(os.path.join(self.dir, "cursors")) if n.endswith(".tmp")]
+        self.assertEqual(leftovers, [])
+
+    def test_damaged_cursor_file_restarts_from_zero_and_says_so(self):
+        journal = self.open()
+        journal.cursor("mongo").commit(10)
+        with open(os.path.join(self.dir, "cursors", "mongo"), "w") as f:
+            f.write("garbage")
+        with self.assertLogs("zspark.journal", logging.ERROR) as logs:
+            self.assertEqual(Cursor(self.dir, "mongo").offset, 0)
+        self.assertIn("re-sent", logs.output[0])
+
+    def test_cursor_names_are_checked(self):
+        with self.assertRaises(ValueError):
+            Cursor(self.dir, "../escape")
+
+
+class SegmentsAndRetention(JournalCase):
+    def test_segments_roll_at_the_configured_size_and_are_named_by_first_offset(self):
+        journal = self.open(segment_bytes=2000)
+        for i in range(10):
+            journal.append(payloads(5, i * 5))
+        bases = list_segments(self.dir)
+        self.assertGreater(len(bases), 3)
+        for base in bases:
+            records, _ = self.read_all(start=base)
+            self.assertEqual(records[0][0], base, "a segment's name is its first record's offset")
+        self.assertEqual([o for o, _ in journal.reader(0)], list(range(50)))
+
+    def test_retention_deletes_only_segments_every_cursor_passed_and_old_enough(self):
+        journal = self.open(segment_bytes=2000, retain_hours=1)
+        for i in range(10):
+            journal.append(payloads(5, i * 5))
+        bases = list_segments(self.dir)
+        journal.cursor("kafka").commit(50)
+        journal.cursor("mongo").commit(bases[2])  # mongo has passed the first two segments only
+        now = time.time()
+        self.assertEqual(journal.apply_retention(["kafka", "mongo"], now=now), [],
+                         "segments younger than retain_hours stay")
+        deleted = journal.apply_retention(["kafka", "mongo"], now=now + 2 * 3600)
+        self.assertEqual(deleted, bases[:2])
+        self.assertEqual(list_segments(self.dir), bases[2:])
+        self.assertEqual(journal.first_offset, bases[2])
+        self.assertEqual([o for o, _ in journal.reader(0)], list(range(bases[2], 50)))
+
+    def test_retention_waits_for_a_consumer_that_never_started(self):
+        journal = self.open(segment_bytes=2000, retain_hours=0)
+        for i in range(10):
+            journal.append(payloads(5, i * 5))
+        journal.cursor("kafka").commit(50)
+        self.assertEqual(journal.apply_retention(["kafka", "mongo"]), [])
+
+    def test_retention_never_deletes_the_active_segment(self):
+        journal = self.open(retain_hours=0)
+        journal.append(payloads(5))
+        journal.cursor("kafka").commit(5)
+        self.assertEqual(journal.apply_retention(["kafka"]), [])
+        self.assertEqual(len(list(journal.reader(0))), 5)
+
+
+class SizeCap(JournalCase):
+    def test_full_journal_refuses_new_records_and_keeps_old_ones(self):
+        journal = self.open(max_bytes=5000, segment_bytes=2000, retain_hours=0)
+        stored = 0
+        with self.assertRaises(JournalFull):
+            for i in range(100):
+                journal.append(payloads(1, i))
+                stored += 1
+        self.assertGreater(stored, 5)
+        self.assertLessEqual(journal.size_bytes, 5000)
+        self.assertEqual([p for _, p in journal.reader(0)], payloads(stored))
+        # Once consumers pass old segments and retention frees them, appends succeed again.
+        journal.cursor("kafka").commit(journal.end_offset)
+        self.assertTrue(journal.apply_retention(["kafka"]))
+        self.assertEqual(journal.append([b"after"]), [stored])
+
+
+class Recovery(JournalCase):
+    def segment_path(self, base=None):
+        bases = list_segments(self.dir)
+        return os.path.join(self.dir, record.segment_name(bases[-1] if base is None else base))
+
+    def test_a_torn_last_record_is_cut_at_open_and_logged(self):
+        journal = Journal(self.dir).open()
+        journal.append(payloads(10))
+        journal.close()
+        path = self.segment_path()
+        size = os.path.getsize(path)
+        with open(path, "r+b") as f:
+            f.truncate(size - 50)  # half of the last record
+        with self.assertLogs("zspark.journal", logging.WARNING) as logs:
+            journal = self.open()
+        self.assertTrue(any("torn record" in line for line in logs.output), logs.output)
+        self.assertEqual(journal.end_offset, 9)
+        self.assertEqual([p for _, p in journal.reader(0)], payloads(9))
+        self.assertEqual(journal.append([b"new"]), [9])
+        self.assertEqual([p for _, p in journal.reader(8)], [payloads(9)[8], b"new"])
+
+    def test_a_corrupt_record_in_the_middle_is_skipped_and_counted(self):
+        journal = Journal(self.dir).open()
+        journal.append(payloads(10))
+        journal.close()
+        frame_size = record.HEADER_SIZE + 200
+        with open(self.segment_path(), "r+b") as f:
+            f.seek(4 * frame_size + record.HEADER_SIZE + 20)  # inside record 4's payload
+            f.write(b"XXXX")
+        journal = self.open()
+        self.assertEqual(journal.end_offset, 10, "damage in the middle is not a torn tail")
+        with self.assertLogs("zspark.journal", logging.WARNING):
+            records, reader = self.read_all()
+        self.assertEqual([o for o, _ in records], [0, 1, 2, 3, 5, 6, 7, 8, 9])
+        self.assertEqual(reader.skipped_regions, 1)
+        self.assertEqual(reader.skipped_bytes, frame_size)
+
+    def test_garbage_at_the_end_of_an_older_segment_is_skipped(self):
+        journal = Journal(self.dir, segment_bytes=1000).open()
+        for i in range(5):
+            journal.append(payloads(5, i * 5))
+        journal.close()
+        first = list_segments(self.dir)[0]
+        with open(self.segment_path(first), "ab") as f:
+            f.write(b"\x00garbage-after-a-crash")
+        with self.assertLogs("zspark.journal", logging.WARNING):
+            records, _ = self.read_all()
+        self.assertEqual([o for o, _ in records], list(range(25)))
+
+    def test_a_deleted_segment_loses_only_its_records(self):
+        journal = Journal(self.dir, segment_bytes=1000).open()
+        for i in range(5):
+            journal.append(payloads(5, i * 5))
+        journal.close()
+        bases = list_segments(self.dir)
+        os.unlink(self.segment_path(bases[1]))
+        journal = self.open()
+        expected = [o for o in range(25) if not bases[1] <= o < bases[2]]
+        self.assertEqual([o for o, _ in journal.reader(0)], expected)
+
+    def test_a_second_writer_is_refused(self):
+        self.open()
+        with self.assertRaises(JournalLocked) as ctx:
+            Journal(self.dir).open()
+        self.assertIn(str(os.getpid()), str(ctx.exception))
+
+
+class EventIds(JournalCase):
+    def test_ids_are_stable_and_derive_from_node_time_and_offset(self):
+        ts = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
+        a = event_id(ts, "node-a", 7)
+        self.assertEqual(a, event_id(ts, "node-a", 7))
+        self.assertNotEqual(a, event_id(ts, "node-b", 7))
+        self.assertNotEqual(a, event_id(ts, "node-a", 8))
+        self.assertEqual(a.generation_time, ts)
+
+    def test_journaled_events_carry_their_id(self):
+        journal = self.open()
+        ts = datetime.datetime.now(datetime.timezone.utc)
+        events = [{"timestamp": ts, "type": "t", "node": "n", "source": "test"} for _ in range(3)]
+        offsets = journal.append(events, encode=encode_event)
+        stored = [decode_event(p) for _, p in journal.reader(0)]
+        self.assertEqual([e["_id"] for e in stored], [event_id(ts, "n", o) for o in offsets])
+        self.assertEqual(len({e["_id"] for e in stored}), 3)
+
+
+if __name__ == "__main__":
+    unittest.main()
