@@ -116,3 +116,28 @@ def zcmd(*args, timeout=60, input=None):
     """Run `zcmd ARGS`; returns CompletedProcess with text stdout and stderr."""
     return subprocess.run([sys.executable, "-m", "zspark.cli", *args], capture_output=True, text=True,
                           timeout=timeout, input=input, cwd=ROOT)
+
+
+def journal_events(journal_dir, offset=0):
+    """Every intact event in the journal at `journal_dir` (read from the files), in offset order."""
+    from zspark.journal import Reader, decode_event
+
+    reader = Reader(journal_dir, offset)
+    try:
+        return [decode_event(payload) for _, payload in reader]
+    finally:
+        reader.close()
+
+
+def wait_until(predicate, timeout=15.0, interval=0.02, message="condition"):
+    """Poll `predicate` (cooperatively) until it returns something truthy; return that value.
+
+    Raises AssertionError naming `message` if the deadline passes first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)  # gevent-patched in the test process: other greenlets run meanwhile

@@ -22,6 +22,9 @@ FIELDS = frozenset(STRING_FIELDS + ("timestamp", "stimestamp", "cookies", "conte
 # Fields the sender may not set: the appliance assigns them.
 ASSIGNED = ("_id", "source", "node")
 SHORT_LIMIT = 256  # type, level, topic, env, version: names, not payloads
+_SHORT_FIELDS = frozenset(("type", "level", "topic", "env", "version"))
+_STRING_FIELDS = frozenset(STRING_FIELDS)  # sets, for the per-field lookups in normalize
+_ASSIGNED = frozenset(ASSIGNED)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
@@ -58,7 +61,7 @@ def normalize(raw, source, node, now=None, limits=DEFAULT_LIMITS, trusted=False)
     for name, value in raw.items():
         if not isinstance(name, str):
             raise InvalidEvent(f"field names must be strings, got {name!r}")
-        if name in ASSIGNED:
+        if name in _ASSIGNED:
             continue  # assigned below; a sender's value is ignored, never trusted
         if name == "timestamp":
             # Zarkov's clients send their own time as `timestamp`; it becomes `stimestamp`.
@@ -67,9 +70,8 @@ def normalize(raw, source, node, now=None, limits=DEFAULT_LIMITS, trusted=False)
             continue
         if value is None:
             continue
-        if name in STRING_FIELDS:
-            event[name] = _string(value, name, limits, SHORT_LIMIT if name in
-                                  ("type", "level", "topic", "env", "version") else None)
+        if name in _STRING_FIELDS:
+            event[name] = _string(value, name, limits, SHORT_LIMIT if name in _SHORT_FIELDS else None)
         elif name == "stimestamp":
             event[name] = _timestamp(value, name)
         elif name == "cookies":
@@ -80,6 +82,7 @@ def normalize(raw, source, node, now=None, limits=DEFAULT_LIMITS, trusted=False)
                 raise InvalidEvent(f"context: must be an object, got {_kind(value)}")
             event[name] = _value(value, name, 1, limits, counter)
         elif trusted:
+            _check_key(name, "event")  # the name must still be storable (no NUL, no lone surrogate)
             event[name] = _value(value, name, 1, limits, [0])
         else:
             raise InvalidEvent(f"unknown field '{_short(name)}' (known: {', '.join(sorted(FIELDS - set(ASSIGNED)))})")
@@ -110,6 +113,8 @@ def _string(value, name, limits, short_limit=None):
 def _check_text(value, where):
     if "\x00" in value:
         raise InvalidEvent(f"{where}: contains a NUL character")
+    if value.isascii():
+        return  # ASCII has no lone surrogates: skip the encode (most text is ASCII)
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -118,7 +123,10 @@ def _check_text(value, where):
 
 def _timestamp(value, name):
     if isinstance(value, datetime.datetime):
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        try:
+            return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        except OverflowError:  # 0001-01-01T00:00:00+01:00 is before datetime.min in UTC
+            raise InvalidEvent(f"{name}: out of range: {value.isoformat()}") from None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if not math.isfinite(value):
             raise InvalidEvent(f"{name}: must be a finite number")

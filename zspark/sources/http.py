@@ -17,10 +17,13 @@ import ipaddress
 import json
 import logging
 import socket
+import time
 import urllib.parse
 import zlib
 
 import bottle
+import gevent
+from gevent.pool import Pool
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
 from ..ingest import BatchRejected
@@ -48,7 +51,7 @@ class Refusal(Exception):
 
 
 def json_response(status, body, headers=None):
-    return bottle.HTTPResponse(json.dumps(body, separators=(",", ":")), status,
+    return bottle.HTTPResponse(_ENCODER.encode(body), status,
                                {"Content-Type": "application/json", **(headers or {})})
 
 
@@ -64,12 +67,13 @@ class HttpSource:
         self._tokens = [t.encode() for t in self.config.tokens]
         self.app = self._build_app()
         self.server = None
+        self._in_flight = 0  # requests being answered now (a stop waits for them)
 
     # -- serving ------------------------------------------------------------------------------
 
     def start(self):
         self.server = _NoDelayServer((self.config.host, self.config.port), self.app,
-                                     log=None, error_log=_ErrorLog())
+                                     spawn=Pool(), log=None, error_log=_ErrorLog())
         self.server.start()
         log.info("HTTP listening on http://%s:%d%s/log", self.config.host, self.address[1], self.config.root)
 
@@ -78,15 +82,24 @@ class HttpSource:
         return self.server.address
 
     def stop(self, timeout):
-        """Stop accepting, let requests in flight finish (up to `timeout` seconds)."""
-        if self.server is not None:
-            self.server.stop(timeout=timeout)
+        """Stop accepting, let requests in flight finish (up to `timeout` seconds), then close
+        the connections that are left (idle keep-alives)."""
+        if self.server is None:
+            return
+        self.server.close()
+        deadline = time.monotonic() + timeout
+        while self._in_flight and time.monotonic() < deadline:
+            gevent.sleep(0.01)
+        if self._in_flight:
+            log.warning("HTTP: %d request(s) still in flight after %.0fs; closing them unanswered",
+                        self._in_flight, timeout)
+        self.server.stop(timeout=0)
 
     # -- the app ------------------------------------------------------------------------------
 
     def _build_app(self):
         app = bottle.Bottle(catchall=True, autojson=False)
-        root = self.config.root.rstrip("/")
+        root = "/" + self.config.root.strip("/") if self.config.root.strip("/") else ""
         app.route(root + "/log", "GET", self._get_log)
         app.route(root + "/log", "POST", self._post_log)
         app.route(root + "/imok", ["GET", "HEAD"], lambda: _text("imok"))
@@ -111,12 +124,21 @@ class HttpSource:
         return json.dumps({"ok": False, "error": "internal error"})
 
     def _get_log(self):
+        if bottle.request.method == "HEAD":  # Bottle routes HEAD to GET; a probe must not log an event
+            return json_response(405, {"ok": False, "error": "method not allowed"}, {"Allow": "GET, POST"})
         return self._handle(self._events_from_query)
 
     def _post_log(self):
         return self._handle(self._events_from_body)
 
     def _handle(self, read_events):
+        self._in_flight += 1
+        try:
+            return self._answer(read_events)
+        finally:
+            self._in_flight -= 1
+
+    def _answer(self, read_events):
         try:
             if self.stopping():
                 raise Refusal(503, "the server is stopping", {"Retry-After": str(self.config.retry_after_s),
@@ -182,12 +204,13 @@ class HttpSource:
         if context:
             event["context"] = context
         event.setdefault("ip", self._client_ip())
-        headers = bottle.request.headers
-        if headers.get("Referer"):
-            event["referrer"] = _header_text(headers["Referer"])
-        if headers.get("User-Agent"):
-            event["user_agent"] = _header_text(headers["User-Agent"])
-        cookies = _parse_cookies(headers.get("Cookie", ""))
+        # The raw latin-1 strings from environ: bottle's request.headers decodes them as strict
+        # UTF-8 and raises on anything else.
+        if environ.get("HTTP_REFERER"):
+            event["referrer"] = _header_text(environ["HTTP_REFERER"])
+        if environ.get("HTTP_USER_AGENT"):
+            event["user_agent"] = _header_text(environ["HTTP_USER_AGENT"])
+        cookies = _parse_cookies(environ.get("HTTP_COOKIE", ""))
         if cookies:
             event["cookies"] = cookies
         return [event]
@@ -261,21 +284,32 @@ class HttpSource:
 
 
 def _gunzip(body, limit):
-    decompressor = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-    try:
-        out = decompressor.decompress(body, limit + 1)  # never inflate more than the limit allows
-    except zlib.error as e:
-        raise Refusal(400, f"the gzip body is damaged: {e}") from None
-    if len(out) > limit or decompressor.unconsumed_tail:
-        raise Refusal(413, f"the body is larger than {limit} bytes after gunzip", {"Connection": "close"})
-    if not decompressor.eof:
-        raise Refusal(400, "the gzip body is truncated")
-    return out
+    """Inflate every gzip member in `body` (a gzip stream may be several members back to back)."""
+    out = []
+    size = 0
+    while True:
+        decompressor = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        try:
+            # Never inflate more than the limit allows (0 would mean no limit; size <= limit here).
+            chunk = decompressor.decompress(body, limit + 1 - size)
+        except zlib.error as e:
+            raise Refusal(400, f"the gzip body is damaged: {e}") from None
+        size += len(chunk)
+        out.append(chunk)
+        if size > limit or decompressor.unconsumed_tail:
+            raise Refusal(413, f"the body is larger than {limit} bytes after gunzip", {"Connection": "close"})
+        if not decompressor.eof:
+            raise Refusal(400, "the gzip body is truncated")
+        body = decompressor.unused_data
+        if not body:
+            return b"".join(out)
 
 
 def _loads(text, what):
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        if text.startswith("\ufeff"):  # what json.loads says; the decoder alone would not
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        return _DECODER.decode(text)
     except RecursionError:
         raise Refusal(400, f"{what} is nested too deeply") from None
     except ValueError as e:
@@ -286,6 +320,12 @@ def _loads(text, what):
 
 def _reject_constant(name):
     raise ValueError(f"{name} is not a JSON number")
+
+
+# Built once: json.loads/json.dumps with keyword arguments build a new decoder/encoder per call,
+# which cost more than decoding a small event.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
 def _parse_ndjson(text):
