@@ -235,14 +235,21 @@ class Journal:
             started = time.monotonic()
             self._threadpool.apply(_write_at, (self._fd, data, position, self.sync != "never"))
             if self.sync != "never":
-                self._last_sync = time.monotonic()
-                self.stats.record_sync(self._last_sync - started)
+                # Pace fsyncs by when they start: one every sync_interval, not one every
+                # sync_interval plus however long the previous fsync took.
+                self._last_sync = started
+                self.stats.record_sync(time.monotonic() - started)
         except OSError as e:
             self.stats.write_errors += 1
             batch.error = JournalFull(f"no space left for the journal: {e}") if e.errno in (
                 errno.ENOSPC, errno.EDQUOT) else JournalError(f"journal write failed: {e}")
             log.error("journal: write of offsets %d..%d failed, those records were refused: %s",
                       batch.first, batch.last, e)
+        except BaseException as e:
+            # Not a disk error: a bug or the flusher being killed. The records are not known to
+            # be written, so their appenders must hear so; then the flusher dies loudly.
+            batch.error = JournalError(f"journal write interrupted: {e!r}")
+            raise
         else:
             self._segments[-1][1] += len(data)
             self._end_offset = batch.last + 1
@@ -416,8 +423,8 @@ def _scan_segment(path):
             last_offset, _, pos = result
             valid_end = pos
             continue
-        if result is record.INCOMPLETE:
-            break
+        # INCOMPLETE is a torn tail only if no intact record follows; otherwise the length field
+        # is damaged, and cutting here would throw away the intact records after it.
         at = record.resync(data, pos)
         if at is None:
             break

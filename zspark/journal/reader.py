@@ -66,7 +66,8 @@ class Reader:
             if self._fill():
                 continue  # more bytes arrived; parse again
             # At the end of the file with an incomplete or damaged record (or none) in hand.
-            if result is record.CORRUPT and self._skip_damage():
+            # An "incomplete" record followed by intact ones has a damaged length field: skip it.
+            if self._pos < len(self._buf) and self._skip_damage():
                 continue
             if not self._next_segment():
                 break

@@ -17,10 +17,12 @@ mark and then block, instead of events being dropped.
 """
 import json
 import logging
+import time
 
 import bson
 import gevent
 import zmq.green as zmq
+from zmq import Socket as _PlainSocket  # the plain class: see _receive
 
 from ..event import InvalidEvent
 from ..journal import JournalClosed, JournalError
@@ -31,6 +33,7 @@ log = logging.getLogger("zspark.zmq")
 
 COMMANDS = ("event", "event_noval")
 RETRY_SECONDS = 1.0
+DRAIN_SECONDS = 2.0  # at stop, frames still arriving this long after it are no longer taken
 
 
 def decode_bson(frame):
@@ -54,6 +57,8 @@ class ZmqSource:
         self._socket = None
         self._greenlet = None
         self._stopping = False
+        self._drain_seconds = self._drain_deadline = None
+        self._unbound = False
         self._warn = RateLimitedLog(log)
 
     def start(self):
@@ -67,8 +72,14 @@ class ZmqSource:
         log.info("ZeroMQ %s listening on %s", self.name, self.endpoint)
         return self._greenlet
 
-    def stop(self):
-        """Journal what has been received (and what is queued in the socket), then close."""
+    def stop(self, drain_seconds=DRAIN_SECONDS):
+        """Journal what has been received (and what is queued in the socket), then close.
+
+        Senders that keep sending would keep the queue from ever draining: after `drain_seconds`
+        the socket unbinds (takes no new frames) and journals only what it already holds.
+        """
+        self._drain_seconds = drain_seconds
+        self._drain_deadline = time.monotonic() + drain_seconds
         self._stopping = True
         if self._greenlet is not None:
             self._greenlet.join()
@@ -79,6 +90,11 @@ class ZmqSource:
     def _run(self):
         previous = None  # (pending append, its events): one burst in flight while we receive
         while True:
+            if previous is not None and not self._socket.poll(0, zmq.POLLIN):
+                # Nothing more to receive now: finish the burst in flight before waiting for
+                # frames, so it is counted (and retried if its write failed) without delay.
+                self._wait_durable(*previous)
+                previous = None
             frames = self._receive()
             if frames is None:
                 break
@@ -93,16 +109,38 @@ class ZmqSource:
     def _receive(self):
         """A burst of frames; None once stopping and the socket's queue is drained."""
         sock = self._socket
+        if self._stopping and not self._unbound and time.monotonic() >= self._drain_deadline:
+            if not self._stop_taking_frames():
+                return None
         while not sock.poll(200, zmq.POLLIN):
             if self._stopping:
                 return None
+        # The burst is taken with the plain non-blocking recv: zmq.green's recv re-reads the
+        # socket's event state after every frame (a getsockopt(ZMQ_EVENTS), a syscall in libzmq),
+        # 20x the cost of the recv itself. Never blocking, and always polling (which reads that
+        # state) before waiting again, we need none of it.
         frames = []
+        recv = _PlainSocket.recv
         try:
             while len(frames) < self.receive_batch:
-                frames.append(sock.recv(zmq.NOBLOCK, copy=True))
+                frames.append(recv(sock, zmq.NOBLOCK, copy=True))
         except zmq.Again:
             pass
         return frames
+
+    def _stop_taking_frames(self):
+        """Unbind so no new frames arrive; False if that failed (then stop receiving now)."""
+        self._unbound = True
+        try:
+            self._socket.unbind(self.endpoint)
+        except zmq.ZMQError as e:
+            log.error("ZeroMQ %s: senders are still sending %gs after the stop and the socket could "
+                      "not be unbound (%s): closing it with what is queued unread", self.name,
+                      self._drain_seconds, e)
+            return False
+        log.warning("ZeroMQ %s: senders are still sending %gs after the stop: no longer taking new "
+                    "frames, journaling those already queued", self.name, self._drain_seconds)
+        return True
 
     def _normalize(self, frames):
         events = []
