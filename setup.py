@@ -15,6 +15,8 @@ setup(
         # BSON comes from pymongo's own `bson` module; never install the PyPI package `bson`.
         "pymongo>=4.6",
         "PyYAML>=6.0",
+        # Kafka: librdkafka. pykafka (the design card's choice) cannot talk to current brokers.
+        "confluent-kafka>=2.3",
     ],
     extras_require={
         "test": ["nose2>=0.14"],

@@ -93,9 +93,30 @@ class EventConfig:
 
 
 @dataclass
+class ForwardConfig:
+    """How every forwarder batches and retries."""
+    batch_size: int = 1000
+    batch_wait_ms: float = 20.0
+    backoff_initial_ms: float = 100.0
+    backoff_max_s: float = 30.0
+    stop_timeout_s: float = 10.0
+
+
+@dataclass
 class KafkaConfig:
     enabled: bool = False
     brokers: str = "127.0.0.1:9092"
+    topic: str = "{topic}"  # a template over event fields
+    default_topic: str = "zspark"  # when the template names a field the event does not have
+    key_field: str = ""  # an event field whose value becomes the message key ("" = no key)
+    format: _choice("json", "bson", "plain") = "json"
+    plain_fields: list[str] = field(default_factory=lambda: [
+        "timestamp", "type", "level", "topic", "env", "version", "ip", "referrer", "user_agent",
+        "context"])
+    plain_delimiter: str = "\t"
+    compression: _choice("none", "gzip", "snappy", "lz4", "zstd") = "none"
+    message_timeout_ms: int = 30000
+    producer: dict = field(default_factory=dict)  # passed through to librdkafka
 
 
 @dataclass
@@ -104,6 +125,14 @@ class MongoConfig:
     uri: str = "mongodb://127.0.0.1:27017/?directConnection=true"
     database: str = "zspark"
     collection: str = "event"
+    ttl_days: float = 0.0  # 0 = keep for ever
+    timeout_ms: int = 10000
+
+
+@dataclass
+class PubConfig:
+    enabled: bool = False
+    bind: ZmqAddress = ZmqAddress("tcp://127.0.0.1:6545")
 
 
 @dataclass
@@ -118,8 +147,10 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     zmq: ZmqConfig = field(default_factory=ZmqConfig)
     event: EventConfig = field(default_factory=EventConfig)
+    forward: ForwardConfig = field(default_factory=ForwardConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     mongo: MongoConfig = field(default_factory=MongoConfig)
+    pub: PubConfig = field(default_factory=PubConfig)
     log: LogConfig = field(default_factory=LogConfig)
     source: str = "<defaults>"  # the file this was loaded from, for messages
 
@@ -219,6 +250,16 @@ def _convert(typ, value, key, ctx):
         if not isinstance(value, list):
             fail("a list")
         return [_convert(item_type, v, f"{key}[{i}]", ctx) for i, v in enumerate(value)]
+    if typ is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            fail("a mapping of names to values")
+        for k, v in value.items():
+            if not isinstance(v, (str, int, float, bool)):
+                raise ConfigError(f"{ctx.source}: key '{key}.{k}': expected a string, number or "
+                                  f"true/false, got {v!r}")
+        return dict(value)
     if typ is bool:
         if not isinstance(value, bool):
             fail("true or false")
@@ -282,6 +323,9 @@ def describe(config: Config) -> dict:
     """The config as plain data (for `zcmd validate` and `/status`), without secrets."""
     data = dataclasses.asdict(config)
     data.pop("source", None)
+    for name in list(data["kafka"]["producer"]):
+        if any(word in name for word in ("password", "secret", "key")):
+            data["kafka"]["producer"][name] = "<hidden>"
     if data["http"]["tokens"]:
         data["http"]["tokens"] = [f"<{len(data['http']['tokens'])} configured>"]
     return data

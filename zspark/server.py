@@ -15,6 +15,7 @@ from gevent.event import Event
 
 from . import __version__
 from .event import Limits
+from .forwarder import Forwarder
 from .ingest import Ingest
 from .journal import Journal, JournalError
 from .metrics import Metrics
@@ -28,6 +29,26 @@ class StartupError(Exception):
     """The server cannot start (a port in use, the journal locked...); the message says why."""
 
 
+def build_sinks(config):
+    """The sinks the config enables, in delivery order."""
+    sinks = []
+    try:
+        if config.kafka.enabled:
+            from .sinks.kafka import KafkaSink
+            sinks.append(KafkaSink(config.kafka))
+        if config.mongo.enabled:
+            from .sinks.mongo import MongoSink
+            sinks.append(MongoSink(config.mongo))
+        if config.pub.enabled:
+            from .sinks.pub import PubSink
+            sinks.append(PubSink(config.pub))
+    except Exception as e:  # a bad broker list or URI, a PUB address in use
+        for sink in sinks:
+            sink.close()
+        raise StartupError(f"cannot set up forwarding: {e}") from None
+    return sinks
+
+
 class Server:
     def __init__(self, config):
         self.config = config
@@ -39,7 +60,7 @@ class Server:
         self.ingest = Ingest(self.journal, config.node.id, self.metrics, Limits.from_config(config.event))
         self.http = None
         self.zmq_sources = []
-        self.consumers = []  # cursor names retention must wait for (the forwarders')
+        self.forwarders = []
         self.exit_code = 0
         self._stopping = False
         self._stop_requested = Event()
@@ -54,6 +75,12 @@ class Server:
             raise StartupError(f"cannot open the journal in {self.config.journal.dir}: {e}") from None
         try:
             self._start_sources()
+        except BaseException:
+            self._stop_sources()
+            self.journal.close()
+            raise
+        try:
+            self._start_forwarders()
         except BaseException:
             self._stop_sources()
             self.journal.close()
@@ -83,6 +110,22 @@ class Server:
                                    f"{key}): {e}") from None
             self.zmq_sources.append(source)
             self._watch(greenlet, f"ZeroMQ source {name}")
+
+    def _start_forwarders(self):
+        for sink in build_sinks(self.config):
+            fc = self.config.forward
+            forwarder = Forwarder(self.journal, sink, batch_size=fc.batch_size,
+                                  batch_wait=fc.batch_wait_ms / 1000.0,
+                                  backoff_initial=fc.backoff_initial_ms / 1000.0,
+                                  backoff_max=fc.backoff_max_s)
+            self.forwarders.append(forwarder)
+            self._watch(forwarder.start(), f"forwarder {forwarder.name}")
+            log.info("forwarding to %s from offset %d", sink.describe(), forwarder.cursor.offset)
+
+    @property
+    def consumers(self):
+        """Cursor names retention must wait for: the forwarders'."""
+        return [f.name for f in self.forwarders]
 
     def _watch(self, greenlet, what):
         """A greenlet that should run for ever: if it dies, stop the process loudly."""
@@ -117,6 +160,8 @@ class Server:
             return
         self._stopping = True
         self._stop_sources()
+        for forwarder in self.forwarders:
+            forwarder.stop(self.config.forward.stop_timeout_s)
         for greenlet in self._greenlets:
             greenlet.kill(block=False)
         self.journal.close()
@@ -153,6 +198,7 @@ class Server:
             "time": time.time(),
             "stopping": self._stopping,
             "sources": {name: s.as_dict() for name, s in self.metrics.sources.items()},
+            "forwarders": {f.name: f.as_dict() for f in self.forwarders},
             "journal": {
                 "dir": j.directory,
                 "first_offset": j.first_offset,
@@ -168,6 +214,5 @@ class Server:
                     "max": round(j.stats.sync_seconds_max * 1000, 3),
                 },
                 "write_errors": j.stats.write_errors,
-                "cursors": j.cursors(),
             },
         }

@@ -1,0 +1,161 @@
+"""The one loop every sink shares: read from a cursor, send a batch, wait for the destination to
+confirm, and only then move the cursor.
+
+A sink is any object with
+
+    name                      used for the cursor file and in /status
+    send(items) -> rejected   deliver `items` (a list of (offset, event)) and return only once the
+                              destination confirmed them; return a list of (offset, event, reason)
+                              the destination refused *for good*; raise for anything transient
+    close()
+
+A transient failure (an exception) is retried with capped exponential backoff and jitter, for as
+long as it takes: the journal holds the events meanwhile. A permanently refused record is written
+with its reason to the dead-letter file next to the journal (`dead-letter/<sink>.jsonl`), counted,
+and passed over. Nothing is ever skipped silently.
+"""
+import json
+import logging
+import os
+import random
+import time
+
+import gevent
+from gevent.hub import get_hub
+
+from .journal import decode_event, event_to_json
+
+log = logging.getLogger("zspark.forwarder")
+
+RUNNING, BACKING_OFF, STOPPED = "running", "backing_off", "stopped"
+
+
+class Forwarder:
+    def __init__(self, journal, sink, batch_size=1000, batch_wait=0.02, backoff_initial=0.1,
+                 backoff_max=30.0):
+        self.journal = journal
+        self.sink = sink
+        self.name = sink.name
+        self.batch_size = batch_size
+        self.batch_wait = batch_wait
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.cursor = journal.cursor(self.name)
+        self.state = STOPPED
+        self.delivered = 0
+        self.failed = 0  # failed attempts (each retried)
+        self.dead_lettered = 0
+        self.last_error = None
+        self.last_error_time = None
+        self._stopping = False
+        self._greenlet = None
+        self.dead_letter_path = os.path.join(journal.directory, "dead-letter", f"{self.name}.jsonl")
+
+    @property
+    def lag(self):
+        """Records durable in the journal that this forwarder has not yet delivered."""
+        return max(0, self.journal.end_offset - self.cursor.offset)
+
+    def start(self):
+        self._greenlet = gevent.spawn(self._run)
+        return self._greenlet
+
+    def stop(self, timeout=10.0):
+        """Finish the batch in flight (up to `timeout` seconds), save the cursor, stop."""
+        self._stopping = True
+        if self._greenlet is not None:
+            self._greenlet.join(timeout)
+            if not self._greenlet.dead:
+                log.warning("forwarder %s: batch still in flight after %.0fs; stopping without it "
+                            "(it is sent again at the next start)", self.name, timeout)
+                self._greenlet.kill()
+        self.state = STOPPED
+        try:
+            self.sink.close()
+        except Exception as e:  # a sink that cannot close cleanly must not block the shutdown
+            log.warning("forwarder %s: closing the sink failed: %s", self.name, e)
+
+    def as_dict(self):
+        return {"state": self.state, "cursor": self.cursor.offset, "lag": self.lag,
+                "delivered": self.delivered, "failed": self.failed,
+                "dead_lettered": self.dead_lettered, "last_error": self.last_error,
+                "last_error_time": self.last_error_time}
+
+    def _run(self):
+        self.state = RUNNING
+        reader = self.journal.reader(self.cursor.offset)
+        log.info("forwarder %s: starting at offset %d (lag %d)", self.name, self.cursor.offset, self.lag)
+        try:
+            while not self._stopping:
+                records = self._next_batch(reader)
+                if records:
+                    self._deliver(records)
+        finally:
+            reader.close()
+            self.state = STOPPED
+
+    def _next_batch(self, reader):
+        records = reader.read(max_records=self.batch_size)
+        if not records:
+            reader.wait(0.5)
+            return []
+        if len(records) < self.batch_size and self.batch_wait:
+            # A short wait lets a trickle of events go out in one batch instead of many.
+            gevent.sleep(self.batch_wait)
+            records += reader.read(max_records=self.batch_size - len(records))
+        return records
+
+    def _deliver(self, records):
+        items, undecodable = [], []
+        for offset, payload in records:
+            try:
+                items.append((offset, decode_event(payload)))
+            except Exception as e:  # an intact record that is not an event: set it aside
+                undecodable.append((offset, {"payload_hex": payload[:4096].hex()}, f"undecodable: {e}"))
+        attempt = 0
+        while True:
+            try:
+                rejected = self.sink.send(items) if items else []
+                break
+            except Exception as e:
+                if self._stopping:
+                    return  # cursor unchanged: the batch goes again at the next start
+                attempt += 1
+                self.failed += 1
+                self.last_error = f"{type(e).__name__}: {e}"
+                self.last_error_time = time.time()
+                delay = min(self.backoff_max, self.backoff_initial * 2 ** min(attempt - 1, 20))
+                delay *= random.uniform(0.5, 1.0)
+                self.state = BACKING_OFF
+                (log.warning if attempt == 1 or attempt % 10 == 0 else log.debug)(
+                    "forwarder %s: delivering offsets %d..%d failed (attempt %d), retrying in %.1fs: %s",
+                    self.name, records[0][0], records[-1][0], attempt, delay, self.last_error)
+                gevent.sleep(delay)
+        if attempt:
+            log.info("forwarder %s: delivered after %d failed attempt(s)", self.name, attempt)
+        self.state = RUNNING
+        dead = undecodable + list(rejected)
+        if dead:
+            self._dead_letter(dead)
+        self.cursor.commit(records[-1][0] + 1)
+        self.delivered += len(items) - len(rejected)
+
+    def _dead_letter(self, dead):
+        lines = []
+        for offset, event, reason in dead:
+            lines.append(json.dumps({"offset": offset, "sink": self.name, "reason": reason,
+                                     "time": time.time(), "event": json.loads(event_to_json(event))}))
+            log.error("forwarder %s: offset %d refused for good, written to %s: %s",
+                      self.name, offset, self.dead_letter_path, reason)
+        get_hub().threadpool.apply(_append_lines, (self.dead_letter_path, lines))
+        self.dead_lettered += len(dead)
+
+
+def _append_lines(path, lines):
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, ("\n".join(lines) + "\n").encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,180 @@
+"""The Kafka sink (confluent-kafka / librdkafka): a batch is done only when every message's
+delivery report came back without error.
+
+The topic comes from a template over event fields (`{topic}`, `events.{env}.{type}`), falling back
+to `default_topic` when the event lacks a field the template names; the key from `key_field`.
+Formats: `json` (default), `bson`, or `plain` (Sparkngin's delimiter-separated field list). The
+producer is idempotent, and `message.timeout.ms` is finite so that a long outage comes back as
+failed deliveries the forwarder retries, never as messages silently expired.
+
+librdkafka blocks only in flush/poll with a timeout; those run in gevent's thread pool, so the
+event loop keeps serving while a batch waits for its delivery reports.
+"""
+import json
+import logging
+import re
+import string
+
+import bson
+from confluent_kafka import KafkaError, KafkaException, Producer
+from gevent.hub import get_hub
+
+from ..journal import event_to_json
+from ..journal.codec import to_json_value
+from ..metrics import RateLimitedLog
+
+log = logging.getLogger("zspark.sinks.kafka")
+
+_LEGAL_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+# Delivery errors no retry can mend: the message itself is unacceptable.
+PERMANENT_ERRORS = {
+    KafkaError.MSG_SIZE_TOO_LARGE,
+    KafkaError.INVALID_MSG_SIZE,
+    KafkaError.INVALID_MSG,
+    KafkaError.INVALID_RECORD,
+    KafkaError.RECORD_LIST_TOO_LARGE,
+    KafkaError.TOPIC_EXCEPTION,
+}
+
+
+class KafkaSink:
+    name = "kafka"
+
+    def __init__(self, config):
+        self.config = config
+        settings = {
+            "bootstrap.servers": config.brokers,
+            "enable.idempotence": True,
+            "acks": "all",
+            "compression.type": config.compression,
+            "message.timeout.ms": config.message_timeout_ms,
+            "linger.ms": 2,
+            "queue.buffering.max.messages": 1000000,
+            "error_cb": self._on_error,
+        }
+        settings.update(config.producer)
+        self._settings = settings
+        self._fatal = None
+        self._warn = RateLimitedLog(log, burst=5)
+        self.producer = Producer(settings)
+        self._fields = [f for _, f, _, _ in string.Formatter().parse(config.topic) if f]
+        self._threadpool = get_hub().threadpool
+        self.encode = {"json": _as_json, "bson": bson.encode, "plain": self._as_plain}[config.format]
+
+    def describe(self):
+        return f"Kafka {self.config.brokers}"
+
+    def topic_for(self, event):
+        values = {}
+        for name in self._fields:
+            value = event.get(name)
+            if value is None or value == "":
+                return self.config.default_topic
+            values[name] = value
+        return self.config.topic.format_map(values)
+
+    def send(self, items):
+        if self._fatal is not None:
+            # An idempotent producer that hit a fatal error refuses everything; start afresh.
+            log.warning("Kafka: replacing the producer after a fatal error: %s", self._fatal)
+            self._fatal = None
+            self.producer = Producer(self._settings)
+        reports = {}
+        rejected = []
+
+        def on_delivery(err, msg, offset=None):
+            reports[offset] = err
+
+        sent = 0
+        for offset, event in items:
+            topic = self.topic_for(event)
+            if not _LEGAL_TOPIC.match(topic):
+                rejected.append((offset, event, f"not a legal Kafka topic name: {topic[:60]!r}"))
+                continue
+            key = self._key(event)
+            try:
+                self._produce(topic, self.encode(event), key,
+                              lambda err, msg, offset=offset: on_delivery(err, msg, offset))
+                sent += 1
+            except KafkaException as e:
+                err = e.args[0]
+                if err.code() in PERMANENT_ERRORS:
+                    rejected.append((offset, event, f"Kafka refused it: {err.str()}"))
+                else:
+                    raise
+        self._wait_for_reports(reports, sent)
+        failures = []
+        for offset, event in items:
+            if offset not in reports:
+                continue
+            err = reports[offset]
+            if err is None:
+                continue
+            if err.code() in PERMANENT_ERRORS:
+                rejected.append((offset, event, f"Kafka refused it: {err.str()}"))
+            else:
+                failures.append(err)
+        if failures:
+            # The ones that did arrive will arrive again on the retry: at-least-once, bounded by a batch.
+            raise RuntimeError(f"{len(failures)} of {sent} message(s) not delivered: {failures[0].str()}")
+        return rejected
+
+    def _produce(self, topic, value, key, callback):
+        while True:
+            try:
+                self.producer.produce(topic, value=value, key=key, on_delivery=callback)
+                return
+            except BufferError:  # the local queue is full: let deliveries drain it
+                self._threadpool.apply(self.producer.poll, (0.05,))
+
+    def _wait_for_reports(self, reports, expected):
+        # A report for every message comes at the latest after message.timeout.ms.
+        deadline_s = self.config.message_timeout_ms / 1000.0 + 30
+        waited = 0.0
+        while len(reports) < expected:
+            self._threadpool.apply(self.producer.flush, (1.0,))
+            waited += 1.0
+            if waited > deadline_s and len(reports) < expected:
+                raise RuntimeError(f"no delivery report for {expected - len(reports)} message(s) "
+                                   f"after {deadline_s:.0f}s")
+
+    def _key(self, event):
+        name = self.config.key_field
+        if not name or event.get(name) is None:
+            return None
+        value = event[name]
+        return value.encode("utf-8") if isinstance(value, str) else str(to_json_value(value)).encode()
+
+    def _as_plain(self, event):
+        parts = []
+        for name in self.config.plain_fields:
+            value = event.get(name)
+            if value is None:
+                text = ""
+            elif isinstance(value, (dict, list)):
+                text = json.dumps(value, default=to_json_value, separators=(",", ":"), ensure_ascii=False)
+            elif isinstance(value, str):
+                text = value
+            else:
+                text = str(to_json_value(value)) if not isinstance(value, (int, float, bool)) else json.dumps(value)
+            parts.append(text.replace(self.config.plain_delimiter, " ").replace("\n", " "))
+        return self.config.plain_delimiter.join(parts).encode("utf-8")
+
+    def _on_error(self, err):
+        # Connection trouble surfaces here first; deliveries fail (and are retried) after
+        # message.timeout.ms. Fatal errors (idempotence broken) need a new producer.
+        if err.fatal():
+            self._fatal = err.str()
+            log.error("Kafka producer fatal error: %s", err.str())
+        else:
+            self._warn("Kafka: %s", err.str())
+
+    def close(self):
+        remaining = self._threadpool.apply(self.producer.flush, (5.0,))
+        if remaining:
+            log.warning("Kafka: %d message(s) still unconfirmed at close; they are sent again at the "
+                        "next start", remaining)
+
+
+def _as_json(event):
+    return event_to_json(event).encode("utf-8")

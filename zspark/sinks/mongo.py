@@ -1,0 +1,116 @@
+"""The MongoDB sink: `insert_many(ordered=False)` of events with their journal-assigned `_id`.
+
+A duplicate-key error on an `_id` means the event is already there (a replay, or a batch resent
+after a crash), so it counts as delivered: MongoDB ends with exactly one copy of each event.
+Datetimes are stored as BSON dates. Indexes on `timestamp` and `type` (and the TTL, if
+`ttl_days` is set) are created before the first insert. A network error, a timeout or a server
+that is down is transient (the forwarder retries); a document the server refuses for good goes to
+the dead-letter file.
+
+pymongo is cooperative under gevent only once `gevent.monkey.patch_all()` ran, which `zcmd`
+does before anything else; this module refuses to load otherwise.
+"""
+import logging
+
+import gevent.monkey
+import pymongo
+from pymongo.errors import BulkWriteError, DocumentTooLarge, OperationFailure
+
+log = logging.getLogger("zspark.sinks.mongo")
+
+DUPLICATE_KEY = 11000
+# Write errors that no retry can mend: the document itself is unacceptable to the server.
+PERMANENT_CODES = {
+    2,  # BadValue
+    10334,  # BSONObjectTooLarge
+    17419,  # document too large after update
+    52,  # DollarPrefixedFieldName
+    55,  # InvalidDBRef
+    57,  # DottedFieldName (old servers)
+    121,  # DocumentValidationFailure
+}
+
+if not gevent.monkey.is_module_patched("socket"):
+    raise ImportError("zspark.sinks.mongo needs gevent.monkey.patch_all() first (zcmd does it), "
+                      "or pymongo would block the event loop")
+
+
+class MongoSink:
+    name = "mongo"
+
+    def __init__(self, config):
+        self.config = config
+        timeout = config.timeout_ms
+        self.client = pymongo.MongoClient(config.uri, serverSelectionTimeoutMS=timeout,
+                                          connectTimeoutMS=timeout, socketTimeoutMS=timeout,
+                                          tz_aware=True, connect=False)
+        self.collection = self.client[config.database][config.collection]
+        self._indexed = False
+
+    def describe(self):
+        return f"MongoDB {self.config.database}.{self.config.collection}"
+
+    def send(self, items):
+        if not self._indexed:
+            self._create_indexes()
+        docs = [event for _, event in items]
+        try:
+            self.collection.insert_many(docs, ordered=False)
+            return []
+        except BulkWriteError as e:
+            return self._sort_write_errors(items, e.details)
+        except DocumentTooLarge:
+            return self._send_one_by_one(items)
+
+    def _sort_write_errors(self, items, details):
+        if details.get("writeConcernErrors"):
+            raise RuntimeError(f"write concern not satisfied: {details['writeConcernErrors'][0]}")
+        rejected = []
+        transient = []
+        for error in details.get("writeErrors", []):
+            code = error.get("code")
+            if code == DUPLICATE_KEY:
+                continue  # already delivered
+            offset, event = items[error["index"]]
+            if code in PERMANENT_CODES:
+                rejected.append((offset, event, f"MongoDB refused it: {error.get('errmsg')} (code {code})"))
+            else:
+                transient.append(error)
+        if transient:
+            # Inserts that did go in are duplicates on the retry, so retrying the batch is safe.
+            raise RuntimeError(f"{len(transient)} insert(s) failed: {transient[0].get('errmsg')} "
+                               f"(code {transient[0].get('code')})")
+        return rejected
+
+    def _send_one_by_one(self, items):
+        rejected = []
+        for offset, event in items:
+            try:
+                self.collection.insert_one(event)
+            except DocumentTooLarge as e:
+                rejected.append((offset, event, f"too large for MongoDB: {e}"))
+            except pymongo.errors.DuplicateKeyError:
+                pass
+        return rejected
+
+    def _create_indexes(self):
+        ttl = self.config.ttl_days
+        if ttl:
+            self._index("timestamp", expireAfterSeconds=int(ttl * 86400))
+        else:
+            self._index("timestamp")
+        self._index("type")
+        self._indexed = True
+
+    def _index(self, key, **options):
+        try:
+            self.collection.create_index([(key, pymongo.ASCENDING)], **options)
+        except OperationFailure as e:
+            if e.code in (85, 86):  # IndexOptionsConflict / IndexKeySpecsConflict: one exists
+                log.warning("MongoDB: an index on %s with other options already exists in %s; "
+                            "leaving it as it is (%s)", key, self.describe(), e)
+            else:
+                raise
+
+    def close(self):
+        self.client.close()
