@@ -25,6 +25,10 @@ class ServiceError(Exception):
     pass
 
 
+class PortInUse(ServiceError):
+    """Something else already listens on the service's port (perhaps the real thing)."""
+
+
 class Service:
     """One local service: where it is installed, how it starts, its pid file and log."""
 
@@ -82,8 +86,8 @@ class Service:
         self.install()
         os.makedirs(os.path.dirname(self.log_file), exist_ok=True)
         if _port_open(self.port):
-            raise ServiceError(f"{self.name}: port {self.port} on 127.0.0.1 is already in use by "
-                               "another process")
+            raise PortInUse(f"{self.name}: port {self.port} on 127.0.0.1 is already in use by "
+                            "a process not started by scripts/services")
         with open(self.log_file, "ab") as log:
             proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.state_dir)
