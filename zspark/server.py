@@ -122,10 +122,6 @@ class Server:
             self._watch(forwarder.start(), f"forwarder {forwarder.name}")
             log.info("forwarding to %s from offset %d", sink.describe(), forwarder.cursor.offset)
 
-    @property
-    def consumers(self):
-        """Cursor names retention must wait for: the forwarders'."""
-        return [f.name for f in self.forwarders]
 
     def _watch(self, greenlet, what):
         """A greenlet that should run for ever: if it dies, stop the process loudly."""
@@ -181,7 +177,7 @@ class Server:
         while True:
             gevent.sleep(self.config.journal.retention_check_s)
             try:
-                self.journal.apply_retention(self.consumers)
+                self.journal.apply_retention({f.name: f.cursor.offset for f in self.forwarders})
             except OSError as e:
                 log.error("journal retention failed, will retry: %s", e)
 

@@ -313,10 +313,12 @@ class Journal:
     # -- retention ----------------------------------------------------------------------------
 
     def apply_retention(self, consumers, now=None):
-        """Delete whole segments every named consumer's cursor has passed and that are older
-        than `retain_hours`. Return the deleted segments' base offsets."""
+        """Delete whole segments every consumer's cursor has passed and that are older than
+        `retain_hours`. `consumers` maps names to their cursor offsets, or lists names whose
+        cursor files are read. Return the deleted segments' base offsets."""
         now = time.time() if now is None else now
-        cursors = {name: Cursor(self.directory, name).offset for name in consumers}
+        cursors = consumers if isinstance(consumers, dict) else {
+            name: Cursor(self.directory, name).offset for name in consumers}
         passed = min(cursors.values()) if cursors else self._end_offset
         deleted = []
         while len(self._segments) > 1:
@@ -325,16 +327,10 @@ class Journal:
             if next_base > passed:
                 break
             path = os.path.join(self.directory, record.segment_name(base))
-            try:
-                age_hours = (now - os.stat(path).st_mtime) / 3600.0
-            except FileNotFoundError:
-                age_hours = float("inf")
-            if age_hours < self.retain_hours:
+            mtime = self._threadpool.apply(_mtime, (path,))
+            if mtime is not None and (now - mtime) / 3600.0 < self.retain_hours:
                 break
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+            self._threadpool.apply(_unlink, (path,))
             self._segments.pop(0)
             deleted.append(base)
         if deleted:
@@ -448,6 +444,20 @@ def _write_at(fd, data, position, do_fsync):
         except OSError:
             pass
         raise
+
+
+def _mtime(path):
+    try:
+        return os.stat(path).st_mtime
+    except FileNotFoundError:
+        return None
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _sync_and_close(fd):
