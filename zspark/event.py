@@ -12,7 +12,6 @@ import ipaddress
 import math
 
 from bson import ObjectId
-from bson.int64 import Int64
 
 UTC = datetime.timezone.utc
 
@@ -172,37 +171,64 @@ def _check_key(key, path):
     _check_text(key, path)
 
 
-_PLAIN = (bool, type(None), datetime.datetime, ObjectId, bytes)
+_PLAIN = (datetime.datetime, ObjectId, bytes)
 
 
 def _value(value, path, depth, limits, counter):
-    """Check a free-form value (context, extra) and return it in storable form."""
+    """Check a free-form value (context, extra) and return it in storable form.
+
+    `path` is the root field name or a (parent path, key) pair, made into text only for an
+    error message: building "context.a.b[2]" for every value would cost more than the checks.
+    """
     counter[0] += 1
     if counter[0] > limits.max_fields:
-        raise InvalidEvent(f"{path.split('.')[0]}: more than {limits.max_fields} values")
-    if isinstance(value, str):
-        return _string(value, path, limits)
-    if isinstance(value, _PLAIN):
+        raise InvalidEvent(f"{_root(path)}: more than {limits.max_fields} values")
+    kind = type(value)
+    if kind is str:
+        if len(value) <= limits.max_string_bytes and value.isascii() and "\x00" not in value:
+            return value  # the common case, checked in C
+        return _string(value, _path_text(path), limits)
+    if kind is bool or value is None:
         return value
-    if isinstance(value, int):  # Int64 is an int
+    if isinstance(value, int):  # Int64 too
         if not INT64_MIN <= value <= INT64_MAX:
-            raise InvalidEvent(f"{path}: integer out of the 64-bit range")
-        return int(value) if not isinstance(value, Int64) else value
+            raise InvalidEvent(f"{_path_text(path)}: integer out of the 64-bit range")
+        return value
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise InvalidEvent(f"{path}: must be a finite number")
+            raise InvalidEvent(f"{_path_text(path)}: must be a finite number")
         return value
-    if depth > limits.max_depth:
-        raise InvalidEvent(f"{path}: nested deeper than {limits.max_depth} levels")
-    if isinstance(value, dict):
-        out = {}
-        for k, v in value.items():
-            _check_key(k, path)
-            out[k] = _value(v, f"{path}.{k}", depth + 1, limits, counter)
-        return out
-    if isinstance(value, list):
-        return [_value(v, f"{path}[{i}]", depth + 1, limits, counter) for i, v in enumerate(value)]
-    raise InvalidEvent(f"{path}: unsupported value type {_kind(value)}")
+    if kind is dict or kind is list:
+        if depth > limits.max_depth:
+            raise InvalidEvent(f"{_path_text(path)}: nested deeper than {limits.max_depth} levels")
+        if kind is dict:
+            out = {}
+            for k, v in value.items():
+                if not (type(k) is str and k.isascii() and len(k) <= SHORT_LIMIT and k[:1] != "$"
+                        and "\x00" not in k):
+                    _check_key(k, _path_text(path))
+                out[k] = _value(v, (path, k), depth + 1, limits, counter)
+            return out
+        return [_value(v, (path, i), depth + 1, limits, counter) for i, v in enumerate(value)]
+    if isinstance(value, str):
+        return _string(value, _path_text(path), limits)
+    if isinstance(value, _PLAIN):
+        return value
+    raise InvalidEvent(f"{_path_text(path)}: unsupported value type {_kind(value)}")
+
+
+def _path_text(path):
+    parts = []
+    while type(path) is tuple:
+        path, key = path
+        parts.append(f"[{key}]" if type(key) is int else f".{key}")
+    return path + "".join(reversed(parts))
+
+
+def _root(path):
+    while type(path) is tuple:
+        path = path[0]
+    return path
 
 
 def _kind(value):

@@ -72,7 +72,7 @@ class HttpSource:
     # -- serving ------------------------------------------------------------------------------
 
     def start(self):
-        self.server = _NoDelayServer((self.config.host, self.config.port), self.app,
+        self.server = _NoDelayServer((self.config.host, self.config.port), self.wsgi,
                                      spawn=Pool(), log=None, error_log=_ErrorLog())
         self.server.start()
         log.info("HTTP listening on http://%s:%d%s/log", self.config.host, self.address[1], self.config.root)
@@ -97,11 +97,35 @@ class HttpSource:
 
     # -- the app ------------------------------------------------------------------------------
 
+    def wsgi(self, environ, start_response):
+        """The WSGI entry: GET and POST /log, the hot path, are answered here directly (Bottle's
+        routing and response objects cost more than the rest of a small request); everything
+        else goes through the Bottle app."""
+        method = environ.get("REQUEST_METHOD")
+        if environ.get("PATH_INFO") == self._log_path and method in ("GET", "POST"):
+            read = self._events_from_body if method == "POST" else self._events_from_query
+            try:
+                answer = self._handle(environ, read)
+            except Exception:
+                log.exception("HTTP handler failed on %s %s", method, self._log_path)
+                answer = 500, {}, b'{"ok":false,"error":"internal error"}'
+            return self._respond(start_response, answer)
+        return self.app(environ, start_response)
+
+    @staticmethod
+    def _respond(start_response, answer):
+        status, headers, body = answer
+        start_response(_STATUS_LINES[status], [("Content-Type", "application/json"),
+                                               ("Content-Length", str(len(body))), *headers.items()])
+        return [body]
+
     def _build_app(self):
         app = bottle.Bottle(catchall=True, autojson=False)
         root = "/" + self.config.root.strip("/") if self.config.root.strip("/") else ""
-        app.route(root + "/log", "GET", self._get_log)
-        app.route(root + "/log", "POST", self._post_log)
+        self._log_path = root + "/log"
+        # GET and POST /log are answered by wsgi() before Bottle; these routes make Bottle's
+        # 405 list them in Allow and refuse HEAD (which Bottle would route to GET).
+        app.route(root + "/log", ["GET", "POST"], self._head_log)
         app.route(root + "/imok", ["GET", "HEAD"], lambda: _text("imok"))
         app.route(root + "/status", "GET", lambda: json_response(200, self.status_provider()))
         for code, reason in ((404, "not found"), (405, "method not allowed")):
@@ -123,28 +147,25 @@ class HttpSource:
         bottle.response.content_type = "application/json"
         return json.dumps({"ok": False, "error": "internal error"})
 
-    def _get_log(self):
-        if bottle.request.method == "HEAD":  # Bottle routes HEAD to GET; a probe must not log an event
-            return json_response(405, {"ok": False, "error": "method not allowed"}, {"Allow": "GET, POST"})
-        return self._handle(self._events_from_query)
+    def _head_log(self):
+        # Only HEAD reaches Bottle on /log (wsgi() answers GET and POST): a probe must not log.
+        return json_response(405, {"ok": False, "error": "method not allowed"}, {"Allow": "GET, POST"})
 
-    def _post_log(self):
-        return self._handle(self._events_from_body)
-
-    def _handle(self, read_events):
+    def _handle(self, environ, read_events):
+        """Answer GET or POST /log: (status, headers, JSON body bytes)."""
         self._in_flight += 1
         try:
-            return self._answer(read_events)
+            return self._answer(environ, read_events)
         finally:
             self._in_flight -= 1
 
-    def _answer(self, read_events):
+    def _answer(self, environ, read_events):
         try:
             if self.stopping():
                 raise Refusal(503, "the server is stopping", {"Retry-After": str(self.config.retry_after_s),
                                                                 "Connection": "close"})
-            self._authorize()
-            raws = read_events()
+            self._authorize(environ)
+            raws = read_events(environ)
             events = self.ingest.normalize_all(raws, SOURCE)
             try:
                 ids = self.ingest.append(events, SOURCE)
@@ -154,25 +175,26 @@ class HttpSource:
                 raise Refusal(503, f"the journal cannot take events now: {e}",
                               {"Retry-After": str(self.config.retry_after_s)}) from None
         except BatchRejected as e:
-            self._warn("HTTP %s: rejected: %s", self._peer(), e)
-            return json_response(400, {"ok": False, "error": e.reason, "index": e.index})
+            self._warn("HTTP %s: rejected: %s", environ.get("REMOTE_ADDR", "?"), e)
+            return 400, {}, _dumps({"ok": False, "error": e.reason, "index": e.index})
         except Refusal as e:
             if e.status < 500:
                 if e.status != 401:
                     self.stats.reject(e.reason)
-                self._warn("HTTP %s: %d %s", self._peer(), e.status, e.reason)
+                self._warn("HTTP %s: %d %s", environ.get("REMOTE_ADDR", "?"), e.status, e.reason)
             else:
                 self.stats.refused += 1  # requests answered 503
             body = {"ok": False, "error": e.reason}
             if e.index is not None:
                 body["index"] = e.index
-            return json_response(e.status, body, e.headers)
-        return json_response(200, {"ok": True, "ids": [str(i) for i in ids]})
+            return e.status, e.headers, _dumps(body)
+        # Ids are hex strings: no escaping needed.
+        return 200, {}, b'{"ok":true,"ids":["' + '","'.join(map(str, ids)).encode() + b'"]}'
 
-    def _authorize(self):
+    def _authorize(self, environ):
         if not self._tokens:
             return
-        header = bottle.request.environ.get("HTTP_AUTHORIZATION", "")
+        header = environ.get("HTTP_AUTHORIZATION", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() == "bearer" and token:
             given = token.strip().encode()
@@ -187,8 +209,7 @@ class HttpSource:
 
     # -- reading requests ---------------------------------------------------------------------
 
-    def _events_from_query(self):
-        environ = bottle.request.environ
+    def _events_from_query(self, environ):
         try:
             raw_qs = environ.get("QUERY_STRING", "").encode("latin-1").decode("utf-8")
             pairs = urllib.parse.parse_qsl(raw_qs, keep_blank_values=True, errors="strict")
@@ -203,7 +224,7 @@ class HttpSource:
                 context[name] = value
         if context:
             event["context"] = context
-        event.setdefault("ip", self._client_ip())
+        event.setdefault("ip", self._client_ip(environ))
         # The raw latin-1 strings from environ: bottle's request.headers decodes them as strict
         # UTF-8 and raises on anything else.
         if environ.get("HTTP_REFERER"):
@@ -215,9 +236,9 @@ class HttpSource:
             event["cookies"] = cookies
         return [event]
 
-    def _events_from_body(self):
-        body = self._read_body()
-        content_type = bottle.request.environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
+    def _events_from_body(self, environ):
+        body = self._read_body(environ)
+        content_type = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -234,8 +255,7 @@ class HttpSource:
             return [value]
         raise Refusal(400, "the body must be a JSON object, an array of objects, or NDJSON")
 
-    def _read_body(self):
-        environ = bottle.request.environ
+    def _read_body(self, environ):
         limit = self.config.max_body_bytes
         length = environ.get("CONTENT_LENGTH") or ""
         too_large = Refusal(413, f"the body is larger than {limit} bytes", {"Connection": "close"})
@@ -260,8 +280,7 @@ class HttpSource:
             raise Refusal(415, f"unsupported Content-Encoding {encoding!r}: use gzip or none")
         return body
 
-    def _client_ip(self):
-        environ = bottle.request.environ
+    def _client_ip(self, environ):
         peer = environ.get("REMOTE_ADDR", "")
         forwarded = environ.get("HTTP_X_FORWARDED_FOR")
         if not forwarded or not self._is_trusted(peer):
@@ -278,9 +297,6 @@ class HttpSource:
         except ValueError:
             return False
         return any(ip in net for net in self._trusted)
-
-    def _peer(self):
-        return bottle.request.environ.get("REMOTE_ADDR", "?")
 
 
 def _gunzip(body, limit):
@@ -326,6 +342,11 @@ def _reject_constant(name):
 # which cost more than decoding a small event.
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
+_STATUS_LINES = {code: f"{code} {reason}" for code, reason in bottle.HTTP_CODES.items()}
+
+
+def _dumps(value):
+    return _ENCODER.encode(value).encode("utf-8")
 
 
 def _parse_ndjson(text):
