@@ -70,7 +70,10 @@ def normalize(raw, source, node, now=None, limits=DEFAULT_LIMITS, trusted=False)
         if value is None:
             continue
         if name in _STRING_FIELDS:
-            event[name] = _string(value, name, limits, SHORT_LIMIT if name in _SHORT_FIELDS else None)
+            if type(value) is str and len(value) <= SHORT_LIMIT and value.isascii() and "\x00" not in value:
+                event[name] = value  # within every string field's limits: the common case
+            else:
+                event[name] = _string(value, name, limits, SHORT_LIMIT if name in _SHORT_FIELDS else None)
         elif name == "stimestamp":
             event[name] = _timestamp(value, name)
         elif name == "cookies":
@@ -175,7 +178,7 @@ _PLAIN = (datetime.datetime, ObjectId, bytes)
 
 
 def _value(value, path, depth, limits, counter):
-    """Check a free-form value (context, extra) and return it in storable form.
+    """Check a free-form value (context, extra) in place; return it if it can be stored.
 
     `path` is the root field name or a (parent path, key) pair, made into text only for an
     error message: building "context.a.b[2]" for every value would cost more than the checks.
@@ -185,9 +188,9 @@ def _value(value, path, depth, limits, counter):
         raise InvalidEvent(f"{_root(path)}: more than {limits.max_fields} values")
     kind = type(value)
     if kind is str:
-        if len(value) <= limits.max_string_bytes and value.isascii() and "\x00" not in value:
-            return value  # the common case, checked in C
-        return _string(value, _path_text(path), limits)
+        if len(value) > limits.max_string_bytes or not value.isascii() or "\x00" in value:
+            _string(value, _path_text(path), limits)  # the slow checks, which raise if need be
+        return value
     if kind is bool or value is None:
         return value
     if isinstance(value, int):  # Int64 too
@@ -202,14 +205,15 @@ def _value(value, path, depth, limits, counter):
         if depth > limits.max_depth:
             raise InvalidEvent(f"{_path_text(path)}: nested deeper than {limits.max_depth} levels")
         if kind is dict:
-            out = {}
             for k, v in value.items():
                 if not (type(k) is str and k.isascii() and len(k) <= SHORT_LIMIT and k[:1] != "$"
                         and "\x00" not in k):
                     _check_key(k, _path_text(path))
-                out[k] = _value(v, (path, k), depth + 1, limits, counter)
-            return out
-        return [_value(v, (path, i), depth + 1, limits, counter) for i, v in enumerate(value)]
+                _value(v, (path, k), depth + 1, limits, counter)
+        else:
+            for i, v in enumerate(value):
+                _value(v, (path, i), depth + 1, limits, counter)
+        return value
     if isinstance(value, str):
         return _string(value, _path_text(path), limits)
     if isinstance(value, _PLAIN):

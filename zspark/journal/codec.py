@@ -5,6 +5,7 @@ the node id (3 bytes) and the journal offset (5 bytes). It is written into the r
 same every time the record is read or replayed, and MongoDB inserts of a replay are idempotent.
 """
 import datetime
+import functools
 import json
 import zlib
 
@@ -18,9 +19,12 @@ DECODE_OPTIONS = CodecOptions(tz_aware=True, tzinfo=UTC)
 
 def event_id(timestamp, node, offset):
     seconds = int(timestamp.timestamp()) & 0xFFFFFFFF
-    node_hash = zlib.crc32(node.encode("utf-8")) & 0xFFFFFF
-    return ObjectId(seconds.to_bytes(4, "big") + node_hash.to_bytes(3, "big")
-                    + (offset & 0xFFFFFFFFFF).to_bytes(5, "big"))
+    return ObjectId(seconds.to_bytes(4, "big") + _node_hash(node) + (offset & 0xFFFFFFFFFF).to_bytes(5, "big"))
+
+
+@functools.lru_cache(maxsize=64)
+def _node_hash(node):
+    return (zlib.crc32(node.encode("utf-8")) & 0xFFFFFF).to_bytes(3, "big")
 
 
 def encode_event(event, offset):
