@@ -3,6 +3,8 @@
 Sources decode their wire format and call `Ingest`; it applies `event.normalize`, counts what was
 accepted and rejected per source, and hands valid events to the journal with their stable ids.
 """
+import datetime
+
 from .event import InvalidEvent, Limits, normalize
 from .journal import encode_event
 
@@ -26,18 +28,19 @@ class Ingest:
     def normalize_all(self, raws, source, trusted=False):
         """Normalize a batch that is accepted whole or not at all; raise BatchRejected."""
         events = []
+        now = datetime.datetime.now(datetime.timezone.utc)  # one request, one receive time
         for index, raw in enumerate(raws):
             try:
-                events.append(normalize(raw, source, self.node, limits=self.limits, trusted=trusted))
+                events.append(normalize(raw, source, self.node, now, self.limits, trusted))
             except InvalidEvent as e:
                 self.metrics.source(source).reject(str(e), len(raws))
                 raise BatchRejected(index, str(e)) from None
         return events
 
-    def normalize_one(self, raw, source, trusted=False):
+    def normalize_one(self, raw, source, trusted=False, now=None):
         """Normalize one event; on bad input count the rejection and re-raise InvalidEvent."""
         try:
-            return normalize(raw, source, self.node, limits=self.limits, trusted=trusted)
+            return normalize(raw, source, self.node, now, self.limits, trusted)
         except InvalidEvent as e:
             self.metrics.source(source).reject(str(e))
             raise

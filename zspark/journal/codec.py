@@ -18,19 +18,25 @@ DECODE_OPTIONS = CodecOptions(tz_aware=True, tzinfo=UTC)
 
 
 def event_id(timestamp, node, offset):
+    return ObjectId(_id_prefix(timestamp, node) + (offset & 0xFFFFFFFFFF).to_bytes(5, "big"))
+
+
+@functools.lru_cache(maxsize=256)
+def _id_prefix(timestamp, node):
+    """Seconds and node hash: the same for every event of a batch, so cached."""
     seconds = int(timestamp.timestamp()) & 0xFFFFFFFF
-    return ObjectId(seconds.to_bytes(4, "big") + _node_hash(node) + (offset & 0xFFFFFFFFFF).to_bytes(5, "big"))
-
-
-@functools.lru_cache(maxsize=64)
-def _node_hash(node):
-    return (zlib.crc32(node.encode("utf-8")) & 0xFFFFFF).to_bytes(3, "big")
+    return seconds.to_bytes(4, "big") + (zlib.crc32(node.encode("utf-8")) & 0xFFFFFF).to_bytes(3, "big")
 
 
 def encode_event(event, offset):
     """The journal `encode` hook: set the event's `_id` from its offset and return BSON."""
     event["_id"] = event_id(event["timestamp"], event["node"], offset)
-    return bson.encode(event)
+    return _encode(event, False, _ENCODE_OPTIONS)
+
+
+# pymongo's (C) encoder without bson.encode's Python wrapper, a fifth of the cost of a small event.
+_encode = bson._dict_to_bson
+_ENCODE_OPTIONS = bson.DEFAULT_CODEC_OPTIONS
 
 
 def decode_event(payload):

@@ -15,6 +15,7 @@ PUSH has no acknowledgement, so when the journal cannot take events (full disk o
 source holds its burst and stops receiving until it can: senders queue up to their high-water
 mark and then block, instead of events being dropped.
 """
+import datetime
 import json
 import logging
 import time
@@ -144,6 +145,7 @@ class ZmqSource:
 
     def _normalize(self, frames):
         events = []
+        now = datetime.datetime.now(datetime.timezone.utc)  # one burst, one receive time
         for frame in frames:
             try:
                 doc = self.decode(frame)
@@ -158,7 +160,7 @@ class ZmqSource:
                 self._reject(f"unknown $command {str(command)[:40]!r} (known: {', '.join(COMMANDS)})")
                 continue
             try:
-                events.append(self.ingest.normalize_one(doc, self.name, trusted=command == "event_noval"))
+                events.append(self.ingest.normalize_one(doc, self.name, command == "event_noval", now))
             except InvalidEvent as e:  # counted by normalize_one
                 self._warn("ZeroMQ %s: rejected an event: %s", self.name, e)
         return events
