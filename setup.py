@@ -17,6 +17,7 @@ setup(
         "PyYAML>=6.0",
         # Kafka: librdkafka. pykafka (the design card's choice) cannot talk to current brokers.
         "confluent-kafka>=2.3",
+        "tqdm>=4.60",
     ],
     extras_require={
         "test": ["nose2>=0.14"],

@@ -141,3 +141,168 @@ def wait_until(predicate, timeout=15.0, interval=0.02, message="condition"):
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         time.sleep(interval)  # gevent-patched in the test process: other greenlets run meanwhile
+
+
+# -- the real local services (Kafka-compatible broker, MongoDB-compatible server) -------------
+
+VENV_ROOT = os.path.join(ROOT, ".state", "venvs")  # one install of each service, shared by all tests
+
+
+def start_broker(state_dir, port=None):
+    """Start the local Kafka-compatible broker (Tansu, memory storage) on a free port; stop it
+    with `.stop()` (by pid). Its data is lost when it stops."""
+    from zspark.localservices import Broker
+
+    broker = Broker(state_dir, port or free_port(), venv_root=VENV_ROOT)
+    broker.start()
+    return broker
+
+
+def start_mongo(state_dir, port=None):
+    """Start the local MongoDB-compatible server (SecantusDB, data under `state_dir`) on a free
+    port; stop it with `.stop()` (by pid). Its data survives a restart on the same `state_dir`."""
+    from zspark.localservices import Mongo
+
+    mongo = Mongo(state_dir, port or free_port(), venv_root=VENV_ROOT)
+    mongo.start(timeout=120)
+    return mongo
+
+
+def mongo_client(uri, **options):
+    import pymongo
+
+    options.setdefault("serverSelectionTimeoutMS", 10000)
+    return pymongo.MongoClient(uri, **options)
+
+
+class KafkaMessage:
+    __slots__ = ("topic", "partition", "offset", "key", "value")
+
+    def __init__(self, msg):
+        self.topic = msg.topic()
+        self.partition = msg.partition()
+        self.offset = msg.offset()
+        self.key = msg.key()
+        self.value = msg.value()
+
+    def json(self):
+        return json.loads(self.value)
+
+    def __repr__(self):
+        return f"<{self.topic}[{self.partition}]@{self.offset} key={self.key!r} {self.value[:120]!r}>"
+
+
+def kafka_topics(brokers, timeout=5):
+    """The topic names the broker lists now."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": brokers})
+    return set(admin.list_topics(timeout=timeout).topics)
+
+
+def kafka_read(brokers, topics, done=None, timeout=30.0, settle=1.0):
+    """Read `topics` from the beginning with a fresh consumer and return every message
+    (`KafkaMessage`s) in the order read.
+
+    The broker's end offsets are not trusted, so this reads and counts: it stops once `done(messages)`
+    is true and nothing more came for `settle` seconds (so that duplicates behind the expected
+    messages are read too), or when `timeout` passes. A topic that does not exist yet is waited
+    for until the timeout. Blocking calls run in gevent's thread pool, so greenlets in the test
+    process (producers) keep running meanwhile."""
+    import uuid
+
+    import gevent
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    pool = gevent.get_hub().threadpool
+    consumer = Consumer({"bootstrap.servers": brokers, "group.id": f"zspark-test-{uuid.uuid4().hex}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         "session.timeout.ms": 6000, "topic.metadata.refresh.interval.ms": 1000})
+    messages = []
+    deadline = time.monotonic() + timeout
+    try:
+        assigned = set()
+        last_message = time.monotonic()
+        while time.monotonic() < deadline:
+            missing = [t for t in topics if t not in assigned]
+            if missing:
+                metadata = pool.apply(consumer.list_topics, (None, 5))
+                new = []
+                for topic in missing:
+                    t = metadata.topics.get(topic)
+                    if t is not None and t.error is None and t.partitions:
+                        new += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in t.partitions]
+                        assigned.add(topic)
+                if new:
+                    consumer.incremental_assign(new)
+            batch = pool.apply(consumer.consume, (1000, 0.2))
+            for msg in batch:
+                if msg.error() is None:
+                    messages.append(KafkaMessage(msg))
+                    last_message = time.monotonic()
+            if (not missing and done is not None and done(messages)
+                    and time.monotonic() - last_message >= settle):
+                break
+    finally:
+        pool.apply(consumer.close)
+    return messages
+
+
+class HttpFeeder:
+    """Producers: greenlets POSTing events (singles and JSON arrays, in turn) with unique
+    `context.uid`s, recording the id of each event answered 200. `make(uid)` builds the event."""
+
+    def __init__(self, port, tag, make=None, workers=3, pause=0.0):
+        self.port = port
+        self.tag = tag
+        self.make = make or (lambda uid: {"type": "load", "context": {"uid": uid}})
+        self.workers = workers
+        self.pause = pause
+        self.acked = {}  # uid -> _id (hex) from the 200 answer
+        self.sent = set()  # every uid put on the wire
+        self.refused = 0  # 503 answers
+        self.errors = 0  # connection errors
+        self.bad = []  # answers other than 200 and 503
+        self._stop = False
+        self._greenlets = []
+
+    def start(self):
+        import gevent
+
+        self._greenlets = [gevent.spawn(self._run, w) for w in range(self.workers)]
+        return self
+
+    def stop(self):
+        import gevent
+
+        self._stop = True
+        gevent.joinall(self._greenlets, timeout=15, raise_error=True)
+
+    def _run(self, w):
+        import http.client as hc
+
+        n = 0
+        while not self._stop:
+            count = 1 if n % 2 == 0 else 5
+            uids = [f"{self.tag}-{w}-{n + i}" for i in range(count)]
+            n += count
+            events = [self.make(u) for u in uids]
+            self.sent.update(uids)
+            try:
+                status, _, body = request(self.port, "POST", "/log", events if count > 1 else events[0])
+            except (OSError, hc.HTTPException):
+                self.errors += 1
+                time.sleep(0.02)
+                continue
+            if status == 200:
+                ids = json.loads(body)["ids"]
+                if len(ids) != len(uids):
+                    self.bad.append((status, body))
+                self.acked.update(zip(uids, ids))
+            elif status == 503:
+                self.refused += 1
+                time.sleep(0.02)
+            else:
+                self.bad.append((status, body))
+            if self.pause:
+                time.sleep(self.pause)

@@ -1,6 +1,6 @@
 """`zcmd`: the one command that runs and inspects zspark.
 
-    zcmd [-y CONFIG] serve | validate | tail ...
+    zcmd [-y CONFIG] serve | validate | tail | replay ...
 
 The config file comes from -y/--config, else $ZSPARK_CONFIG, else the built-in defaults. A bad
 config exits with status 2 and a message naming the key and the file.

@@ -51,6 +51,9 @@ class KafkaSink:
             "linger.ms": 2,
             "queue.buffering.max.messages": 1000000,
             "error_cb": self._on_error,
+            # librdkafka logs each failed connection attempt (many a second while a broker is
+            # down); through a rate-limited logger they say it a few times a minute.
+            "logger": _RateLimitedLogger(),
         }
         settings.update(config.producer)
         self._settings = settings
@@ -86,23 +89,34 @@ class KafkaSink:
             reports[offset] = err
 
         sent = 0
-        for offset, event in items:
-            topic = self.topic_for(event)
-            if not _LEGAL_TOPIC.match(topic):
-                rejected.append((offset, event, f"not a legal Kafka topic name: {topic[:60]!r}"))
-                continue
-            key = self._key(event)
-            try:
-                self._produce(topic, self.encode(event), key,
-                              lambda err, msg, offset=offset: on_delivery(err, msg, offset))
-                sent += 1
-            except KafkaException as e:
-                err = e.args[0]
-                if err.code() in PERMANENT_ERRORS:
-                    rejected.append((offset, event, f"Kafka refused it: {err.str()}"))
-                else:
-                    raise
-        self._wait_for_reports(reports, sent)
+        try:
+            for offset, event in items:
+                topic = self.topic_for(event)
+                if not _LEGAL_TOPIC.match(topic):
+                    rejected.append((offset, event, f"not a legal Kafka topic name: {topic[:60]!r}"))
+                    continue
+                key = self._key(event)
+                try:
+                    self._produce(topic, self.encode(event), key,
+                                  lambda err, msg, offset=offset: on_delivery(err, msg, offset))
+                    sent += 1
+                except KafkaException as e:
+                    err = e.args[0]
+                    if err.code() in PERMANENT_ERRORS:
+                        rejected.append((offset, event, f"Kafka refused it: {err.str()}"))
+                    else:
+                        raise
+            self._wait_for_reports(reports, sent)
+        except Exception as e:
+            # A fatal error (the idempotent producer's state lost, e.g. a broker that restarted
+            # empty) comes out of produce/flush as an exception, not through error_cb: this
+            # producer refuses everything from now on, so the retry needs a new one.
+            fatal = _fatal_error(e)
+            if fatal is None:
+                raise
+            self._fatal = fatal
+            raise RuntimeError(f"Kafka producer fatal error (a new producer is made for the "
+                               f"retry): {fatal}") from e
         failures = []
         for offset, event in items:
             if offset not in reports:
@@ -114,6 +128,8 @@ class KafkaSink:
                 rejected.append((offset, event, f"Kafka refused it: {err.str()}"))
             else:
                 failures.append(err)
+                if err.fatal() or err.code() == KafkaError._FATAL:
+                    self._fatal = err.str()
         if failures:
             # The ones that did arrive will arrive again on the retry: at-least-once, bounded by a batch.
             raise RuntimeError(f"{len(failures)} of {sent} message(s) not delivered: {failures[0].str()}")
@@ -174,6 +190,29 @@ class KafkaSink:
         if remaining:
             log.warning("Kafka: %d message(s) still unconfirmed at close; they are sent again at the "
                         "next start", remaining)
+
+
+class _RateLimitedLogger:
+    """What confluent-kafka calls for librdkafka's own log lines (`logger.log(level, msg, *args)`)."""
+
+    def __init__(self):
+        self._limited = RateLimitedLog(logging.getLogger("zspark.sinks.kafka.librdkafka"), burst=5)
+
+    def log(self, level, msg, *args):
+        self._limited(msg, *args)
+
+
+def _fatal_error(exc):
+    """The message of a fatal librdkafka error behind `exc` (itself, or its cause), else None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
+            err = exc.args[0]
+            if err.fatal() or err.code() == KafkaError._FATAL:
+                return err.str()
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _as_json(event):
