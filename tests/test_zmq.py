@@ -174,6 +174,37 @@ class EventsTest(ZmqCase):
             stats = self.wait_counts(name, 2, 1)
             self.assertIn("custom_field", stats["last_rejection"])
 
+    def test_bson_frames_journaled_as_sent_decode_to_what_was_validated(self):
+        def element(name, value):
+            return bson.encode({name: value})[4:-1]
+
+        def document(*elements):
+            body = b"".join(elements)
+            return (len(body) + 5).to_bytes(4, "little") + body + b"\x00"
+
+        sock = self.push(self.bson_addr)
+        # Repeated keys: BSON decoding keeps the last one, which is what is validated and stored.
+        sock.send(document(element("type", "first"), element("context", {"$bad": 1}),
+                           element("type", "repeated"), element("context", {"ok": 1})))
+        # A null field is dropped, as from JSON; a sender's timestamp becomes stimestamp.
+        sock.send(bson.encode({"type": "nulls", "level": None, "context": {"n": None}}))
+        sent_at = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
+        sock.send(bson.encode({"type": "stamped", "timestamp": sent_at}))
+        sock.send(bson.encode({"type": "sentinel", "topic": "web", "context": {"u": "ü", "l": [1, 2.5]}}))
+        events = self.wait_events(4)
+        by_type = {e["type"]: e for e in events}
+        self.assertEqual(set(by_type), {"repeated", "nulls", "stamped", "sentinel"})
+        self.assertEqual(by_type["repeated"]["context"], {"ok": 1})
+        self.assertNotIn("level", by_type["nulls"])
+        self.assertEqual(by_type["nulls"]["context"], {"n": None})
+        self.assertEqual(by_type["stamped"]["stimestamp"], sent_at)
+        sentinel = by_type["sentinel"]
+        self.assertEqual(sentinel["context"], {"u": "ü", "l": [1, 2.5]})
+        self.assertEqual((sentinel["topic"], sentinel["source"], sentinel["node"]), ("web", "zmq_bson", "test"))
+        self.assertIsInstance(sentinel["timestamp"], datetime.datetime)
+        for event in events:
+            self.assertEqual(set(event) & {"_id", "timestamp", "source", "node"}, {"_id", "timestamp", "source", "node"})
+
     def test_unknown_command_is_a_counted_rejection(self):
         sock = self.push(self.bson_addr)
         for command in ("drop_database", 5, {"a": 1}, None):

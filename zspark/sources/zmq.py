@@ -27,12 +27,17 @@ from zmq import Socket as _PlainSocket  # the plain class: see _receive
 
 from ..event import InvalidEvent
 from ..journal import JournalClosed, JournalError
+from ..journal.codec import FrameEvent
 from ..journal.codec import DECODE_OPTIONS
 from ..metrics import RateLimitedLog
 
 log = logging.getLogger("zspark.zmq")
 
 COMMANDS = ("event", "event_noval")
+_NO_COMMAND = object()
+# Fields normalize keeps exactly as sent (a timestamp or stimestamp may be converted).
+SPLICEABLE_FIELDS = frozenset(("type", "level", "topic", "env", "version", "ip", "referrer",
+                               "user_agent", "cookies", "context", "extra"))
 RETRY_SECONDS = 1.0
 DRAIN_SECONDS = 2.0  # at stop, frames still arriving this long after it are no longer taken
 
@@ -54,6 +59,7 @@ class ZmqSource:
         self.max_message_bytes = config.zmq.max_message_bytes
         self.receive_batch = max(1, config.zmq.receive_batch)
         self.stats = ingest.metrics.source(name)
+        self.splice = decode is decode_bson
         self._context = context or zmq.Context.instance()
         self._socket = None
         self._greenlet = None
@@ -91,14 +97,15 @@ class ZmqSource:
     def _run(self):
         previous = None  # (pending append, its events): one burst in flight while we receive
         while True:
-            if previous is not None and not self._socket.poll(0, zmq.POLLIN):
+            frames = self._receive(wait=previous is None)
+            if frames is None:
+                break
+            if not frames:
                 # Nothing more to receive now: finish the burst in flight before waiting for
                 # frames, so it is counted (and retried if its write failed) without delay.
                 self._wait_durable(*previous)
                 previous = None
-            frames = self._receive()
-            if frames is None:
-                break
+                continue
             events = self._normalize(frames)
             current = (self._hand_over(events), events) if events else None
             if previous is not None:
@@ -107,15 +114,17 @@ class ZmqSource:
         if previous is not None:
             self._wait_durable(*previous)
 
-    def _receive(self):
-        """A burst of frames; None once stopping and the socket's queue is drained."""
+    def _receive(self, wait):
+        """A burst of frames: [] if none is there and not `wait`; None once stopping and the
+        socket's queue is drained."""
         sock = self._socket
         if self._stopping and not self._unbound and time.monotonic() >= self._drain_deadline:
             if not self._stop_taking_frames():
                 return None
-        while not sock.poll(200, zmq.POLLIN):
-            if self._stopping:
-                return None
+        if wait:
+            while not sock.poll(200, zmq.POLLIN):
+                if self._stopping:
+                    return None
         # The burst is taken with the plain non-blocking recv: zmq.green's recv re-reads the
         # socket's event state after every frame (a getsockopt(ZMQ_EVENTS), a syscall in libzmq),
         # 20x the cost of the recv itself. Never blocking, and always polling (which reads that
@@ -155,14 +164,20 @@ class ZmqSource:
             if not isinstance(doc, dict):
                 self._reject(f"a frame must hold one document, got {type(doc).__name__}")
                 continue
-            command = doc.pop("$command", "event")
-            if command not in COMMANDS:
+            command = doc.pop("$command", _NO_COMMAND)
+            if command not in COMMANDS and command is not _NO_COMMAND:
                 self._reject(f"unknown $command {str(command)[:40]!r} (known: {', '.join(COMMANDS)})")
                 continue
+            # A BSON frame holding only sender fields in their final form is journaled as it
+            # came (see journal.codec.FrameEvent): no re-encoding.
+            spliceable = (self.splice and command is _NO_COMMAND and doc.keys() <= SPLICEABLE_FIELDS
+                          and None not in doc.values())
             try:
-                events.append(self.ingest.normalize_one(doc, self.name, command == "event_noval", now))
+                event = self.ingest.normalize_one(doc, self.name, command == "event_noval", now)
             except InvalidEvent as e:  # counted by normalize_one
                 self._warn("ZeroMQ %s: rejected an event: %s", self.name, e)
+                continue
+            events.append(FrameEvent(event, frame) if spliceable else event)
         return events
 
     def _reject(self, reason):
