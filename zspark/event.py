@@ -205,10 +205,20 @@ def _value(value, path, depth, limits, counter):
         if depth > limits.max_depth:
             raise InvalidEvent(f"{_path_text(path)}: nested deeper than {limits.max_depth} levels")
         if kind is dict:
+            max_string = limits.max_string_bytes
             for k, v in value.items():
                 if not (type(k) is str and k.isascii() and len(k) <= SHORT_LIMIT and k[:1] != "$"
                         and "\x00" not in k):
                     _check_key(k, _path_text(path))
+                # Plain short strings and small ints, most values, are checked inline: a call
+                # per value costs more than the checks.
+                t = type(v)
+                if (t is str and len(v) <= max_string and v.isascii() and "\x00" not in v) or (
+                        t is int and INT64_MIN <= v <= INT64_MAX):
+                    counter[0] += 1
+                    if counter[0] > limits.max_fields:
+                        raise InvalidEvent(f"{_root(path)}: more than {limits.max_fields} values")
+                    continue
                 _value(v, (path, k), depth + 1, limits, counter)
         else:
             for i, v in enumerate(value):
