@@ -21,6 +21,7 @@ import random
 import time
 
 import gevent
+from gevent.event import Event
 from gevent.hub import get_hub
 
 from .journal import decode_event, event_to_json
@@ -48,6 +49,7 @@ class Forwarder:
         self.last_error = None
         self.last_error_time = None
         self._stopping = False
+        self._stop_requested = Event()  # wakes a backoff sleep at once
         self._greenlet = None
         self.dead_letter_path = os.path.join(journal.directory, "dead-letter", f"{self.name}.jsonl")
 
@@ -63,6 +65,7 @@ class Forwarder:
     def stop(self, timeout=10.0):
         """Finish the batch in flight (up to `timeout` seconds), save the cursor, stop."""
         self._stopping = True
+        self._stop_requested.set()
         if self._greenlet is not None:
             self._greenlet.join(timeout)
             if not self._greenlet.dead:
@@ -130,7 +133,8 @@ class Forwarder:
                 (log.warning if attempt == 1 or attempt % 10 == 0 else log.debug)(
                     "forwarder %s: delivering offsets %d..%d failed (attempt %d), retrying in %.1fs: %s",
                     self.name, records[0][0], records[-1][0], attempt, delay, self.last_error)
-                gevent.sleep(delay)
+                if self._stop_requested.wait(delay):
+                    return  # stopping: the cursor is unchanged, the batch goes again at the next start
         if attempt:
             log.info("forwarder %s: delivered after %d failed attempt(s)", self.name, attempt)
         self.state = RUNNING
