@@ -32,7 +32,7 @@ RUNNING, BACKING_OFF, STOPPED = "running", "backing_off", "stopped"
 
 
 class Forwarder:
-    def __init__(self, journal, sink, batch_size=1000, batch_wait=0.02, backoff_initial=0.1,
+    def __init__(self, journal, sink, batch_size=1000, batch_wait=0.005, backoff_initial=0.1,
                  backoff_max=30.0):
         self.journal = journal
         self.sink = sink

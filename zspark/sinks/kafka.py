@@ -7,15 +7,21 @@ Formats: `json` (default), `bson`, or `plain` (Sparkngin's delimiter-separated f
 producer is idempotent, and `message.timeout.ms` is finite so that a long outage comes back as
 failed deliveries the forwarder retries, never as messages silently expired.
 
-librdkafka blocks only in flush/poll with a timeout; those run in gevent's thread pool, so the
-event loop keeps serving while a batch waits for its delivery reports.
+librdkafka blocks only in flush/poll with a timeout. A batch waits for its delivery reports by
+calling poll(0), which never blocks, from the forwarder's greenlet, sleeping cooperatively between
+calls, so the event loop keeps serving and the reports' callbacks run in the loop's own thread.
+(Waiting in flush() in gevent's thread pool made that thread take the GIL back from a busy event
+loop once per report: with the loop kept busy, 100,000 reports took 23 s instead of 1.4 s.) Only
+close() still flushes in the thread pool.
 """
 import json
 import logging
 import re
 import string
+import time
 
 import bson
+import gevent
 from confluent_kafka import KafkaError, KafkaException, Producer
 from gevent.hub import get_hub
 
@@ -35,6 +41,12 @@ PERMANENT_ERRORS = {
     KafkaError.RECORD_LIST_TOO_LARGE,
     KafkaError.TOPIC_EXCEPTION,
 }
+
+
+# How often a batch waiting for its delivery reports looks for them: every millisecond at first,
+# then every tenth of the time waited so far (at most every 50 ms, as while a broker is down).
+REPORT_POLL_MIN_S = 0.001
+REPORT_POLL_MAX_S = 0.05
 
 
 class KafkaSink:
@@ -141,18 +153,23 @@ class KafkaSink:
                 self.producer.produce(topic, value=value, key=key, on_delivery=callback)
                 return
             except BufferError:  # the local queue is full: let deliveries drain it
-                self._threadpool.apply(self.producer.poll, (0.05,))
+                self.producer.poll(0)
+                gevent.sleep(0.05)
 
     def _wait_for_reports(self, reports, expected):
         # A report for every message comes at the latest after message.timeout.ms.
         deadline_s = self.config.message_timeout_ms / 1000.0 + 30
-        waited = 0.0
-        while len(reports) < expected:
-            self._threadpool.apply(self.producer.flush, (1.0,))
-            waited += 1.0
-            if waited > deadline_s and len(reports) < expected:
+        started = time.monotonic()
+        poll = self.producer.poll
+        while True:
+            poll(0)  # serves the reports already in, here in the event loop's thread; never blocks
+            if len(reports) >= expected:
+                return
+            waited = time.monotonic() - started
+            if waited > deadline_s:
                 raise RuntimeError(f"no delivery report for {expected - len(reports)} message(s) "
                                    f"after {deadline_s:.0f}s")
+            gevent.sleep(min(REPORT_POLL_MAX_S, max(REPORT_POLL_MIN_S, waited / 10)))
 
     def _key(self, event):
         name = self.config.key_field
