@@ -249,19 +249,23 @@ def kafka_read(brokers, topics, done=None, timeout=30.0, settle=1.0):
 
 
 class HttpFeeder:
-    """Producers: greenlets POSTing events (singles and JSON arrays, in turn) with unique
-    `context.uid`s, recording the id of each event answered 200. `make(uid)` builds the event."""
+    """Producers: greenlets sending events with unique `context.uid`s, recording the id of each
+    event answered 200. `make(uid)` builds the event; `forms` are the request forms used in turn:
+    "single" (one JSON object), "array" (a JSON array), "ndjson", and "get" (GET /log?type=load&uid=).
+    Arrays hold 5 events, or 2-6 drawn from `rng` when one is given."""
 
-    def __init__(self, port, tag, make=None, workers=3, pause=0.0):
+    def __init__(self, port, tag, make=None, workers=3, pause=0.0, forms=("single", "array"), rng=None):
         self.port = port
         self.tag = tag
         self.make = make or (lambda uid: {"type": "load", "context": {"uid": uid}})
         self.workers = workers
         self.pause = pause
+        self.forms = forms
+        self.rng = rng
         self.acked = {}  # uid -> _id (hex) from the 200 answer
         self.sent = set()  # every uid put on the wire
         self.refused = 0  # 503 answers
-        self.errors = 0  # connection errors
+        self.errors = 0  # connection errors (the server is gone)
         self.bad = []  # answers other than 200 and 503
         self._stop = False
         self._greenlets = []
@@ -278,19 +282,31 @@ class HttpFeeder:
         self._stop = True
         gevent.joinall(self._greenlets, timeout=15, raise_error=True)
 
-    def _run(self, w):
-        import http.client as hc
+    def _request(self, form, uids):
+        events = [self.make(u) for u in uids]
+        if form == "single":
+            return ("POST", "/log", events[0])
+        if form == "array":
+            return ("POST", "/log", events)
+        if form == "ndjson":
+            body = "\n".join(json.dumps(e) for e in events).encode()
+            return ("POST", "/log", body, {"Content-Type": "application/x-ndjson"})
+        return ("GET", f"/log?type=load&uid={uids[0]}")
 
+    def _run(self, w):
         n = 0
+        turn = 0
         while not self._stop:
-            count = 1 if n % 2 == 0 else 5
+            form = self.forms[turn % len(self.forms)]
+            turn += 1
+            count = 1 if form in ("single", "get") else (self.rng.randint(2, 6) if self.rng else 5)
             uids = [f"{self.tag}-{w}-{n + i}" for i in range(count)]
             n += count
-            events = [self.make(u) for u in uids]
+            args = self._request(form, uids)
             self.sent.update(uids)
             try:
-                status, _, body = request(self.port, "POST", "/log", events if count > 1 else events[0])
-            except (OSError, hc.HTTPException):
+                status, _, body = request(self.port, *args, timeout=10)
+            except (OSError, http.client.HTTPException):  # the server went away mid-answer: no ack
                 self.errors += 1
                 time.sleep(0.02)
                 continue

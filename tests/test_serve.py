@@ -1,7 +1,6 @@
 """`zcmd serve` as a separate process, seen from outside: fed over HTTP and ZeroMQ, stopped with
 SIGTERM or killed with SIGKILL mid-feed, restarted on the same journal, and checked with
 `zcmd tail`. Also the refusals at start (journal locked, port in use) and `zcmd tail` itself."""
-import http.client
 import json
 import os
 import random
@@ -15,7 +14,7 @@ import zmq.green as zmq_green
 
 from zspark.client import ZSparkClient
 
-from .support import ServeProcess, TempDir, config_data, free_port, request, write_config, zcmd
+from .support import HttpFeeder, ServeProcess, TempDir, config_data, free_port, request, write_config, zcmd
 
 RNG = random.Random(int(os.environ.get("ZSPARK_TEST_SEED", time.time_ns())))
 
@@ -31,67 +30,10 @@ def wait_for(predicate, timeout=15.0, message="condition"):
         time.sleep(0.02)
 
 
-class Feeder:
-    """HTTP producers: greenlets posting events with unique `context.uid`s, each recording the ids
-    of the events answered 200. Singles, JSON arrays, NDJSON and GET /log, in turn."""
-
-    def __init__(self, port, tag, workers=4):
-        self.port = port
-        self.tag = tag
-        self.workers = workers
-        self.acked = {}  # uid -> _id from the 200 answer
-        self.sent = set()  # every uid put on the wire
-        self.refused = 0  # 503 answers
-        self.errors = 0  # connection errors (the server is gone)
-        self.bad = []  # answers that are neither 200 nor 503
-        self._stop = False
-        self._greenlets = []
-
-    def start(self):
-        self._greenlets = [gevent.spawn(self._run, w) for w in range(self.workers)]
-        return self
-
-    def stop(self):
-        self._stop = True
-        gevent.joinall(self._greenlets, timeout=15, raise_error=True)
-
-    def _run(self, w):
-        n = 0
-        turn = 0
-        while not self._stop:
-            kind = turn % 4
-            turn += 1
-            count = 1 if kind in (0, 3) else RNG.randint(2, 6)
-            uids = [f"{self.tag}-{w}-{n + i}" for i in range(count)]
-            n += count
-            events = [{"type": "load", "level": "info", "context": {"uid": u, "w": w}} for u in uids]
-            if kind == 0:
-                args = ("POST", "/log", events[0])
-            elif kind == 1:
-                args = ("POST", "/log", events)
-            elif kind == 2:
-                body = "\n".join(json.dumps(e) for e in events).encode()
-                args = ("POST", "/log", body, {"Content-Type": "application/x-ndjson"})
-            else:
-                args = ("GET", f"/log?type=load&uid={uids[0]}")
-            self.sent.update(uids)
-            try:
-                status, _, body = request(self.port, *args, timeout=10)
-            except (OSError, http.client.HTTPException):  # the server went away mid-answer: no ack
-                self.errors += 1
-                time.sleep(0.01)
-                continue
-            if status == 200:
-                ids = json.loads(body)["ids"]
-                if len(ids) != len(uids):
-                    self.bad.append((status, body))
-                for uid, id_ in zip(uids, ids):
-                    self.acked[uid] = id_
-            elif status == 503:
-                self.refused += 1
-                time.sleep(0.01)
-            else:
-                self.bad.append((status, body))
+def Feeder(port, tag, workers=4):
+    """HTTP load in every request form: singles, arrays, NDJSON and GET /log, in turn."""
+    return HttpFeeder(port, tag, workers=workers, rng=RNG, forms=("single", "array", "ndjson", "get"),
+                      make=lambda uid: {"type": "load", "level": "info", "context": {"uid": uid}})
 
 
 class ServeCase(unittest.TestCase):
