@@ -11,7 +11,7 @@ import os
 import re
 import socket
 from dataclasses import dataclass, field
-from typing import Any, get_args, get_origin
+from typing import get_args, get_origin
 
 import yaml
 

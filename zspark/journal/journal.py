@@ -270,9 +270,8 @@ class Journal:
     def _flusher_died(self, greenlet):
         self._failed = greenlet.exception
         log.critical("journal flusher died: %r; refusing further appends", greenlet.exception)
-        for batch in (self._open_batch,):
-            batch.error = JournalError(f"journal flusher died: {greenlet.exception!r}")
-            batch.done.set()
+        self._open_batch.error = JournalError(f"journal flusher died: {greenlet.exception!r}")
+        self._open_batch.done.set()
         if self._on_fatal is not None:
             self._on_fatal(f"journal flusher died: {greenlet.exception!r}")
 
