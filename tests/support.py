@@ -36,7 +36,10 @@ class TempDir:
 
 
 def config_data(directory, **sections):
-    """A config for a test: journal in `directory`, every listener on a free port."""
+    """A config for a test: journal in `directory`, every listener on a free port.
+
+    The node's notices (node_online, heartbeats...) are off unless a test turns them on
+    (`notices={"enabled": True}`), so that the journal holds exactly what the test sent."""
     data = {
         "node": {"id": "test"},
         "journal": {"dir": os.path.join(directory, "journal"), "sync": "batch"},
@@ -44,6 +47,7 @@ def config_data(directory, **sections):
         "zmq": {"bson_bind": f"tcp://127.0.0.1:{free_port()}",
                 "json_bind": f"tcp://127.0.0.1:{free_port()}"},
         "log": {"level": "info"},
+        "notices": {"enabled": False},
     }
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)

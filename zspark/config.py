@@ -103,6 +103,20 @@ class ForwardConfig:
     backoff_initial_ms: float = 100.0
     backoff_max_s: float = 30.0
     stop_timeout_s: float = 10.0
+    # At a clean stop, after the sources closed: how long the forwarders may go on delivering
+    # what is left in the journal (the node_offline notice included) before they stop.
+    drain_on_stop_s: float = 5.0
+
+
+@dataclass
+class NoticesConfig:
+    """What the node tells downstream about itself: node_online / heartbeat / node_offline, and
+    hour_complete once every event of an hour (per Kafka topic) has been delivered to Kafka."""
+    enabled: bool = True
+    heartbeat_s: float = 60.0  # 0 = no periodic heartbeat (online/offline still sent)
+    hour_complete: bool = True  # needs kafka.enabled
+    hour_grace_s: float = 300.0  # late events by `timestamp` are waited for this long after the hour
+    check_s: float = 1.0  # how often hours are looked at
 
 
 @dataclass
@@ -119,6 +133,7 @@ class KafkaConfig:
     plain_delimiter: str = "\t"
     compression: _choice("none", "gzip", "snappy", "lz4", "zstd") = "none"
     message_timeout_ms: int = 30000
+    notice_topic: str = "zspark.notify"  # where node and hour_complete notices go
     producer: dict = field(default_factory=dict)  # passed through to librdkafka
 
 
@@ -130,6 +145,7 @@ class MongoConfig:
     collection: str = "event"
     ttl_days: float = 0.0  # 0 = keep for ever
     timeout_ms: int = 10000
+    notice_collection: str = "notice"  # where node and hour_complete notices go
 
 
 @dataclass
@@ -151,6 +167,7 @@ class Config:
     zmq: ZmqConfig = field(default_factory=ZmqConfig)
     event: EventConfig = field(default_factory=EventConfig)
     forward: ForwardConfig = field(default_factory=ForwardConfig)
+    notices: NoticesConfig = field(default_factory=NoticesConfig)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     mongo: MongoConfig = field(default_factory=MongoConfig)
     pub: PubConfig = field(default_factory=PubConfig)

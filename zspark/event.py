@@ -25,6 +25,9 @@ _SHORT_FIELDS = frozenset(("type", "level", "topic", "env", "version"))
 _STRING_FIELDS = frozenset(STRING_FIELDS)  # sets, for the per-field lookups in normalize
 _ASSIGNED = frozenset(ASSIGNED)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# The `source` of the node's own notices (zspark/notices.py). Senders cannot set `source`, so no
+# sender can forge one; sinks route notices to their own topic or collection by it.
+NOTICE_SOURCE = "notice"
 
 
 class InvalidEvent(ValueError):

@@ -51,6 +51,9 @@ class Forwarder:
         self._stopping = False
         self._stop_requested = Event()  # wakes a backoff sleep at once
         self._greenlet = None
+        # Called after each confirmed batch as on_delivered(first_offset, next_offset, events),
+        # `events` an iterable of the delivered events (not those dead-lettered); see hours.py.
+        self.on_delivered = None
         self.dead_letter_path = os.path.join(journal.directory, "dead-letter", f"{self.name}.jsonl")
 
     @property
@@ -61,6 +64,15 @@ class Forwarder:
     def start(self):
         self._greenlet = gevent.spawn(self._run)
         return self._greenlet
+
+    def drain(self, timeout):
+        """Wait up to `timeout` seconds for everything journaled so far to be delivered; give up
+        at once while the destination is failing. True if all of it was."""
+        target = self.journal.end_offset
+        deadline = time.monotonic() + timeout
+        while self.cursor.offset < target and self.state == RUNNING and time.monotonic() < deadline:
+            gevent.sleep(0.02)
+        return self.cursor.offset >= target
 
     def stop(self, timeout=10.0):
         """Finish the batch in flight (up to `timeout` seconds), save the cursor, stop."""
@@ -143,6 +155,10 @@ class Forwarder:
             self._dead_letter(dead)
         self.cursor.commit(records[-1][0] + 1)
         self.delivered += len(items) - len(rejected)
+        if self.on_delivered is not None:
+            refused = {offset for offset, _, _ in rejected}
+            self.on_delivered(records[0][0], records[-1][0] + 1,
+                              (event for offset, event in items if offset not in refused))
 
     def _dead_letter(self, dead):
         lines = []

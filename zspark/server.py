@@ -1,8 +1,10 @@
-"""One zspark process: wires config, journal, sources (and later forwarders) together.
+"""One zspark process: wires config, journal, sources, forwarders and notices together.
 
-`Server.start()` opens the journal and starts every source; `run()` serves until `request_stop`
-(SIGTERM/SIGINT) and then shuts down in order: refuse new work, let requests in flight finish,
-journal what the ZeroMQ sockets already hold, sync and close the journal. A long-running greenlet
+`Server.start()` opens the journal and starts the sources, the forwarders and the node's notices
+(node_online, heartbeats, hour_complete); `run()` serves until `request_stop` (SIGTERM/SIGINT)
+and then shuts down in order: refuse new work, let requests in flight finish, journal what the
+ZeroMQ sockets already hold, journal node_offline, give the forwarders `forward.drain_on_stop_s`
+to deliver what is left, stop them (cursors saved), sync and close the journal. A long-running greenlet
 that dies unexpectedly stops the process loudly (exit code 1), never silently.
 """
 import logging
@@ -16,9 +18,11 @@ from gevent.event import Event
 from . import __version__
 from .event import Limits
 from .forwarder import Forwarder
+from .hours import HourTracker, clock_from_environment
 from .ingest import Ingest
 from .journal import Journal, JournalError
 from .metrics import Metrics
+from .notices import Notices
 from .sources.http import HttpSource
 from .sources.zmq import ZmqSource, decode_bson, decode_json
 
@@ -61,6 +65,10 @@ class Server:
         self.http = None
         self.zmq_sources = []
         self.forwarders = []
+        nc = config.notices
+        self.notices = Notices(self.ingest, config.node.id, self._counters, nc.heartbeat_s) if nc.enabled else None
+        self.hours = None
+        self._heartbeats = None
         self.exit_code = 0
         self._stopping = False
         self._stop_requested = Event()
@@ -86,6 +94,13 @@ class Server:
             self.journal.close()
             raise
         self._watch(gevent.spawn(self._retention_loop), "retention")
+        if self.notices is not None:
+            self.notices.node_notice("node_online")
+            if self.config.notices.heartbeat_s:
+                self._heartbeats = gevent.spawn(self.notices.run_heartbeats)
+                self._watch(self._heartbeats, "heartbeats")
+        if self.hours is not None:
+            self._watch(gevent.spawn(self.hours.run), "hour-complete notices")
         log.info("zspark %s serving as node %r (pid %d)", __version__, self.config.node.id, os.getpid())
 
     def _start_sources(self):
@@ -112,16 +127,22 @@ class Server:
             self._watch(greenlet, f"ZeroMQ source {name}")
 
     def _start_forwarders(self):
+        fc = self.config.forward
         for sink in build_sinks(self.config):
-            fc = self.config.forward
-            forwarder = Forwarder(self.journal, sink, batch_size=fc.batch_size,
-                                  batch_wait=fc.batch_wait_ms / 1000.0,
-                                  backoff_initial=fc.backoff_initial_ms / 1000.0,
-                                  backoff_max=fc.backoff_max_s)
-            self.forwarders.append(forwarder)
+            self.forwarders.append(Forwarder(self.journal, sink, batch_size=fc.batch_size,
+                                             batch_wait=fc.batch_wait_ms / 1000.0,
+                                             backoff_initial=fc.backoff_initial_ms / 1000.0,
+                                             backoff_max=fc.backoff_max_s))
+        nc = self.config.notices
+        kafka = next((f for f in self.forwarders if f.name == "kafka"), None)
+        if self.notices is not None and nc.hour_complete and kafka is not None:
+            # Before the forwarder starts, so that it counts every batch from the first.
+            self.hours = HourTracker(self.journal, kafka, kafka.sink.topic_for, self.notices.publish,
+                                     grace_s=nc.hour_grace_s, check_s=nc.check_s,
+                                     clock=clock_from_environment())
+        for forwarder in self.forwarders:
             self._watch(forwarder.start(), f"forwarder {forwarder.name}")
-            log.info("forwarding to %s from offset %d", sink.describe(), forwarder.cursor.offset)
-
+            log.info("forwarding to %s from offset %d", forwarder.sink.describe(), forwarder.cursor.offset)
 
     def _watch(self, greenlet, what):
         """A greenlet that should run for ever: if it dies, stop the process loudly."""
@@ -156,13 +177,30 @@ class Server:
             return
         self._stopping = True
         self._stop_sources()
+        if self.notices is not None:
+            if self._heartbeats is not None:
+                self._heartbeats.kill()  # node_offline is the node's last word
+            self.notices.node_notice("node_offline")
+        self._drain_forwarders()
         for forwarder in self.forwarders:
             forwarder.stop(self.config.forward.stop_timeout_s)
-        for greenlet in self._greenlets:
-            greenlet.kill(block=False)
+        gevent.killall(self._greenlets)  # heartbeats, hour-complete, retention; forwarders are done
+        if self.hours is not None:
+            self.hours.stop()
         self.journal.close()
         log.info("stopped: %s", ", ".join(f"{name} accepted {s.accepted}, rejected {s.rejected}"
                                           for name, s in self.metrics.sources.items()) or "no events")
+
+    def _drain_forwarders(self):
+        """Give the forwarders a moment to deliver what the sources left (and node_offline)."""
+        timeout = self.config.forward.drain_on_stop_s
+        if not self.forwarders or not timeout:
+            return
+        drains = [gevent.spawn(f.drain, timeout) for f in self.forwarders]
+        gevent.joinall(drains)
+        behind = [f"{f.name} ({f.lag} left, {f.state})" for f in self.forwarders if f.lag]
+        if behind:
+            log.info("stopping with undelivered events, sent at the next start: %s", ", ".join(behind))
 
     def _stop_sources(self):
         self._stopping = True
@@ -181,6 +219,17 @@ class Server:
             except OSError as e:
                 log.error("journal retention failed, will retry: %s", e)
 
+    def _counters(self):
+        """What a heartbeat notice carries."""
+        return {
+            "uptime_s": round(self.metrics.uptime(), 3),
+            "sources": {name: {"accepted": s.accepted, "rejected": s.rejected, "refused": s.refused}
+                        for name, s in self.metrics.sources.items()},
+            "forwarders": {f.name: {"state": f.state, "lag": f.lag, "delivered": f.delivered,
+                                    "failed": f.failed} for f in self.forwarders},
+            "journal": {"bytes": self.journal.size_bytes, "end_offset": self.journal.end_offset},
+        }
+
     def status(self):
         j = self.journal
         syncs = j.stats.syncs
@@ -195,6 +244,7 @@ class Server:
             "stopping": self._stopping,
             "sources": {name: s.as_dict() for name, s in self.metrics.sources.items()},
             "forwarders": {f.name: f.as_dict() for f in self.forwarders},
+            "hour_complete": self.hours.as_dict() if self.hours is not None else None,
             "journal": {
                 "dir": j.directory,
                 "first_offset": j.first_offset,

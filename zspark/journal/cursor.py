@@ -7,6 +7,7 @@ directory), so after any crash it holds either the old or the new offset, never 
 import logging
 import os
 import re
+import threading
 
 from gevent.hub import get_hub
 
@@ -57,17 +58,25 @@ class Cursor:
         self.offset = offset
 
     def _write(self, offset):
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
-        tmp = f"{self.path}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, f"{offset}\n".encode("ascii"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, self.path)
-        dfd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        write_atomically(self.path, f"{offset}\n".encode("ascii"))
+
+
+def write_atomically(path, data):
+    """Replace the file at `path` with `data`: after a crash it holds the old or the new content,
+    never a mix (temporary file, fsync, rename, fsync the directory). Blocking: call it in the
+    thread pool."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+    dfd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)

@@ -3,8 +3,9 @@ delivery report came back without error.
 
 The topic comes from a template over event fields (`{topic}`, `events.{env}.{type}`), falling back
 to `default_topic` when the event lacks a field the template names; the key from `key_field`.
-Formats: `json` (default), `bson`, or `plain` (Sparkngin's delimiter-separated field list). The
-producer is idempotent, and `message.timeout.ms` is finite so that a long outage comes back as
+The node's notices (source "notice") go to `notice_topic`, keyed by the node id so that one
+node's notices stay in order on one partition. Formats: `json` (default), `bson`, or `plain`
+(Sparkngin's delimiter-separated field list). The producer is idempotent, and `message.timeout.ms` is finite so that a long outage comes back as
 failed deliveries the forwarder retries, never as messages silently expired.
 
 librdkafka blocks only in flush/poll with a timeout. A batch waits for its delivery reports by
@@ -25,6 +26,7 @@ import gevent
 from confluent_kafka import KafkaError, KafkaException, Producer
 from gevent.hub import get_hub
 
+from ..event import NOTICE_SOURCE
 from ..journal import event_to_json
 from ..journal.codec import to_json_value
 from ..metrics import RateLimitedLog
@@ -80,6 +82,8 @@ class KafkaSink:
         return f"Kafka {self.config.brokers}"
 
     def topic_for(self, event):
+        if event.get("source") == NOTICE_SOURCE:
+            return self.config.notice_topic
         values = {}
         for name in self._fields:
             value = event.get(name)
@@ -172,6 +176,8 @@ class KafkaSink:
             gevent.sleep(min(REPORT_POLL_MAX_S, max(REPORT_POLL_MIN_S, waited / 10)))
 
     def _key(self, event):
+        if event.get("source") == NOTICE_SOURCE:
+            return event["node"].encode("utf-8")  # one partition per node: its notices in order
         name = self.config.key_field
         if not name or event.get(name) is None:
             return None

@@ -3,9 +3,11 @@
 A duplicate-key error on an `_id` means the event is already there (a replay, or a batch resent
 after a crash), so it counts as delivered: MongoDB ends with exactly one copy of each event.
 Datetimes are stored as BSON dates. Indexes on `timestamp` and `type` (and the TTL, if
-`ttl_days` is set) are created before the first insert. A network error, a timeout or a server
-that is down is transient (the forwarder retries); a document the server refuses for good goes to
-the dead-letter file.
+`ttl_days` is set) are created before the first insert. The node's own notices (source
+"notice": node_online, heartbeat, hour_complete...) go to `notice_collection` instead.
+
+A network error, a timeout or a server that is down is transient (the forwarder retries); a
+document the server refuses for good goes to the dead-letter file.
 
 pymongo is cooperative under gevent only once `gevent.monkey.patch_all()` ran, which `zcmd`
 does before anything else; this module refuses to load otherwise.
@@ -15,6 +17,8 @@ import logging
 import gevent.monkey
 import pymongo
 from pymongo.errors import BulkWriteError, DocumentTooLarge, OperationFailure
+
+from ..event import NOTICE_SOURCE
 
 log = logging.getLogger("zspark.sinks.mongo")
 
@@ -44,7 +48,9 @@ class MongoSink:
         self.client = pymongo.MongoClient(config.uri, serverSelectionTimeoutMS=timeout,
                                           connectTimeoutMS=timeout, socketTimeoutMS=timeout,
                                           tz_aware=True, connect=False)
-        self.collection = self.client[config.database][config.collection]
+        database = self.client[config.database]
+        self.collection = database[config.collection]
+        self.notice_collection = database[config.notice_collection]
         self._indexed = False
 
     def describe(self):
@@ -53,14 +59,23 @@ class MongoSink:
     def send(self, items):
         if not self._indexed:
             self._create_indexes()
-        docs = [event for _, event in items]
+        if not any(event.get("source") == NOTICE_SOURCE for _, event in items):
+            return self._insert(self.collection, items)
+        notices = [item for item in items if item[1].get("source") == NOTICE_SOURCE]
+        events = [item for item in items if item[1].get("source") != NOTICE_SOURCE]
+        rejected = self._insert(self.notice_collection, notices)
+        if events:
+            rejected += self._insert(self.collection, events)
+        return rejected
+
+    def _insert(self, collection, items):
         try:
-            self.collection.insert_many(docs, ordered=False)
+            collection.insert_many([event for _, event in items], ordered=False)
             return []
         except BulkWriteError as e:
             return self._sort_write_errors(items, e.details)
         except DocumentTooLarge:
-            return self._send_one_by_one(items)
+            return self._send_one_by_one(collection, items)
 
     def _sort_write_errors(self, items, details):
         if details.get("writeConcernErrors"):
@@ -82,11 +97,11 @@ class MongoSink:
                                f"(code {transient[0].get('code')})")
         return rejected
 
-    def _send_one_by_one(self, items):
+    def _send_one_by_one(self, collection, items):
         rejected = []
         for offset, event in items:
             try:
-                self.collection.insert_one(event)
+                collection.insert_one(event)
             except DocumentTooLarge as e:
                 rejected.append((offset, event, f"too large for MongoDB: {e}"))
             except pymongo.errors.DuplicateKeyError:
@@ -100,15 +115,17 @@ class MongoSink:
         else:
             self._index("timestamp")
         self._index("type")
+        self._index("timestamp", self.notice_collection)
         self._indexed = True
 
-    def _index(self, key, **options):
+    def _index(self, key, collection=None, **options):
+        collection = self.collection if collection is None else collection
         try:
-            self.collection.create_index([(key, pymongo.ASCENDING)], **options)
+            collection.create_index([(key, pymongo.ASCENDING)], **options)
         except OperationFailure as e:
             if e.code in (85, 86):  # IndexOptionsConflict / IndexKeySpecsConflict: one exists
                 log.warning("MongoDB: an index on %s with other options already exists in %s; "
-                            "leaving it as it is (%s)", key, self.describe(), e)
+                            "leaving it as it is (%s)", key, collection.full_name, e)
             else:
                 raise
 
