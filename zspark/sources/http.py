@@ -6,6 +6,7 @@
                  a batch is journaled whole or not at all
     GET  /imok   "imok"
     GET  /status JSON counters
+    GET  /tail   live events as JSON lines (sources/tap.py)
 
 Every answer is JSON except /imok. 200 only once the events are durable; 400 with the reason and
 the index of the bad item; 401 without a valid bearer token where tokens are configured; 405,
@@ -29,6 +30,7 @@ from gevent.pywsgi import WSGIHandler, WSGIServer
 from ..ingest import BatchRejected
 from ..journal import JournalError, JournalFull
 from ..metrics import RateLimitedLog
+from .tap import TailStream
 
 log = logging.getLogger("zspark.http")
 
@@ -65,6 +67,7 @@ class HttpSource:
         self._warn = RateLimitedLog(log)
         self._trusted = [ipaddress.ip_network(p, strict=False) for p in self.config.trusted_proxies]
         self._tokens = [t.encode() for t in self.config.tokens]
+        self.tail = TailStream(ingest.journal, stopping)
         self.app = self._build_app()
         self.server = None
         self._in_flight = 0  # requests being answered now (a stop waits for them)
@@ -110,6 +113,12 @@ class HttpSource:
                 log.exception("HTTP handler failed on %s %s", method, self._log_path)
                 answer = 500, {}, b'{"ok":false,"error":"internal error"}'
             return self._respond(start_response, answer)
+        if environ.get("PATH_INFO") == self._tail_path and method == "GET":
+            try:
+                self._authorize(environ)  # the stream shows events: as protected as /log
+            except Refusal as e:
+                return self._respond(start_response, (e.status, e.headers, _dumps({"ok": False, "error": e.reason})))
+            return self.tail.wsgi(environ, start_response)
         return self.app(environ, start_response)
 
     @staticmethod
@@ -123,9 +132,12 @@ class HttpSource:
         app = bottle.Bottle(catchall=True, autojson=False)
         root = "/" + self.config.root.strip("/") if self.config.root.strip("/") else ""
         self._log_path = root + "/log"
+        self._tail_path = root + "/tail"
         # GET and POST /log are answered by wsgi() before Bottle; these routes make Bottle's
         # 405 list them in Allow and refuse HEAD (which Bottle would route to GET).
         app.route(root + "/log", ["GET", "POST"], self._head_log)
+        app.route(root + "/tail", "GET", lambda: json_response(405, {"ok": False, "error": "method not allowed"},
+                                                               {"Allow": "GET"}))  # HEAD only
         app.route(root + "/imok", ["GET", "HEAD"], lambda: _text("imok"))
         app.route(root + "/status", "GET", lambda: json_response(200, self.status_provider()))
         for code, reason in ((404, "not found"), (405, "method not allowed")):
