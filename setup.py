@@ -18,6 +18,8 @@ setup(
         # Kafka: librdkafka. pykafka (the design card's choice) cannot talk to current brokers.
         "confluent-kafka>=2.3",
         "tqdm>=4.60",
+        # /metrics: the text format, the process collector, the parser the tests use.
+        "prometheus_client>=0.20",
     ],
     extras_require={
         "test": ["nose2>=0.14"],

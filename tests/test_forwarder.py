@@ -307,7 +307,8 @@ class Lag(ForwarderCase):
         self.assertEqual(forwarder.lag, 12)
         self.assertEqual(forwarder.as_dict(), {
             "state": STOPPED, "cursor": 0, "lag": 12, "delivered": 0, "failed": 0,
-            "dead_lettered": 0, "last_error": None, "last_error_time": None})
+            "dead_lettered": 0, "last_error": None, "last_error_time": None,
+            "last_delivery_time": None})
         forwarder.start()
         wait_until(lambda: sink.calls, message="first batch sent")
         self.assertEqual(forwarder.lag, 12, "a batch in flight is still lag")

@@ -48,6 +48,7 @@ class Forwarder:
         self.dead_lettered = 0
         self.last_error = None
         self.last_error_time = None
+        self.last_delivery_time = None  # when the destination last confirmed a batch
         self._stopping = False
         self._stop_requested = Event()  # wakes a backoff sleep at once
         self._greenlet = None
@@ -94,7 +95,7 @@ class Forwarder:
         return {"state": self.state, "cursor": self.cursor.offset, "lag": self.lag,
                 "delivered": self.delivered, "failed": self.failed,
                 "dead_lettered": self.dead_lettered, "last_error": self.last_error,
-                "last_error_time": self.last_error_time}
+                "last_error_time": self.last_error_time, "last_delivery_time": self.last_delivery_time}
 
     def _run(self):
         self.state = RUNNING
@@ -155,6 +156,7 @@ class Forwarder:
             self._dead_letter(dead)
         self.cursor.commit(records[-1][0] + 1)
         self.delivered += len(items) - len(rejected)
+        self.last_delivery_time = time.time()
         if self.on_delivered is not None:
             refused = {offset for offset, _, _ in rejected}
             self.on_delivered(records[0][0], records[-1][0] + 1,

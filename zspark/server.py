@@ -23,6 +23,7 @@ from .ingest import Ingest
 from .journal import Journal, JournalError
 from .metrics import Metrics
 from .notices import Notices
+from .prometheus import Exposition
 from .sources.http import HttpSource
 from .sources.zmq import ZmqSource, decode_bson, decode_json
 
@@ -106,7 +107,9 @@ class Server:
     def _start_sources(self):
         cfg = self.config
         if cfg.http.enabled:
-            self.http = HttpSource(cfg, self.ingest, self.status, lambda: self._stopping)
+            exposition = Exposition(self.metrics, self.journal, self.forwarders, cfg.node.id)
+            self.http = HttpSource(cfg, self.ingest, self.status, lambda: self._stopping,
+                                   metrics_provider=exposition.render)
             try:
                 self.http.start()
             except OSError as e:

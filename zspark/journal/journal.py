@@ -15,6 +15,7 @@ At open, the last segment is scanned: a torn record at its end is cut off and lo
 records before intact ones are left for readers to skip. One process writes a journal at a time
 (an exclusive lock on `.lock`).
 """
+import bisect
 import errno
 import fcntl
 import logging
@@ -79,9 +80,14 @@ class _Batch:
         self.error = None
 
 
+# Upper bounds (seconds) of the sync-latency histogram's buckets; one more bucket holds the rest.
+SYNC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
 class Stats:
     def __init__(self):
         self.syncs = 0
+        self.sync_bucket_counts = [0] * (len(SYNC_BUCKETS) + 1)  # per bucket, not cumulative
         self.sync_seconds_total = 0.0
         self.sync_seconds_last = 0.0
         self.sync_seconds_max = 0.0
@@ -94,6 +100,7 @@ class Stats:
         self.sync_seconds_total += seconds
         self.sync_seconds_last = seconds
         self.sync_seconds_max = max(self.sync_seconds_max, seconds)
+        self.sync_bucket_counts[bisect.bisect_left(SYNC_BUCKETS, seconds)] += 1
 
 
 class Journal:

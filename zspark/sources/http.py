@@ -6,12 +6,13 @@
                  a batch is journaled whole or not at all
     GET  /imok   "imok"
     GET  /status JSON counters
-    GET  /tail   live events as JSON lines (sources/tap.py)
+    GET  /metrics the same state in the Prometheus text format (bearer token as for /log)
+    GET  /tail   live events as JSON lines (sources/tap.py; bearer token as for /log)
 
-Every answer is JSON except /imok. 200 only once the events are durable; 400 with the reason and
-the index of the bad item; 401 without a valid bearer token where tokens are configured; 405,
-413 (also after gunzip), 503 + Retry-After when the journal is full or the server stopping. Bad
-input never produces a 500.
+Every answer is JSON except /imok, /metrics and /tail. 200 only once the events are durable; 400 with
+the reason and the index of the bad item; 401 without a valid bearer token where tokens are
+configured; 405, 413 (also after gunzip), 503 + Retry-After when the journal is full or the
+server stopping. Bad input never produces a 500.
 """
 import hmac
 import ipaddress
@@ -58,10 +59,11 @@ def json_response(status, body, headers=None):
 
 
 class HttpSource:
-    def __init__(self, config, ingest, status_provider, stopping):
+    def __init__(self, config, ingest, status_provider, stopping, metrics_provider=None):
         self.config = config.http
         self.ingest = ingest
         self.status_provider = status_provider
+        self.metrics_provider = metrics_provider  # () -> (body bytes, content type), or None
         self.stopping = stopping  # callable: True once the server is shutting down
         self.stats = ingest.metrics.source(SOURCE)
         self._warn = RateLimitedLog(log)
@@ -140,6 +142,8 @@ class HttpSource:
                                                                {"Allow": "GET"}))  # HEAD only
         app.route(root + "/imok", ["GET", "HEAD"], lambda: _text("imok"))
         app.route(root + "/status", "GET", lambda: json_response(200, self.status_provider()))
+        if self.metrics_provider is not None:
+            app.route(root + "/metrics", "GET", self._metrics)
         for code, reason in ((404, "not found"), (405, "method not allowed")):
             app.error(code)(self._error_page(code, reason))
         app.error(500)(self._internal_error)
@@ -158,6 +162,15 @@ class HttpSource:
                   error.exception, error.traceback)
         bottle.response.content_type = "application/json"
         return json.dumps({"ok": False, "error": "internal error"})
+
+    def _metrics(self):
+        try:
+            self._authorize(bottle.request.environ)
+        except Refusal as e:
+            self._warn("HTTP %s: %d %s on /metrics", bottle.request.environ.get("REMOTE_ADDR", "?"), e.status, e.reason)
+            return json_response(e.status, {"ok": False, "error": e.reason}, e.headers)
+        body, content_type = self.metrics_provider()
+        return bottle.HTTPResponse(body, 200, {"Content-Type": content_type})
 
     def _head_log(self):
         # Only HEAD reaches Bottle on /log (wsgi() answers GET and POST): a probe must not log.

@@ -1,0 +1,139 @@
+"""`GET /metrics`: the process's live state in the Prometheus text format.
+
+Nothing here counts anything. `ZsparkCollector` reads, at scrape time, the counters the process
+already keeps (the sources' `SourceStats`, the journal's `Stats`, each `Forwarder`) and turns them
+into metric families; `Exposition` renders it, with prometheus_client's process collector (RSS,
+open fds, CPU seconds under their standard `process_` names), from a registry of its own.
+"""
+
+from gevent.hub import get_hub
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
+                                    InfoMetricFamily)
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from . import __version__
+from .forwarder import BACKING_OFF, RUNNING, STOPPED
+from .journal.journal import SYNC_BUCKETS
+
+FORWARDER_STATES = (RUNNING, BACKING_OFF, STOPPED)
+
+
+class ZsparkCollector(Collector):
+    """Metric families read from the live objects. `forwarders` is the server's own list: the
+    forwarders started after this collector was made are seen too."""
+
+    def __init__(self, metrics, journal, forwarders, node):
+        self.metrics = metrics
+        self.journal = journal
+        self.forwarders = forwarders
+        self.node = node
+
+    def collect(self):
+        yield InfoMetricFamily("zspark_build", "The zspark version and this node's id.",
+                               value={"version": __version__, "node": self.node})
+        yield GaugeMetricFamily("zspark_start_time_seconds", "When the server started, Unix time.",
+                                value=self.metrics.started)
+        yield GaugeMetricFamily("zspark_uptime_seconds", "Seconds since the server started.",
+                                value=self.metrics.uptime())
+        yield from self._sources()
+        yield from self._journal()
+        yield from self._forwarders()
+
+    def _sources(self):
+        families = {
+            "accepted": CounterMetricFamily(
+                "zspark_events_accepted", "Events journaled (durable), per source.", labels=["source"]),
+            "rejected": CounterMetricFamily(
+                "zspark_events_rejected", "Events refused as invalid, per source (HTTP: a request "
+                "refused before its events were read counts one).", labels=["source"]),
+            "refused": CounterMetricFamily(
+                "zspark_events_refused", "Valid events the journal could not take (full, a write "
+                "error, stopping), per source (HTTP: requests answered 503).", labels=["source"]),
+        }
+        for name, stats in list(self.metrics.sources.items()):
+            for field, family in families.items():
+                family.add_metric([name], getattr(stats, field))
+        return families.values()
+
+    def _journal(self):
+        j = self.journal
+        stats = j.stats
+        for name, doc, value in (
+                ("zspark_journal_bytes", "Bytes of journal segments on disk.", j.size_bytes),
+                ("zspark_journal_max_bytes", "The size cap (journal.max_bytes): past it new events are "
+                 "refused.", j.max_bytes),
+                ("zspark_journal_first_offset", "Offset of the first record kept.", j.first_offset),
+                ("zspark_journal_end_offset", "One past the last durable record.", j.end_offset),
+                ("zspark_journal_segments", "Segment files in the journal.", len(j.segment_bases()))):
+            yield GaugeMetricFamily(name, doc, value=value)
+        yield CounterMetricFamily("zspark_journal_fsyncs", "Group commits written and fsynced.",
+                                  value=stats.syncs)
+        yield CounterMetricFamily("zspark_journal_write_errors", "Journal writes or fsyncs that failed "
+                                  "(their events were refused).", value=stats.write_errors)
+        cumulative, buckets = 0, []
+        for bound, count in zip((*map(str, SYNC_BUCKETS), "+Inf"), stats.sync_bucket_counts):
+            cumulative += count
+            buckets.append((bound, cumulative))
+        yield HistogramMetricFamily("zspark_journal_sync_duration_seconds",
+                                    "Time to write and fsync one group commit.",
+                                    buckets=buckets, sum_value=stats.sync_seconds_total)
+
+    def _forwarders(self):
+        label = ["forwarder"]
+        delivered = CounterMetricFamily("zspark_forwarder_delivered", "Events the destination "
+                                        "confirmed.", labels=label)
+        failed = CounterMetricFamily("zspark_forwarder_failed", "Delivery attempts that failed (each "
+                                     "was retried).", labels=label)
+        dead = CounterMetricFamily("zspark_forwarder_dead_lettered", "Events the destination refused "
+                                   "for good, written to the dead-letter file.", labels=label)
+        lag = GaugeMetricFamily("zspark_forwarder_lag_records", "Durable journal records not yet "
+                                "confirmed by the destination.", labels=label)
+        cursor = GaugeMetricFamily("zspark_forwarder_cursor_offset", "The next journal offset to "
+                                   "deliver.", labels=label)
+        state = GaugeMetricFamily("zspark_forwarder_state", "1 for the forwarder's current state, 0 "
+                                  "for the others.", labels=["forwarder", "state"])
+        last_ok = GaugeMetricFamily("zspark_forwarder_last_delivery_time_seconds", "When the "
+                                    "destination last confirmed a batch, Unix time (absent before "
+                                    "the first).", labels=label)
+        last_error = GaugeMetricFamily("zspark_forwarder_last_failure_time_seconds", "When a delivery "
+                                       "attempt last failed, Unix time (absent before the first).",
+                                       labels=label)
+        for f in list(self.forwarders):
+            name = [f.name]
+            delivered.add_metric(name, f.delivered)
+            failed.add_metric(name, f.failed)
+            dead.add_metric(name, f.dead_lettered)
+            lag.add_metric(name, f.lag)
+            cursor.add_metric(name, f.cursor.offset)
+            for s in FORWARDER_STATES:
+                state.add_metric([f.name, s], 1 if f.state == s else 0)
+            if f.last_delivery_time is not None:
+                last_ok.add_metric(name, f.last_delivery_time)
+            if f.last_error_time is not None:
+                last_error.add_metric(name, f.last_error_time)
+        return delivered, failed, dead, lag, cursor, state, last_ok, last_error
+
+
+class _InThreadpool(Collector):
+    """Runs another collector in gevent's thread pool: the process collector reads files under
+    /proc, which must not happen on the event loop."""
+
+    def __init__(self, collector):
+        self.collector = collector
+
+    def collect(self):
+        return get_hub().threadpool.apply(lambda: list(self.collector.collect()))
+
+
+class Exposition:
+    """The /metrics answer: `render()` -> (body bytes, content type)."""
+
+    def __init__(self, metrics, journal, forwarders, node):
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(ZsparkCollector(metrics, journal, forwarders, node))
+        self.registry.register(_InThreadpool(ProcessCollector(registry=None)))
+
+    def render(self):
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
