@@ -8,6 +8,12 @@
 PUSH has no acknowledgement: `event` returns once ZeroMQ has queued the frame, not once zspark has
 journaled it. Frames are BSON by default (connect to zspark's BSON socket, 6543); pass
 `format="json"` to talk to the JSON socket (6544).
+
+With CURVE on the server (`zmq.curve_secret_key`), pass its public key and this client's key pair,
+both files made by `zcmd keygen` (the client's `.key` must be in the server's
+`zmq.curve_authorized_keys` directory):
+
+    ZSparkClient(addr, server_key="keys/server.key", client_key="keys/client.key_secret")
 """
 import datetime
 import json
@@ -16,18 +22,25 @@ import bson
 import zmq
 
 from .journal.codec import to_json_value
+from .sources.curve import load_public_key, load_secret_key, make_client
 
 
 class ZSparkClient:
-    def __init__(self, addr, context=None, format="bson", linger_ms=None):
+    def __init__(self, addr, context=None, format="bson", linger_ms=None, server_key=None, client_key=None):
         if format not in ("bson", "json"):
             raise ValueError("format must be 'bson' or 'json'")
+        if bool(server_key) != bool(client_key):
+            raise ValueError("CURVE needs both server_key (the server's public key) and client_key "
+                             "(this client's .key_secret file)")
         self.addr = addr
         self.format = format
         self._context = context or zmq.Context.instance()
         self._sock = self._context.socket(zmq.PUSH)
         if linger_ms is not None:
             self._sock.setsockopt(zmq.LINGER, linger_ms)
+        if server_key:
+            public, secret = load_secret_key(client_key, key="client_key")
+            make_client(self._sock, load_public_key(server_key), public, secret)
         self._sock.connect(addr)
 
     def event(self, type, context=None, extra=None, **fields):

@@ -44,6 +44,12 @@ class Port(int):
     """A TCP port, 1-65535 (0 asks the kernel for a free one)."""
 
 
+class Secret(str):
+    """A token. In YAML it is the token itself, or `env:NAME` (read from that environment
+    variable) or `file:PATH` (every non-empty line not starting with # is a token), so that
+    secrets can stay out of the config file."""
+
+
 def _choice(*values):
     return type("Choice", (str,), {"choices": values})
 
@@ -71,10 +77,14 @@ class HttpConfig:
     port: Port = Port(8080)
     root: str = ""
     max_body_bytes: ByteSize = ByteSize(4 * 1024**2)
-    tokens: list[str] = field(default_factory=list)
+    tokens: list[Secret] = field(default_factory=list)  # for /log; empty = no authentication
+    # For /status, /metrics and /tail; empty = the same as `tokens`. /imok is always open.
+    status_tokens: list[Secret] = field(default_factory=list)
     trusted_proxies: list[str] = field(default_factory=list)
     retry_after_s: int = 5
     stop_timeout_s: float = 10.0
+    certfile: Path = Path("")  # both set: serve HTTPS
+    keyfile: Path = Path("")
 
 
 @dataclass
@@ -83,6 +93,10 @@ class ZmqConfig:
     json_bind: ZmqAddress = ZmqAddress("tcp://127.0.0.1:6544")
     max_message_bytes: ByteSize = ByteSize(1024**2)
     receive_batch: int = 1000
+    # CURVE (both set): this server's secret key file (`zcmd keygen`), and a directory of the
+    # public key files of the clients allowed to send.
+    curve_secret_key: Path = Path("")
+    curve_authorized_keys: Path = Path("")
 
 
 @dataclass
@@ -211,7 +225,23 @@ def from_dict(data, source="<dict>", base_dir=None) -> Config:
     ctx = _Context(source, base_dir or os.getcwd())
     config = _build(Config, data, "", ctx)
     config.source = source
+    _check_pairs(config)
     return config
+
+
+def _check_pairs(config):
+    """Settings that only work together."""
+    for section, first, second in (("http", "certfile", "keyfile"),
+                                   ("zmq", "curve_secret_key", "curve_authorized_keys")):
+        values = getattr(config, section)
+        a, b = getattr(values, first), getattr(values, second)
+        if bool(a) != bool(b):
+            missing = second if a else first
+            raise ConfigError(f"{config.source}: key '{section}.{missing}' must be set too "
+                              f"('{section}.{first}' and '{section}.{second}' go together)")
+        for name, path in ((first, a), (second, b)):
+            if path and not os.path.exists(path):
+                raise ConfigError(f"{config.source}: key '{section}.{name}': {path} does not exist")
 
 
 def _apply_aliases(data, source):
@@ -269,7 +299,10 @@ def _convert(typ, value, key, ctx):
             return []
         if not isinstance(value, list):
             fail("a list")
-        return [_convert(item_type, v, f"{key}[{i}]", ctx) for i, v in enumerate(value)]
+        items = [_convert(item_type, v, f"{key}[{i}]", ctx) for i, v in enumerate(value)]
+        if item_type is Secret:  # a file may hold several
+            return [secret for group in items for secret in group]
+        return items
     if typ is dict:
         if value is None:
             return {}
@@ -301,7 +334,11 @@ def _convert(typ, value, key, ctx):
     if not isinstance(value, str):
         fail("a string")
     if typ is Path:
+        if not value:
+            return Path("")  # not set
         return Path(os.path.normpath(os.path.join(ctx.base_dir, os.path.expanduser(value))))
+    if typ is Secret:
+        return _secrets(value, key, ctx)
     if typ is Host:
         if value in ("localhost", "*"):
             return Host("127.0.0.1" if value == "localhost" else "0.0.0.0")
@@ -321,6 +358,30 @@ def _convert(typ, value, key, ctx):
 
 
 _ZMQ_ADDRESS = re.compile(r"^(tcp://(\*|\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(\*|\d{1,5})|ipc://.+|inproc://.+)$")
+
+
+def _secrets(value, key, ctx):
+    """The token(s) a `Secret` entry stands for (a list: a file may hold several)."""
+    kind, _, name = value.partition(":")
+    if kind == "env" and name:
+        if not os.environ.get(name):
+            raise ConfigError(f"{ctx.source}: key '{key}': environment variable {name} is not set or empty")
+        return [Secret(os.environ[name].strip())]
+    if kind == "file" and name:
+        path = os.path.join(ctx.base_dir, os.path.expanduser(name))
+        try:
+            with open(path, encoding="utf-8") as f:
+                lines = [line.strip() for line in f]
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{ctx.source}: key '{key}': cannot read tokens from {path}: "
+                              f"{getattr(e, 'strerror', None) or e}") from None
+        tokens = [Secret(line) for line in lines if line and not line.startswith("#")]
+        if not tokens:
+            raise ConfigError(f"{ctx.source}: key '{key}': {path} holds no token")
+        return tokens
+    if not value.strip():
+        raise ConfigError(f"{ctx.source}: key '{key}': a token cannot be empty")
+    return [Secret(value)]
 
 
 def _parse_size(value, fail):
@@ -346,6 +407,7 @@ def describe(config: Config) -> dict:
     for name in list(data["kafka"]["producer"]):
         if any(word in name for word in ("password", "secret", "key")):
             data["kafka"]["producer"][name] = "<hidden>"
-    if data["http"]["tokens"]:
-        data["http"]["tokens"] = [f"<{len(data['http']['tokens'])} configured>"]
+    for name in ("tokens", "status_tokens"):
+        if data["http"][name]:
+            data["http"][name] = [f"<{len(data['http'][name])} configured>"]
     return data

@@ -13,6 +13,7 @@ import socket
 import time
 
 import gevent
+import zmq.green as zmq_green
 from gevent.event import Event
 
 from . import __version__
@@ -24,7 +25,8 @@ from .journal import Journal, JournalError
 from .metrics import Metrics
 from .notices import Notices
 from .prometheus import Exposition
-from .sources.http import HttpSource
+from .sources.http import HttpSource, TlsError
+from .sources.curve import CurveError, ZapHandler, load_secret_key
 from .sources.zmq import ZmqSource, decode_bson, decode_json
 
 log = logging.getLogger("zspark.server")
@@ -64,6 +66,7 @@ class Server:
                                retain_hours=jc.retain_hours, on_fatal=self.fatal)
         self.ingest = Ingest(self.journal, config.node.id, self.metrics, Limits.from_config(config.event))
         self.http = None
+        self.zap = None
         self.zmq_sources = []
         self.forwarders = []
         nc = config.notices
@@ -112,14 +115,17 @@ class Server:
                                    metrics_provider=exposition.render)
             try:
                 self.http.start()
+            except TlsError as e:
+                raise StartupError(str(e)) from None
             except OSError as e:
                 raise StartupError(f"cannot listen for HTTP on {cfg.http.host}:{cfg.http.port} "
                                    f"(config key http.port): {e.strerror or e}") from None
+        curve = self._start_curve()
         for name, address, decode in (("zmq_bson", cfg.zmq.bson_bind, decode_bson),
                                       ("zmq_json", cfg.zmq.json_bind, decode_json)):
             if not address:
                 continue
-            source = ZmqSource(name, address, decode, self.ingest, cfg)
+            source = ZmqSource(name, address, decode, self.ingest, cfg, curve=curve)
             try:
                 greenlet = source.start()
             except Exception as e:  # zmq.ZMQError: address in use, bad interface
@@ -128,6 +134,20 @@ class Server:
                                    f"{key}): {e}") from None
             self.zmq_sources.append(source)
             self._watch(greenlet, f"ZeroMQ source {name}")
+
+    def _start_curve(self):
+        """The server's CURVE key pair, with the ZAP handler running; None without CURVE."""
+        zc = self.config.zmq
+        if not zc.curve_secret_key or not (zc.bson_bind or zc.json_bind):
+            return None
+        try:
+            keys = load_secret_key(zc.curve_secret_key)
+            self.zap = ZapHandler(zmq_green.Context.instance(), zc.curve_authorized_keys)
+        except CurveError as e:
+            raise StartupError(str(e)) from None
+        self._watch(self.zap.start(), "ZeroMQ ZAP handler")
+        log.info("ZeroMQ: CURVE on, admitting the client keys in %s", zc.curve_authorized_keys)
+        return keys
 
     def _start_forwarders(self):
         fc = self.config.forward
@@ -211,6 +231,9 @@ class Server:
             self.http.stop(self.config.http.stop_timeout_s)
         for source in self.zmq_sources:
             source.stop()
+        if self.zap is not None:
+            self.zap.stop()
+            self.zap = None
 
     # -- housekeeping -------------------------------------------------------------------------
 

@@ -135,7 +135,7 @@ class Journal:
     # -- lifecycle ------------------------------------------------------------------------
 
     def open(self):
-        os.makedirs(self.directory, exist_ok=True)
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)  # events are private: owner only
         self._lock()
         try:
             self._recover()

@@ -6,12 +6,15 @@
                  a batch is journaled whole or not at all
     GET  /imok   "imok"
     GET  /status JSON counters
-    GET  /metrics the same state in the Prometheus text format (bearer token as for /log)
-    GET  /tail   live events as JSON lines (sources/tap.py; bearer token as for /log)
+    GET  /metrics the same state in the Prometheus text format
+    GET  /tail   live events as JSON lines (sources/tap.py)
 
-Every answer is JSON except /imok, /metrics and /tail. 200 only once the events are durable; 400 with
-the reason and the index of the bad item; 401 without a valid bearer token where tokens are
-configured; 405, 413 (also after gunzip), 503 + Retry-After when the journal is full or the
+With `http.certfile` and `http.keyfile` it serves HTTPS. `http.tokens` guard /log;
+`http.status_tokens` (else the same tokens) guard /status, /metrics and /tail; /imok is open.
+
+Every answer is JSON except /imok, /metrics and /tail. 200 only once the events are durable; 400
+with the reason and the index of the bad item; 401 without a valid bearer token where tokens
+are configured; 405, 413 (also after gunzip), 503 + Retry-After when the journal is full or the
 server stopping. Bad input never produces a 500.
 """
 import hmac
@@ -19,6 +22,7 @@ import ipaddress
 import json
 import logging
 import socket
+import ssl
 import time
 import urllib.parse
 import zlib
@@ -40,6 +44,10 @@ QUERY_FIELDS = {"type": "type", "level": "level", "topic": "topic", "env": "env"
                 "version": "version", "stimestamp": "stimestamp", "ip": "ip"}
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonlines",
                 "application/x-jsonlines")
+
+
+class TlsError(Exception):
+    """The certificate or key for HTTPS cannot be used; the message names the config keys."""
 
 
 class Refusal(Exception):
@@ -68,7 +76,8 @@ class HttpSource:
         self.stats = ingest.metrics.source(SOURCE)
         self._warn = RateLimitedLog(log)
         self._trusted = [ipaddress.ip_network(p, strict=False) for p in self.config.trusted_proxies]
-        self._tokens = [t.encode() for t in self.config.tokens]
+        self._tokens = [t.encode() for t in self.config.tokens]  # /log
+        self._status_tokens = [t.encode() for t in self.config.status_tokens] or self._tokens
         self.tail = TailStream(ingest.journal, stopping)
         self.app = self._build_app()
         self.server = None
@@ -77,10 +86,23 @@ class HttpSource:
     # -- serving ------------------------------------------------------------------------------
 
     def start(self):
+        """Listen and serve; raise OSError (the port) or TlsError (the certificate)."""
+        tls = {"ssl_context": self._tls_context()} if self.config.certfile else {}
         self.server = _NoDelayServer((self.config.host, self.config.port), self.wsgi,
-                                     spawn=Pool(), log=None, error_log=_ErrorLog())
+                                     spawn=Pool(), log=None, error_log=_ErrorLog(), **tls)
         self.server.start()
-        log.info("HTTP listening on http://%s:%d%s/log", self.config.host, self.address[1], self.config.root)
+        log.info("HTTP listening on %s://%s:%d%s/log", "https" if tls else "http", self.config.host,
+                 self.address[1], self.config.root)
+
+    def _tls_context(self):
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(self.config.certfile, self.config.keyfile)
+        except (OSError, ssl.SSLError) as e:
+            raise TlsError(f"cannot use the certificate {self.config.certfile} with the key "
+                           f"{self.config.keyfile} (config keys http.certfile, http.keyfile): "
+                           f"{getattr(e, 'strerror', None) or e}") from None
+        return context
 
     @property
     def address(self):
@@ -116,10 +138,10 @@ class HttpSource:
                 answer = 500, {}, b'{"ok":false,"error":"internal error"}'
             return self._respond(start_response, answer)
         if environ.get("PATH_INFO") == self._tail_path and method == "GET":
-            try:
-                self._authorize(environ)  # the stream shows events: as protected as /log
-            except Refusal as e:
-                return self._respond(start_response, (e.status, e.headers, _dumps({"ok": False, "error": e.reason})))
+            refusal = self._refusal(environ, self._status_tokens)
+            if refusal is not None:
+                return self._respond(start_response, (refusal.status, refusal.headers,
+                                                      _dumps({"ok": False, "error": refusal.reason})))
             return self.tail.wsgi(environ, start_response)
         return self.app(environ, start_response)
 
@@ -141,9 +163,10 @@ class HttpSource:
         app.route(root + "/tail", "GET", lambda: json_response(405, {"ok": False, "error": "method not allowed"},
                                                                {"Allow": "GET"}))  # HEAD only
         app.route(root + "/imok", ["GET", "HEAD"], lambda: _text("imok"))
-        app.route(root + "/status", "GET", lambda: json_response(200, self.status_provider()))
+        app.route(root + "/status", "GET",
+                  self._read_only(lambda: json_response(200, self.status_provider())))
         if self.metrics_provider is not None:
-            app.route(root + "/metrics", "GET", self._metrics)
+            app.route(root + "/metrics", "GET", self._read_only(self._metrics))
         for code, reason in ((404, "not found"), (405, "method not allowed")):
             app.error(code)(self._error_page(code, reason))
         app.error(500)(self._internal_error)
@@ -163,12 +186,26 @@ class HttpSource:
         bottle.response.content_type = "application/json"
         return json.dumps({"ok": False, "error": "internal error"})
 
-    def _metrics(self):
+    def _read_only(self, answer):
+        """A Bottle route for the status group (/status, /metrics): behind `status_tokens`."""
+        def route():
+            refusal = self._refusal(bottle.request.environ, self._status_tokens)
+            if refusal is not None:
+                return json_response(refusal.status, {"ok": False, "error": refusal.reason}, refusal.headers)
+            return answer()
+        return route
+
+    def _refusal(self, environ, tokens):
+        """The 401 to answer (logged, rate-limited) unless the request carries one of `tokens`."""
         try:
-            self._authorize(bottle.request.environ)
+            self._authorize(environ, tokens)
+            return None
         except Refusal as e:
-            self._warn("HTTP %s: %d %s on /metrics", bottle.request.environ.get("REMOTE_ADDR", "?"), e.status, e.reason)
-            return json_response(e.status, {"ok": False, "error": e.reason}, e.headers)
+            self._warn("HTTP %s: %d %s on %s", environ.get("REMOTE_ADDR", "?"), e.status, e.reason,
+                       environ.get("PATH_INFO", "?"))
+            return e
+
+    def _metrics(self):
         body, content_type = self.metrics_provider()
         return bottle.HTTPResponse(body, 200, {"Content-Type": content_type})
 
@@ -189,7 +226,7 @@ class HttpSource:
             if self.stopping():
                 raise Refusal(503, "the server is stopping", {"Retry-After": str(self.config.retry_after_s),
                                                                 "Connection": "close"})
-            self._authorize(environ)
+            self._authorize(environ, self._tokens)
             raws = read_events(environ)
             events = self.ingest.normalize_all(raws, SOURCE)
             try:
@@ -216,8 +253,9 @@ class HttpSource:
         # Ids are hex strings: no escaping needed.
         return 200, {}, b'{"ok":true,"ids":["' + '","'.join(map(str, ids)).encode() + b'"]}'
 
-    def _authorize(self, environ):
-        if not self._tokens:
+    @staticmethod
+    def _authorize(environ, tokens):
+        if not tokens:
             return
         header = environ.get("HTTP_AUTHORIZATION", "")
         scheme, _, token = header.partition(" ")
@@ -225,7 +263,7 @@ class HttpSource:
             given = token.strip().encode()
             # Compare against every token so the time taken does not tell which one came close.
             matched = False
-            for expected in self._tokens:
+            for expected in tokens:
                 matched |= hmac.compare_digest(given, expected)
             if matched:
                 return

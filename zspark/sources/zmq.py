@@ -30,6 +30,7 @@ from ..journal import JournalClosed, JournalError
 from ..journal.codec import FrameEvent
 from ..journal.codec import DECODE_OPTIONS
 from ..metrics import RateLimitedLog
+from .curve import make_server
 
 log = logging.getLogger("zspark.zmq")
 
@@ -51,7 +52,7 @@ def decode_json(frame):
 
 
 class ZmqSource:
-    def __init__(self, name, address, decode, ingest, config, context=None):
+    def __init__(self, name, address, decode, ingest, config, context=None, curve=None):
         self.name = name  # also the source name recorded in events: zmq_bson / zmq_json
         self.address = address
         self.decode = decode
@@ -60,6 +61,7 @@ class ZmqSource:
         self.receive_batch = max(1, config.zmq.receive_batch)
         self.stats = ingest.metrics.source(name)
         self.splice = decode is decode_bson
+        self.curve = curve  # (public, secret): a CURVE server socket (sources/curve.py)
         self._context = context or zmq.Context.instance()
         self._socket = None
         self._greenlet = None
@@ -72,6 +74,8 @@ class ZmqSource:
         sock = self._context.socket(zmq.PULL)
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
         sock.setsockopt(zmq.LINGER, 0)
+        if self.curve is not None:
+            make_server(sock, *self.curve)
         sock.bind(self.address)
         self._socket = sock
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
