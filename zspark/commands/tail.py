@@ -10,8 +10,7 @@ stopped. Damaged records are skipped with a warning on stderr.
 import os
 import sys
 
-from ..journal import Reader, decode_event, event_to_json, list_segments
-from ..journal.journal import last_offset_on_disk
+from ..journal import JournalView, Reader, decode_event, event_to_json
 
 
 def add_arguments(parser):
@@ -30,16 +29,9 @@ def run(args, config):
     if not os.path.isdir(directory):
         print(f"zcmd tail: no journal at {directory} (config key journal.dir)", file=sys.stderr)
         return 1
-    if args.from_offset is not None:
-        start = args.from_offset
-    else:
-        last = last_offset_on_disk(directory)
-        start = 0 if last is None else max(0, last + 1 - max(args.lines, 0))
-        bases = list_segments(directory)
-        if args.lines <= 0 and last is not None:
-            start = last + 1
-        elif bases:
-            start = max(start, bases[0])
+    start = args.from_offset
+    if start is None:
+        start = JournalView(directory).start_of_last(args.lines)
     reader = Reader(directory, start)
     out = sys.stdout
     try:
