@@ -86,6 +86,7 @@ class Server:
             self.journal.close()
             raise
         self._watch(gevent.spawn(self._retention_loop), "retention")
+        self._watch(gevent.spawn(self._sample_loop), "metrics sampler")
         log.info("zspark %s serving as node %r (pid %d)", __version__, self.config.node.id, os.getpid())
 
     def _start_sources(self):
@@ -180,6 +181,11 @@ class Server:
                 self.journal.apply_retention({f.name: f.cursor.offset for f in self.forwarders})
             except OSError as e:
                 log.error("journal retention failed, will retry: %s", e)
+
+    def _sample_loop(self):
+        while True:
+            self.metrics.sample()  # for the per-source rates in /status
+            gevent.sleep(1.0)
 
     def status(self):
         j = self.journal
