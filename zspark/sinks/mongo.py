@@ -11,6 +11,7 @@ pymongo is cooperative under gevent only once `gevent.monkey.patch_all()` ran, w
 does before anything else; this module refuses to load otherwise.
 """
 import logging
+import re
 
 import gevent.monkey
 import pymongo
@@ -105,6 +106,11 @@ def connect(config, **options):
     options = {"serverSelectionTimeoutMS": timeout, "connectTimeoutMS": timeout,
                "socketTimeoutMS": timeout, **options}
     return pymongo.MongoClient(config.uri, tz_aware=True, connect=False, **options)
+
+
+def safe_uri(uri):
+    """The URI with its password masked, for messages."""
+    return re.sub(r"(//[^:/@]+:)[^@/]*@", r"\1***@", uri)
 
 
 def create_indexes(collection, ttl_days):
