@@ -133,6 +133,20 @@ def journal_events(journal_dir, offset=0):
         reader.close()
 
 
+def write_journal(directory, events, segment_bytes=2048, chunk=10):
+    """Append `events` (complete: with `timestamp` and `node`) as the server would (ids from node
+    and offset), `chunk` per append, so that small segments roll (a segment rolls only between
+    appended batches). The journal is closed again; its `.lock` file stays."""
+    from zspark.journal import Journal, encode_event
+
+    journal = Journal(directory, segment_bytes=segment_bytes).open()
+    try:
+        for i in range(0, len(events), chunk):
+            journal.append(events[i:i + chunk], encode_event)
+    finally:
+        journal.close()
+
+
 def wait_until(predicate, timeout=15.0, interval=0.02, message="condition"):
     """Poll `predicate` (cooperatively) until it returns something truthy; return that value.
 

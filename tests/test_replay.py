@@ -16,10 +16,10 @@ import uuid
 import gevent
 import zmq.green as zmq_green
 
-from zspark.journal import Journal, encode_event
 from zspark.localservices import Broker, Mongo
 
-from .support import ROOT, ServeProcess, TempDir, config_data, free_port, request, wait_until, write_config, zcmd
+from .support import (ROOT, ServeProcess, TempDir, config_data, free_port, request, wait_until, write_config,
+                      write_journal, zcmd)
 
 UTC = datetime.timezone.utc
 BASE = datetime.datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -33,17 +33,6 @@ def sample_events(n, base=BASE, step=datetime.timedelta(minutes=1)):
     return [{"timestamp": base + i * step, "type": TYPES[i % 3], "topic": TOPICS[i % 2],
              "level": "info", "node": "test", "source": "http", "context": {"i": i}}
             for i in range(n)]
-
-
-def write_journal(directory, events, segment_bytes=2048, chunk=10):
-    """Append `events` as the server would (ids from node and offset), `chunk` per append, so that
-    small segments roll (a segment rolls only between appended batches)."""
-    journal = Journal(directory, segment_bytes=segment_bytes).open()
-    try:
-        for i in range(0, len(events), chunk):
-            journal.append(events[i:i + chunk], encode_event)
-    finally:
-        journal.close()
 
 
 def json_lines(text):

@@ -1,6 +1,6 @@
 """`zcmd`: the one command that runs and inspects zspark.
 
-    zcmd [-y CONFIG] serve | validate | tail | replay ...
+    zcmd [-y CONFIG] serve | validate | tail | replay | shell | status | check | rotate ...
 
 The config file comes from -y/--config, else $ZSPARK_CONFIG, else the built-in defaults. A bad
 config exits with status 2 and a message naming the key and the file.
@@ -21,6 +21,20 @@ from .commands import COMMANDS  # noqa: E402
 EXIT_CONFIG = 2
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser. A command module may define `usage_error(message) -> exit code` to
+    report bad arguments and a bad config its own way (`zcmd check` must answer UNKNOWN, 3, on
+    stdout, where argparse would exit 2, which a monitoring system reads as CRITICAL)."""
+
+    usage_error = None
+
+    def error(self, message):
+        if self.usage_error is None:
+            super().error(message)
+        self.print_usage(sys.stderr)
+        self.exit(self.usage_error(f"{self.prog}: {message}"))
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="zcmd",
@@ -29,15 +43,16 @@ def build_parser():
     parser.add_argument("-y", "--config", metavar="FILE", default=os.environ.get("ZSPARK_CONFIG"),
                         help="YAML config file (default: $ZSPARK_CONFIG, else built-in defaults)")
     parser.add_argument("--version", action="version", version=f"zspark {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
     for name in COMMANDS:
         module = importlib.import_module(f"zspark.commands.{name}")
         doc = (module.__doc__ or "").strip()
         summary = doc.splitlines()[0] if doc else name
         p = sub.add_parser(name, help=summary, description=doc,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.usage_error = getattr(module, "usage_error", None)
         module.add_arguments(p)
-        p.set_defaults(run=module.run)
+        p.set_defaults(run=module.run, usage_error=p.usage_error)
     return parser
 
 
@@ -55,6 +70,8 @@ def main(argv=None):
     try:
         config = config_module.load(args.config)
     except config_module.ConfigError as e:
+        if args.usage_error is not None:
+            return args.usage_error(f"bad config: {e}")
         print(f"zcmd: bad config: {e}", file=sys.stderr)
         return EXIT_CONFIG
     setup_logging(config.log.level)

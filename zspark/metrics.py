@@ -1,11 +1,17 @@
 """Counters the process keeps about itself, read by `/status` (and later `/metrics`).
 
 Per source: events accepted, events rejected (with the last reason), requests refused because
-the journal was full or the server stopping. `RateLimitedLog` keeps a flood of bad input from
-flooding the log: it logs the first few in each interval and then how many it held back.
+the journal was full or the server stopping, and the rate of accepted events over about the last
+minute. The rate costs nothing per event: `Metrics.sample()`, called once a second by the server,
+notes each source's `accepted` count, and `rate()` divides the growth since the oldest note by
+the time elapsed. `RateLimitedLog` keeps a flood of bad input from flooding the log: it logs
+the first few in each interval and then how many it held back.
 """
+import collections
 import logging
 import time
+
+RATE_WINDOW_S = 60  # the rate covers this many seconds (less just after the start)
 
 
 class SourceStats:
@@ -15,6 +21,18 @@ class SourceStats:
         self.rejected = 0
         self.refused = 0  # valid events the journal could not take (full, write error, stopping)
         self.last_rejection = None
+        self._samples = collections.deque(maxlen=RATE_WINDOW_S)  # (monotonic time, accepted)
+
+    def sample(self, now):
+        self._samples.append((now, self.accepted))
+
+    def rate(self, now=None):
+        """Accepted events per second since the oldest sample (RATE_WINDOW_S seconds ago at most)."""
+        if not self._samples:
+            return 0.0
+        then, count = self._samples[0]
+        elapsed = (time.monotonic() if now is None else now) - then
+        return (self.accepted - count) / elapsed if elapsed > 0 else 0.0
 
     def reject(self, reason, count=1):
         self.rejected += count
@@ -22,7 +40,7 @@ class SourceStats:
 
     def as_dict(self):
         return {"accepted": self.accepted, "rejected": self.rejected, "refused": self.refused,
-                "last_rejection": self.last_rejection}
+                "last_rejection": self.last_rejection, "rate": round(self.rate(), 3)}
 
 
 class Metrics:
@@ -35,6 +53,12 @@ class Metrics:
         if stats is None:
             stats = self.sources[name] = SourceStats(name)
         return stats
+
+    def sample(self):
+        """Note every source's count, for its rate; call once a second."""
+        now = time.monotonic()
+        for stats in self.sources.values():
+            stats.sample(now)
 
     def uptime(self):
         return time.time() - self.started

@@ -98,6 +98,7 @@ class Server:
             self.journal.close()
             raise
         self._watch(gevent.spawn(self._retention_loop), "retention")
+        self._watch(gevent.spawn(self._sample_loop), "metrics sampler")
         if self.notices is not None:
             self.notices.node_notice("node_online")
             if self.config.notices.heartbeat_s:
@@ -255,6 +256,11 @@ class Server:
                                     "failed": f.failed} for f in self.forwarders},
             "journal": {"bytes": self.journal.size_bytes, "end_offset": self.journal.end_offset},
         }
+
+    def _sample_loop(self):
+        while True:
+            self.metrics.sample()  # for the per-source rates in /status
+            gevent.sleep(1.0)
 
     def status(self):
         j = self.journal

@@ -2,14 +2,16 @@
 
 `Journal` appends (group-committed, durable per sync policy), recovers at open and applies the
 size cap and retention; `Reader` iterates records from any offset; `Cursor` remembers how far a
-consumer got; `codec` turns events into records with stable ids.
+consumer got; `codec` turns events into records with stable ids; `JournalView` is a read-only
+look at a journal directory for operators.
 """
 from .codec import decode_event, encode_event, event_id, event_to_json
 from .cursor import Cursor, list_cursors
 from .journal import Journal, JournalClosed, JournalError, JournalFull, JournalLocked, PendingAppend
 from .reader import Reader
 from .record import list_segments
+from .view import JournalView
 
 __all__ = ["Journal", "JournalError", "JournalFull", "JournalClosed", "JournalLocked", "PendingAppend",
-           "Reader", "Cursor", "list_cursors", "list_segments", "encode_event", "decode_event",
+           "Reader", "JournalView", "Cursor", "list_cursors", "list_segments", "encode_event", "decode_event",
            "event_id", "event_to_json"]

@@ -13,6 +13,7 @@ pymongo is cooperative under gevent only once `gevent.monkey.patch_all()` ran, w
 does before anything else; this module refuses to load otherwise.
 """
 import logging
+import re
 
 import gevent.monkey
 import pymongo
@@ -44,10 +45,7 @@ class MongoSink:
 
     def __init__(self, config):
         self.config = config
-        timeout = config.timeout_ms
-        self.client = pymongo.MongoClient(config.uri, serverSelectionTimeoutMS=timeout,
-                                          connectTimeoutMS=timeout, socketTimeoutMS=timeout,
-                                          tz_aware=True, connect=False)
+        self.client = connect(config)
         database = self.client[config.database]
         self.collection = database[config.collection]
         self.notice_collection = database[config.notice_collection]
@@ -109,25 +107,44 @@ class MongoSink:
         return rejected
 
     def _create_indexes(self):
-        ttl = self.config.ttl_days
-        if ttl:
-            self._index("timestamp", expireAfterSeconds=int(ttl * 86400))
-        else:
-            self._index("timestamp")
-        self._index("type")
-        self._index("timestamp", self.notice_collection)
+        create_indexes(self.collection, self.config.ttl_days)
+        _index(self.notice_collection, "timestamp")
         self._indexed = True
-
-    def _index(self, key, collection=None, **options):
-        collection = self.collection if collection is None else collection
-        try:
-            collection.create_index([(key, pymongo.ASCENDING)], **options)
-        except OperationFailure as e:
-            if e.code in (85, 86):  # IndexOptionsConflict / IndexKeySpecsConflict: one exists
-                log.warning("MongoDB: an index on %s with other options already exists in %s; "
-                            "leaving it as it is (%s)", key, collection.full_name, e)
-            else:
-                raise
 
     def close(self):
         self.client.close()
+
+
+def connect(config, **options):
+    """A MongoClient for the `mongo` config section. It connects lazily, at the first operation,
+    so nothing hangs here when the server is down; `options` override the timeouts."""
+    timeout = config.timeout_ms
+    options = {"serverSelectionTimeoutMS": timeout, "connectTimeoutMS": timeout,
+               "socketTimeoutMS": timeout, **options}
+    return pymongo.MongoClient(config.uri, tz_aware=True, connect=False, **options)
+
+
+def safe_uri(uri):
+    """The URI with its password masked, for messages."""
+    return re.sub(r"(//[^:/@]+:)[^@/]*@", r"\1***@", uri)
+
+
+def create_indexes(collection, ttl_days):
+    """The indexes the event collection has: `timestamp` (a TTL index when `ttl_days` is set) and
+    `type`. Also used by `zcmd rotate` for the collection it starts afresh."""
+    if ttl_days:
+        _index(collection, "timestamp", expireAfterSeconds=int(ttl_days * 86400))
+    else:
+        _index(collection, "timestamp")
+    _index(collection, "type")
+
+
+def _index(collection, key, **options):
+    try:
+        collection.create_index([(key, pymongo.ASCENDING)], **options)
+    except OperationFailure as e:
+        if e.code in (85, 86):  # IndexOptionsConflict / IndexKeySpecsConflict: one exists
+            log.warning("MongoDB: an index on %s with other options already exists in %s; "
+                        "leaving it as it is (%s)", key, collection.full_name, e)
+        else:
+            raise
