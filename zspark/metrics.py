@@ -1,4 +1,5 @@
-"""Counters the process keeps about itself, read by `/status` (and later `/metrics`).
+"""Counters the process keeps about itself, read by `/status`, `/metrics` (zspark/prometheus.py) and
+the heartbeat notices.
 
 Per source: events accepted, events rejected (with the last reason), requests refused because
 the journal was full or the server stopping, and the rate of accepted events over about the last
