@@ -80,6 +80,7 @@ class NoticeCase(unittest.TestCase):
         finally:
             del os.environ[CLOCK_OFFSET_ENV]
         self.addCleanup(server.stop, signal.SIGKILL)
+        self.server = server
         return server
 
     def send(self, topic, count):
@@ -205,7 +206,8 @@ class HourComplete(NoticeCase):
         notices = self.kafka_notices(self.announced(last_hour))
         expected = self.journaled_hours()
         self.assertEqual(sorted(self.hour_notices(notices)),
-                         sorted((h, t, n) for (h, t), n in expected.items()))
+                         sorted((h, t, n) for (h, t), n in expected.items()),
+                         f"status: {self.status()}\nlog:\n{self.server.log()[-6000:]}")
         self.assertEqual(sum(expected.values()), 5)
         wait_until(lambda: len(self.mongo_notices(type="hour_complete")) == len(expected),
                    message="the notice in MongoDB")

@@ -5,6 +5,7 @@ import json
 import unittest
 
 import gevent
+from gevent.pool import Pool
 from gevent.pywsgi import WSGIServer
 
 from zspark.client import ZSparkClient
@@ -33,7 +34,7 @@ class StatusCase(unittest.TestCase):
     def stand_in(self, app):
         """A WSGI app on a free port in this process; returns its /status URL."""
         port = free_port()
-        server = WSGIServer(("127.0.0.1", port), app, log=None)
+        server = WSGIServer(("127.0.0.1", port), app, log=None, spawn=Pool())  # stop() kills handlers
         server.start()
         self.addCleanup(server.stop)
         return f"http://127.0.0.1:{port}/status"
@@ -116,7 +117,7 @@ class WithoutServer(StatusCase):
             start_response(status, [("Content-Type", "application/json")])
             return [body]
         url = self.stand_in(app)
-        for expected in ("answered HTTP 401 Unauthorized (check http.tokens", "not with JSON",
+        for expected in ("answered HTTP 401 Unauthorized (check http.status_tokens", "not with JSON",
                          "not zspark's /status"):
             result = zcmd("status", "--url", url)
             self.assertEqual(result.returncode, 4, result.stderr)
