@@ -4,7 +4,7 @@ import unittest
 
 from bson import ObjectId
 
-from zspark.event import InvalidEvent, Limits, normalize
+from zspark.event import InvalidEvent, Limits, normalize, sender_fields
 
 UTC = datetime.timezone.utc
 NOW = datetime.datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
@@ -51,6 +51,20 @@ class Accepts(unittest.TestCase):
     def test_null_optional_fields_are_dropped(self):
         self.assertNotIn("level", norm({"type": "t", "level": None}))
 
+    def test_sender_fields_are_the_event_without_what_the_appliance_assigns(self):
+        for raw in ({"type": "t", "level": "info", "context": {"a": 1, "b": [True, None]}},
+                    {"type": "t", "timestamp": "2026-01-01T00:00:00Z", "level": None, "_id": "x"}):
+            with self.subTest(raw=raw):
+                event = norm(raw)
+                self.assertEqual(list(sender_fields(raw).items()),
+                                 [(k, v) for k, v in event.items() if k not in ("timestamp", "source", "node")])
+
+    def test_long_strings_within_the_limits_are_kept(self):
+        # Longer than the short fields' limit: not the common case, still valid.
+        raw = {"type": "t", "referrer": "http://a/" + "r" * 400, "user_agent": "u" * 300,
+               "extra": "free text", "context": {"note": "é" * 300}}
+        self.assertEqual({k: v for k, v in norm(raw).items() if k in raw}, raw)
+
 
 class Rejects(unittest.TestCase):
     def assertRejected(self, raw, *fragments, **kw):
@@ -74,6 +88,9 @@ class Rejects(unittest.TestCase):
 
     def test_wrong_types(self):
         self.assertRejected({"type": "t", "context": [1]}, "context", "must be an object")
+        self.assertRejected({"type": "t", "context": "text"}, "context", "must be an object")
+        self.assertRejected({"type": "t", "level": "info", "context": {"a": 1}, "topic": None,
+                             "env": 5}, "env", "must be a string")
         self.assertRejected({"type": "t", "cookies": "a=b"}, "cookies")
         self.assertRejected({"type": "t", "cookies": {"a": 1}}, "cookies.a")
         self.assertRejected({"type": "t", "level": 3}, "level")
