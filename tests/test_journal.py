@@ -11,6 +11,7 @@ import gevent
 from zspark.journal import (Cursor, Journal, JournalClosed, JournalFull, JournalLocked, Reader,
                             decode_event, encode_event, event_id, list_segments)
 from zspark.journal import record
+from zspark.journal.codec import encode_batch, event_ids
 
 from .support import TempDir
 
@@ -307,6 +308,17 @@ class EventIds(JournalCase):
         stored = [decode_event(p) for _, p in journal.reader(0)]
         self.assertEqual([e["_id"] for e in stored], [event_id(ts, "n", o) for o in offsets])
         self.assertEqual(len({e["_id"] for e in stored}), 3)
+
+    def test_a_batch_encodes_to_the_bytes_of_its_events_one_by_one(self):
+        ts = datetime.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=datetime.timezone.utc)
+        fields = [{"type": f"t{i}", "context": {"i": i, "s": "é" * (i % 3), "l": [1, {"x": None}]}}
+                  for i in range(1005)]  # index keys of 1 to 4 digits
+        offset = 2**40 - 3  # the id keeps the offset's low 5 bytes
+        payloads = encode_batch(fields, ts, "http", "nodé", offset)
+        events = [{"timestamp": ts, **f, "source": "http", "node": "nodé"} for f in fields]
+        self.assertEqual(payloads, [encode_event(e, offset + i) for i, e in enumerate(events)])
+        self.assertEqual(event_ids(ts, "nodé", range(offset, offset + len(fields))),
+                         [str(e["_id"]) for e in events])
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ accepted and rejected per source, and hands valid events to the journal with the
 """
 import datetime
 
-from .event import InvalidEvent, Limits, normalize
+from .event import InvalidEvent, Limits, normalize, sender_fields
 from .journal import encode_event
+from .journal.codec import encode_batch, event_ids
 
 
 class BatchRejected(InvalidEvent):
@@ -18,6 +19,21 @@ class BatchRejected(InvalidEvent):
         self.reason = reason
 
 
+class Received:
+    """A batch of events received together and validated: their sender fields (each as
+    `event.sender_fields` returns them), and the receive time and source they share."""
+
+    __slots__ = ("fields", "timestamp", "source")
+
+    def __init__(self, fields, timestamp, source):
+        self.fields = fields
+        self.timestamp = timestamp
+        self.source = source
+
+    def __len__(self):
+        return len(self.fields)
+
+
 class Ingest:
     def __init__(self, journal, node, metrics, limits=None):
         self.journal = journal
@@ -26,16 +42,18 @@ class Ingest:
         self.limits = limits or Limits()
 
     def normalize_all(self, raws, source, trusted=False):
-        """Normalize a batch that is accepted whole or not at all; raise BatchRejected."""
-        events = []
-        now = datetime.datetime.now(datetime.timezone.utc)  # one request, one receive time
+        """Normalize a batch that is accepted whole or not at all: a `Received`; raise
+        BatchRejected."""
+        fields = []
+        limits = self.limits
         for index, raw in enumerate(raws):
             try:
-                events.append(normalize(raw, source, self.node, now, self.limits, trusted))
+                fields.append(sender_fields(raw, limits, trusted))
             except InvalidEvent as e:
                 self.metrics.source(source).reject(str(e), len(raws))
                 raise BatchRejected(index, str(e)) from None
-        return events
+        # One request, one receive time.
+        return Received(fields, datetime.datetime.now(datetime.timezone.utc), source)
 
     def normalize_one(self, raw, source, trusted=False, now=None):
         """Normalize one event; on bad input count the rejection and re-raise InvalidEvent."""
@@ -54,10 +72,16 @@ class Ingest:
         pending = self.journal.append_nowait(events, encode_event)
         return _Counted(pending, self.metrics.source(source), len(events))
 
-    def append(self, events, source):
-        """Append and wait until durable; return the events' ids."""
-        self.append_nowait(events, source).wait()
-        return [e["_id"] for e in events]
+    def append(self, received):
+        """Append a `Received` batch and wait until durable; return the events' ids (hex)."""
+        pending = self.journal.append_nowait(received.fields, encode_all=self._encoder(received))
+        offsets = _Counted(pending, self.metrics.source(received.source), len(received)).wait()
+        return event_ids(received.timestamp, self.node, offsets)
+
+    def _encoder(self, received):
+        def encode_all(fields, offset):
+            return encode_batch(fields, received.timestamp, received.source, self.node, offset)
+        return encode_all
 
 
 class _Counted:

@@ -80,6 +80,48 @@ def _assigned_strings(source, node):
 # pymongo's (C) encoder without bson.encode's Python wrapper, a fifth of the cost of a small event.
 _encode = bson._dict_to_bson
 _ENCODE_OPTIONS = bson.DEFAULT_CODEC_OPTIONS
+_ID_NAME = b"\x07_id\x00"
+_INT32 = struct.Struct("<i")
+_SPLICED_BYTES = 4 + len(_ID_NAME) + 12 + len(_timestamp_element(datetime.datetime(2000, 1, 1, tzinfo=UTC)))
+
+
+def encode_batch(fields, timestamp, source, node, offset):
+    """Payloads for events received together (one `timestamp`, `source` and `node`), given as
+    their sender fields (`event.sender_fields`) and stored at `offset`, `offset + 1`, ...: the
+    same bytes as `encode_event` of each whole event.
+
+    One encoder call takes all the sender fields (its fixed cost per call is as much as encoding
+    a small event), and the assigned fields are spliced around each one's bytes as for a
+    FrameEvent (encoding a datetime costs more than all the sender's fields together).
+    """
+    buf = _encode({"": fields}, False, _ENCODE_OPTIONS)
+    # buf: int32 size, 0x04 (array) "" NUL, the array: int32 size, then one element per event:
+    # 0x03 (document), its index as decimal digits, NUL, the document: int32 size, elements, NUL.
+    view = memoryview(buf)
+    head = _ID_NAME + _id_prefix(timestamp, node)
+    stamp = _timestamp_element(timestamp)
+    tail = _assigned_strings(source, node)  # ends with the document's NUL
+    extra = _SPLICED_BYTES + len(tail) - 5  # what splicing adds to a sender document's size
+    unpack = _INT32.unpack_from
+    payloads = []
+    pos = 10
+    digits, next_power = 1, 10
+    for index in range(len(fields)):
+        if index == next_power:
+            digits += 1
+            next_power *= 10
+        start = pos + digits + 2
+        pos = start + unpack(buf, start)[0]
+        payloads.append((pos - start + extra).to_bytes(4, "little") + head
+                        + (offset & 0xFFFFFFFFFF).to_bytes(5, "big") + stamp + view[start + 4:pos - 1] + tail)
+        offset += 1
+    return payloads
+
+
+def event_ids(timestamp, node, offsets):
+    """The ids (as hex text) of events received together at `timestamp` and stored at `offsets`."""
+    prefix = _id_prefix(timestamp, node).hex()
+    return [prefix + format(offset & 0xFFFFFFFFFF, "010x") for offset in offsets]
 
 
 def decode_event(payload):

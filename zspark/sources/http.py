@@ -166,9 +166,9 @@ class HttpSource:
                                                                 "Connection": "close"})
             self._authorize(environ)
             raws = read_events(environ)
-            events = self.ingest.normalize_all(raws, SOURCE)
+            received = self.ingest.normalize_all(raws, SOURCE)
             try:
-                ids = self.ingest.append(events, SOURCE)
+                ids = self.ingest.append(received)
             except JournalFull as e:
                 raise Refusal(503, str(e), {"Retry-After": str(self.config.retry_after_s)}) from None
             except JournalError as e:
@@ -189,7 +189,7 @@ class HttpSource:
                 body["index"] = e.index
             return e.status, e.headers, _dumps(body)
         # Ids are hex strings: no escaping needed.
-        return 200, {}, b'{"ok":true,"ids":["' + '","'.join(map(str, ids)).encode() + b'"]}'
+        return 200, {}, b'{"ok":true,"ids":["' + '","'.join(ids).encode() + b'"]}'
 
     def _authorize(self, environ):
         if not self._tokens:
