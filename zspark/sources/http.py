@@ -29,6 +29,7 @@ from gevent.pywsgi import WSGIHandler, WSGIServer
 from ..ingest import BatchRejected
 from ..journal import JournalError, JournalFull
 from ..metrics import RateLimitedLog
+from . import fastjson
 
 log = logging.getLogger("zspark.http")
 
@@ -244,7 +245,7 @@ class HttpSource:
         except UnicodeDecodeError as e:
             raise Refusal(400, f"the body is not valid UTF-8 (at byte {e.start})") from None
         if content_type in NDJSON_TYPES:
-            return _parse_ndjson(text)
+            return _parse_ndjson(body)
         # Anything else is read as JSON: `curl -d` says form-urlencoded but sends JSON.
         value = _loads(text, "the body")
         if isinstance(value, list):
@@ -350,29 +351,39 @@ def _dumps(value):
     return _ENCODER.encode(value).encode("utf-8")
 
 
-def _parse_ndjson(text):
+def _parse_ndjson(body):
+    """The values of the lines of `body` (bytes, valid UTF-8), blank lines skipped."""
     events = []
-    for line in text.split("\n"):
-        line = line.strip(" \t\r")  # JSON's whitespace; anything else is an error
+    # One look at the whole body usually clears every line of numbers orjson would get wrong.
+    long_numbers = None if fastjson.may_hold_long_numbers(body) else False
+    for line in body.split(b"\n"):
+        line = line.strip(b" \t\r")  # JSON's whitespace; anything else is an error
         if not line:
             continue
-        # The decoder's C scanner directly: json.loads' Python wrapper costs as much again.
-        try:
-            value, end = _SCAN(line, 0)
-        except (StopIteration, ValueError, RecursionError):
-            end = -1
-        if end != len(line):
-            index = len(events)
-            try:
-                _loads(line, f"line {index + 1}")  # for the error message
-            except Refusal as e:
-                e.index = index
-                raise
-            raise Refusal(400, f"line {index + 1} is not valid JSON", index=index)
+        value = fastjson.decode(line, long_numbers)
+        if value is fastjson.NOT_DECODED:
+            value = _decode_line(line.decode("utf-8"), len(events))
         events.append(value)
     if not events:
         raise Refusal(400, "the batch is empty")
     return events
+
+
+def _decode_line(line, index):
+    """The value of one NDJSON line by the json module; Refusal naming the line if invalid."""
+    # The decoder's C scanner directly: json.loads' Python wrapper costs as much again.
+    try:
+        value, end = _SCAN(line, 0)
+    except (StopIteration, ValueError, RecursionError):
+        end = -1
+    if end != len(line):
+        try:
+            _loads(line, f"line {index + 1}")  # for the error message
+        except Refusal as e:
+            e.index = index
+            raise
+        raise Refusal(400, f"line {index + 1} is not valid JSON", index=index)
+    return value
 
 
 def _parse_cookies(header):
