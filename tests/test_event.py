@@ -106,6 +106,14 @@ class Rejects(unittest.TestCase):
         self.assertRejected({"type": "t", "context": {"s": "\ud800"}}, "UTF-8")
         self.assertRejected({"type": "t", "context": {"s": {1, 2}}}, "unsupported value type")
 
+    def test_what_was_valid_once_is_checked_the_same_again(self):
+        for _ in range(2):  # normalize remembers valid texts: the second time must decide alike
+            self.assertEqual(norm({"type": "t", "level": "$lvl", "context": {"k": 1}})["level"], "$lvl")
+            self.assertRejected({"type": "t", "context": {"$lvl": 1}}, "must not start with '$'")
+            self.assertRejected({"type": "t", "context": {"k": 1, "$k": 1}}, "must not start with '$'")
+            self.assertRejected({"type": "t", "level": "k", "topic": "x" * 257}, "topic", "longer than")
+            self.assertRejected({"type": "t", "context": "k"}, "context", "must be an object")
+
     def test_limits_on_depth_size_and_count(self):
         deep = {}
         node = deep

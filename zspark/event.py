@@ -123,9 +123,11 @@ def _plain(raw, limits):
     sender_fields, which takes it whole. False sends it down the full path, which then accepts
     or rejects it by the same rules; an InvalidEvent raised here is the one that path raises."""
     for name, value in raw.items():
-        if type(value) is str:
-            if not (len(value) <= SHORT_LIMIT and value.isascii() and "\x00" not in value) or name in _FREE_FORM:
-                return False
+        if type(value) is str and name not in _FREE_FORM:
+            if value not in _valid_short:
+                if not (len(value) <= SHORT_LIMIT and value.isascii() and "\x00" not in value):
+                    return False
+                _remember(_valid_short, value)
         elif name == "context" and type(value) is dict or name == "extra" and value is not None:
             _value(value, name, 1, limits, [0])  # every field before it passed: no other error comes first
         else:
@@ -240,9 +242,11 @@ def _value(value, path, depth, limits, counter):
             max_fields = limits.max_fields
             count = counter[0]  # kept in a local while the values are plain; stored before a call
             for k, v in value.items():
-                if not (type(k) is str and k.isascii() and len(k) <= SHORT_LIMIT and k[:1] != "$"
-                        and "\x00" not in k):
-                    _check_key(k, _path_text(path))
+                if k not in _valid_keys:
+                    if type(k) is str and k.isascii() and len(k) <= SHORT_LIMIT and k[:1] != "$" and "\x00" not in k:
+                        _remember(_valid_keys, k)
+                    else:
+                        _check_key(k, _path_text(path))
                 # Plain short strings, small ints, booleans and nulls, most values, are checked
                 # inline: a call per value costs more than the checks.
                 t = type(v)
@@ -265,6 +269,20 @@ def _value(value, path, depth, limits, counter):
     if isinstance(value, _PLAIN):
         return value
     raise InvalidEvent(f"{_path_text(path)}: unsupported value type {_kind(value)}")
+
+
+# Keys, and values of the string fields, seen valid lately: the same few come again in event
+# after event ("type": "page_view", "context": {"user": ...}), and one lookup costs less than
+# checking one again. Validity depends on nothing but the text; the sets are bounded.
+_valid_keys = set()  # plain dict keys: ASCII, no NUL, not '$'-prefixed, SHORT_LIMIT at most
+_valid_short = set()  # plain string field values: the same, but '$' allowed
+_REMEMBER_MAX = 4096
+
+
+def _remember(valid, text):
+    if len(valid) >= _REMEMBER_MAX:
+        valid.clear()
+    valid.add(text)
 
 
 def _path_text(path):
