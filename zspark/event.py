@@ -220,20 +220,6 @@ def _value(value, path, depth, limits, counter):
     if counter[0] > limits.max_fields:
         raise InvalidEvent(f"{_root(path)}: more than {limits.max_fields} values")
     kind = type(value)
-    if kind is str:
-        if len(value) > limits.max_string_bytes or not value.isascii() or "\x00" in value:
-            _string(value, _path_text(path), limits)  # the slow checks, which raise if need be
-        return value
-    if kind is bool or value is None:
-        return value
-    if isinstance(value, int):  # Int64 too
-        if not INT64_MIN <= value <= INT64_MAX:
-            raise InvalidEvent(f"{_path_text(path)}: integer out of the 64-bit range")
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise InvalidEvent(f"{_path_text(path)}: must be a finite number")
-        return value
     if kind is dict or kind is list:
         if depth > limits.max_depth:
             raise InvalidEvent(f"{_path_text(path)}: nested deeper than {limits.max_depth} levels")
@@ -263,6 +249,20 @@ def _value(value, path, depth, limits, counter):
         else:
             for i, v in enumerate(value):
                 _value(v, (path, i), depth + 1, limits, counter)
+        return value
+    if kind is str:
+        if len(value) > limits.max_string_bytes or not value.isascii() or "\x00" in value:
+            _string(value, _path_text(path), limits)  # the slow checks, which raise if need be
+        return value
+    if kind is bool or value is None:
+        return value
+    if isinstance(value, int):  # Int64 too
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise InvalidEvent(f"{_path_text(path)}: integer out of the 64-bit range")
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidEvent(f"{_path_text(path)}: must be a finite number")
         return value
     if isinstance(value, str):
         return _string(value, _path_text(path), limits)

@@ -119,9 +119,13 @@ def encode_batch(fields, timestamp, source, node, offset):
 
 
 def event_ids(timestamp, node, offsets):
-    """The ids (as hex text) of events received together at `timestamp` and stored at `offsets`."""
-    prefix = _id_prefix(timestamp, node).hex()
-    return [prefix + format(offset & 0xFFFFFFFFFF, "010x") for offset in offsets]
+    """The ids (as hex text) of events received together at `timestamp` and stored at `offsets`
+    (ascending)."""
+    if not offsets:
+        return []
+    # One %-formatting of all of them: a tenth of the cost of formatting each one.
+    numbers = tuple(offset & 0xFFFFFFFFFF for offset in offsets) if offsets[-1] > 0xFFFFFFFFFF else tuple(offsets)
+    return (",".join([_id_prefix(timestamp, node).hex() + "%010x"] * len(numbers)) % numbers).split(",")
 
 
 def decode_event(payload):
