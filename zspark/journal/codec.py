@@ -56,11 +56,26 @@ def encode_event(item, offset):
 
 def _splice(item, offset):
     event = item.event
-    oid = event["_id"] = event_id(event["timestamp"], event["node"], offset)
-    head = b"\x07_id\x00" + oid.binary + _timestamp_element(event["timestamp"])
-    tail = _assigned_strings(event["source"], event["node"])
-    body = item.frame[4:-1]  # the sender's elements, without the length and the terminator
-    return (4 + len(head) + len(body) + len(tail)).to_bytes(4, "little") + head + body + tail
+    return _spliced(memoryview(item.frame), 0, offset, _assigned(event["timestamp"], event["source"], event["node"]))
+
+
+def _spliced(doc, start, offset, assigned):
+    """The payload made of the sender's BSON document at `doc[start:]` (a memoryview) with the
+    assigned fields spliced around its elements: `_id` and `timestamp` first, as the encoder
+    puts them, `source` and `node` last. `assigned`: `_assigned(...)` of the event."""
+    head, stamp, tail, extra = assigned
+    end = start + _INT32.unpack_from(doc, start)[0]
+    return ((end - start + extra).to_bytes(4, "little") + head + (offset & 0xFFFFFFFFFF).to_bytes(5, "big") + stamp
+            + doc[start + 4:end - 1] + tail)
+
+
+@functools.lru_cache(maxsize=256)
+def _assigned(timestamp, source, node):
+    """The assigned fields' bytes for _spliced, and what they add to a document's size."""
+    head = b"\x07_id\x00" + _id_prefix(timestamp, node)  # the id's offset bytes follow
+    stamp = _timestamp_element(timestamp)
+    tail = _assigned_strings(source, node)  # ends with the document's NUL
+    return head, stamp, tail, len(head) + 5 + len(stamp) + len(tail) - 1
 
 
 @functools.lru_cache(maxsize=256)
@@ -80,9 +95,7 @@ def _assigned_strings(source, node):
 # pymongo's (C) encoder without bson.encode's Python wrapper, a fifth of the cost of a small event.
 _encode = bson._dict_to_bson
 _ENCODE_OPTIONS = bson.DEFAULT_CODEC_OPTIONS
-_ID_NAME = b"\x07_id\x00"
 _INT32 = struct.Struct("<i")
-_SPLICED_BYTES = 4 + len(_ID_NAME) + 12 + len(_timestamp_element(datetime.datetime(2000, 1, 1, tzinfo=UTC)))
 
 
 def encode_batch(fields, timestamp, source, node, offset):
@@ -94,14 +107,10 @@ def encode_batch(fields, timestamp, source, node, offset):
     a small event), and the assigned fields are spliced around each one's bytes as for a
     FrameEvent (encoding a datetime costs more than all the sender's fields together).
     """
-    buf = _encode({"": fields}, False, _ENCODE_OPTIONS)
+    buf = memoryview(_encode({"": fields}, False, _ENCODE_OPTIONS))
     # buf: int32 size, 0x04 (array) "" NUL, the array: int32 size, then one element per event:
     # 0x03 (document), its index as decimal digits, NUL, the document: int32 size, elements, NUL.
-    view = memoryview(buf)
-    head = _ID_NAME + _id_prefix(timestamp, node)
-    stamp = _timestamp_element(timestamp)
-    tail = _assigned_strings(source, node)  # ends with the document's NUL
-    extra = _SPLICED_BYTES + len(tail) - 5  # what splicing adds to a sender document's size
+    assigned = _assigned(timestamp, source, node)
     unpack = _INT32.unpack_from
     payloads = []
     pos = 10
@@ -111,10 +120,8 @@ def encode_batch(fields, timestamp, source, node, offset):
             digits += 1
             next_power *= 10
         start = pos + digits + 2
+        payloads.append(_spliced(buf, start, offset + index, assigned))
         pos = start + unpack(buf, start)[0]
-        payloads.append((pos - start + extra).to_bytes(4, "little") + head
-                        + (offset & 0xFFFFFFFFFF).to_bytes(5, "big") + stamp + view[start + 4:pos - 1] + tail)
-        offset += 1
     return payloads
 
 
