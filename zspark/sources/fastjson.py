@@ -32,11 +32,20 @@ def decode(data, long_numbers=None):
     """The value of the JSON text `data` (bytes of valid UTF-8), or NOT_DECODED when json must
     decide. `long_numbers`: may_hold_long_numbers(data) if known (False for a part of a text
     that has none), else it is checked here."""
-    if long_numbers is None:
-        long_numbers = may_hold_long_numbers(data)
-    if long_numbers or (len(data) >= _DEEP and data.count(b"[") + data.count(b"{") >= _DEEP):
-        return NOT_DECODED
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return NOT_DECODED
+    return decode_all([data], long_numbers)[0]
+
+
+def decode_all(texts, long_numbers=None):
+    """decode() of each of `texts`, in a list."""
+    values = []
+    loads = orjson.loads
+    for data in texts:
+        if (may_hold_long_numbers(data) if long_numbers is None else long_numbers) or (
+                len(data) >= _DEEP and data.count(b"[") + data.count(b"{") >= _DEEP):
+            values.append(NOT_DECODED)
+            continue
+        try:
+            values.append(loads(data))
+        except orjson.JSONDecodeError:
+            values.append(NOT_DECODED)
+    return values

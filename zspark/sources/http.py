@@ -353,20 +353,18 @@ def _dumps(value):
 
 def _parse_ndjson(body):
     """The values of the lines of `body` (bytes, valid UTF-8), blank lines skipped."""
-    events = []
-    # One look at the whole body usually clears every line of numbers orjson would get wrong.
-    long_numbers = None if fastjson.may_hold_long_numbers(body) else False
-    for line in body.split(b"\n"):
-        line = line.strip(b" \t\r")  # JSON's whitespace; anything else is an error
-        if not line:
-            continue
-        value = fastjson.decode(line, long_numbers)
-        if value is fastjson.NOT_DECODED:
-            value = _decode_line(line.decode("utf-8"), len(events))
-        events.append(value)
-    if not events:
+    # JSON's whitespace around a line; anything else is an error.
+    lines = [line for line in [line.strip(b" \t\r") for line in body.split(b"\n")] if line]
+    if not lines:
         raise Refusal(400, "the batch is empty")
-    return events
+    # One look at the whole body usually clears every line of numbers orjson would get wrong.
+    values = fastjson.decode_all(lines, None if fastjson.may_hold_long_numbers(body) else False)
+    if fastjson.NOT_DECODED in values:
+        # In order: the lines before one json decides are valid (orjson decoded them).
+        for index, value in enumerate(values):
+            if value is fastjson.NOT_DECODED:
+                values[index] = _decode_line(lines[index].decode("utf-8"), index)
+    return values
 
 
 def _decode_line(line, index):
