@@ -7,8 +7,7 @@ import datetime
 from itertools import repeat
 
 from .event import InvalidEvent, Limits, normalize, sender_fields
-from .journal import encode_event
-from .journal.codec import encode_batch, event_ids
+from .journal.codec import FrameEvent, encode_batch, encode_events, event_ids
 
 
 class BatchRejected(InvalidEvent):
@@ -66,13 +65,26 @@ class Ingest:
             self.metrics.source(source).reject(str(e))
             raise
 
+    def normalize_frame(self, doc, frame, source, now):
+        """Validate `doc`, decoded from the BSON `frame`, to be journaled as that frame: a
+        FrameEvent. Only for a document whose fields normalize keeps as they are (no timestamp,
+        stimestamp, $command, nulls, or fields the appliance assigns). On bad input count the
+        rejection and re-raise InvalidEvent."""
+        try:
+            sender_fields(doc, self.limits)
+        except InvalidEvent as e:
+            self.metrics.source(source).reject(str(e))
+            raise
+        return FrameEvent(frame, now, source, self.node)
+
     def append_nowait(self, events, source):
-        """Hand normalized events to the journal; `.wait()` on the result for durability.
+        """Hand normalized events (dicts and FrameEvents) to the journal; `.wait()` on the result
+        for durability.
 
         Raises JournalError (JournalFull included) if the journal refuses them now; the caller
         decides whether that is a 503 or a retry.
         """
-        pending = self.journal.append_nowait(events, encode_event)
+        pending = self.journal.append_nowait(events, encode_all=encode_events)
         return _Counted(pending, self.metrics.source(source), len(events))
 
     def append(self, received):

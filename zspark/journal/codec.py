@@ -36,27 +36,42 @@ def _id_prefix(timestamp, node):
 
 
 class FrameEvent:
-    """A validated event and the BSON frame it was decoded from, holding no fields but the
-    sender's (no _id, timestamp, source, node; no nulls; no $command)."""
+    """A validated event as the BSON frame it was decoded from, holding no fields but the
+    sender's (no _id, timestamp, source, node; no nulls; no $command), and what the appliance
+    assigns it besides its id."""
 
-    __slots__ = ("event", "frame")
+    __slots__ = ("frame", "timestamp", "source", "node")
 
-    def __init__(self, event, frame):
-        self.event = event
+    def __init__(self, frame, timestamp, source, node):
         self.frame = frame
+        self.timestamp = timestamp
+        self.source = source
+        self.node = node
 
 
 def encode_event(item, offset):
     """The journal `encode` hook: set the event's `_id` from its offset and return BSON."""
     if type(item) is FrameEvent:
-        return _splice(item, offset)
+        return _spliced(memoryview(item.frame), 0, offset, _assigned(item.timestamp, item.source, item.node))
     item["_id"] = event_id(item["timestamp"], item["node"], offset)
     return _encode(item, False, _ENCODE_OPTIONS)
 
 
-def _splice(item, offset):
-    event = item.event
-    return _spliced(memoryview(item.frame), 0, offset, _assigned(event["timestamp"], event["source"], event["node"]))
+def encode_events(items, offset):
+    """The journal `encode_all` hook for a list of events (dicts and FrameEvents): each one's
+    encode_event payload."""
+    payloads = []
+    assigned = timestamp = source = node = None
+    for offset, item in enumerate(items, offset):
+        if type(item) is FrameEvent:
+            # A burst's frames share all they are assigned: look it up once.
+            if item.timestamp is not timestamp or (item.source, item.node) != (source, node):
+                timestamp, source, node = item.timestamp, item.source, item.node
+                assigned = _assigned(timestamp, source, node)
+            payloads.append(_spliced(memoryview(item.frame), 0, offset, assigned))
+        else:
+            payloads.append(encode_event(item, offset))
+    return payloads
 
 
 def _spliced(doc, start, offset, assigned):
