@@ -68,7 +68,7 @@ def sender_fields(raw, limits=DEFAULT_LIMITS, trusted=False):
         return raw
     if not isinstance(raw, dict):
         raise InvalidEvent(f"an event must be a JSON object / BSON document, got {_kind(raw)}")
-    event = {}
+    fields = {}
     for name, value in raw.items():
         if not isinstance(name, str):
             raise InvalidEvent(f"field names must be strings, got {name!r}")
@@ -77,39 +77,39 @@ def sender_fields(raw, limits=DEFAULT_LIMITS, trusted=False):
         if name == "timestamp":
             # Zarkov's clients send their own time as `timestamp`; it becomes `stimestamp`.
             if "stimestamp" not in raw and value is not None:
-                event["stimestamp"] = _timestamp(value, "timestamp")
+                fields["stimestamp"] = _timestamp(value, "timestamp")
             continue
         if value is None:
             continue
         if name in _STRING_FIELDS:
             if type(value) is str and len(value) <= SHORT_LIMIT and value.isascii() and "\x00" not in value:
-                event[name] = value  # within every string field's limits: the common case
+                fields[name] = value  # within every string field's limits: the common case
             else:
-                event[name] = _string(value, name, limits, SHORT_LIMIT if name in _SHORT_FIELDS else None)
+                fields[name] = _string(value, name, limits, SHORT_LIMIT if name in _SHORT_FIELDS else None)
         elif name == "stimestamp":
-            event[name] = _timestamp(value, name)
+            fields[name] = _timestamp(value, name)
         elif name == "cookies":
-            event[name] = _cookies(value, limits)
+            fields[name] = _cookies(value, limits)
         elif name in ("context", "extra"):
             counter = [0]
             if name == "context" and not isinstance(value, dict):
                 raise InvalidEvent(f"context: must be an object, got {_kind(value)}")
-            event[name] = _value(value, name, 1, limits, counter)
+            fields[name] = _value(value, name, 1, limits, counter)
         elif trusted:
             _check_key(name, "event")  # the name must still be storable (no NUL, no lone surrogate)
-            event[name] = _value(value, name, 1, limits, [0])
+            fields[name] = _value(value, name, 1, limits, [0])
         else:
             raise InvalidEvent(f"unknown field '{_short(name)}' (known: {', '.join(sorted(FIELDS - set(ASSIGNED)))})")
-    if "type" not in event:
+    if "type" not in fields:
         raise InvalidEvent("type: required, a non-empty string")
-    if not event["type"]:
+    if not fields["type"]:
         raise InvalidEvent("type: must not be empty")
-    if "ip" in event:
+    if "ip" in fields:
         try:
-            ipaddress.ip_address(event["ip"])
+            ipaddress.ip_address(fields["ip"])
         except ValueError:
-            raise InvalidEvent(f"ip: not an IP address: {_short(event['ip'])!r}") from None
-    return event
+            raise InvalidEvent(f"ip: not an IP address: {_short(fields['ip'])!r}") from None
+    return fields
 
 
 # Fields that, when valid, normalize keeps exactly as sent and checks without converting.

@@ -7,7 +7,9 @@ same every time the record is read or replayed, and MongoDB inserts of a replay 
 A BSON event that arrived already in its final form (`FrameEvent`) is not re-encoded: the
 sender's bytes are journaled with the assigned fields spliced around them. Decoding such a record
 gives exactly the document that was validated (BSON decoding keeps the last of repeated keys, the
-same rule by which it was validated).
+same rule by which it was validated). A batch received together (`encode_batch`) has its
+senders' fields encoded in one encoder call and is spliced the same way. Every path gives the
+bytes `encode_event` gives for the whole event.
 """
 import datetime
 import functools
