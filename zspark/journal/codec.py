@@ -82,8 +82,8 @@ def _spliced(doc, start, offset, assigned):
     puts them, `source` and `node` last. `assigned`: `_assigned(...)` of the event."""
     head, stamp, tail, extra = assigned
     end = start + _INT32.unpack_from(doc, start)[0]
-    return ((end - start + extra).to_bytes(4, "little") + head + (offset & 0xFFFFFFFFFF).to_bytes(5, "big") + stamp
-            + doc[start + 4:end - 1] + tail)
+    return b"".join((_INT32.pack(end - start + extra), head, (offset & 0xFFFFFFFFFF).to_bytes(5, "big"), stamp,
+                     doc[start + 4:end - 1], tail))
 
 
 @functools.lru_cache(maxsize=256)
