@@ -20,6 +20,9 @@ setup(
         "tqdm>=4.60",
         # /metrics: the text format, the process collector, the parser the tests use.
         "prometheus_client>=0.20",
+        # NDJSON lines decode 3x faster than with json, the largest cost of an HTTP batch; used
+        # only where it gives json's exact result, json decides the rest (sources/fastjson.py).
+        "orjson>=3.9",
     ],
     extras_require={
         "test": ["nose2>=0.14"],

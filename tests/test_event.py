@@ -4,7 +4,7 @@ import unittest
 
 from bson import ObjectId
 
-from zspark.event import InvalidEvent, Limits, normalize
+from zspark.event import InvalidEvent, Limits, normalize, sender_fields
 
 UTC = datetime.timezone.utc
 NOW = datetime.datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
@@ -51,6 +51,20 @@ class Accepts(unittest.TestCase):
     def test_null_optional_fields_are_dropped(self):
         self.assertNotIn("level", norm({"type": "t", "level": None}))
 
+    def test_sender_fields_are_the_event_without_what_the_appliance_assigns(self):
+        for raw in ({"type": "t", "level": "info", "context": {"a": 1, "b": [True, None]}},
+                    {"type": "t", "timestamp": "2026-01-01T00:00:00Z", "level": None, "_id": "x"}):
+            with self.subTest(raw=raw):
+                event = norm(raw)
+                self.assertEqual(list(sender_fields(raw).items()),
+                                 [(k, v) for k, v in event.items() if k not in ("timestamp", "source", "node")])
+
+    def test_long_strings_within_the_limits_are_kept(self):
+        # Longer than the short fields' limit: not the common case, still valid.
+        raw = {"type": "t", "referrer": "http://a/" + "r" * 400, "user_agent": "u" * 300,
+               "extra": "free text", "context": {"note": "é" * 300}}
+        self.assertEqual({k: v for k, v in norm(raw).items() if k in raw}, raw)
+
 
 class Rejects(unittest.TestCase):
     def assertRejected(self, raw, *fragments, **kw):
@@ -74,6 +88,9 @@ class Rejects(unittest.TestCase):
 
     def test_wrong_types(self):
         self.assertRejected({"type": "t", "context": [1]}, "context", "must be an object")
+        self.assertRejected({"type": "t", "context": "text"}, "context", "must be an object")
+        self.assertRejected({"type": "t", "level": "info", "context": {"a": 1}, "topic": None,
+                             "env": 5}, "env", "must be a string")
         self.assertRejected({"type": "t", "cookies": "a=b"}, "cookies")
         self.assertRejected({"type": "t", "cookies": {"a": 1}}, "cookies.a")
         self.assertRejected({"type": "t", "level": 3}, "level")
@@ -88,6 +105,14 @@ class Rejects(unittest.TestCase):
         self.assertRejected({"type": "t", "context": {"a\x00b": 1}}, "NUL")
         self.assertRejected({"type": "t", "context": {"s": "\ud800"}}, "UTF-8")
         self.assertRejected({"type": "t", "context": {"s": {1, 2}}}, "unsupported value type")
+
+    def test_what_was_valid_once_is_checked_the_same_again(self):
+        for _ in range(2):  # normalize remembers valid texts: the second time must decide alike
+            self.assertEqual(norm({"type": "t", "level": "$lvl", "context": {"k": 1}})["level"], "$lvl")
+            self.assertRejected({"type": "t", "context": {"$lvl": 1}}, "must not start with '$'")
+            self.assertRejected({"type": "t", "context": {"k": 1, "$k": 1}}, "must not start with '$'")
+            self.assertRejected({"type": "t", "level": "k", "topic": "x" * 257}, "topic", "longer than")
+            self.assertRejected({"type": "t", "context": "k"}, "context", "must be an object")
 
     def test_limits_on_depth_size_and_count(self):
         deep = {}

@@ -49,7 +49,7 @@ class HourTrackerTest(unittest.TestCase):
         now = datetime.datetime.fromtimestamp(at, UTC)
         events = [self.ingest.normalize_one({"type": "t", "topic": topic}, "http", now=now)
                   for _ in range(count)]
-        self.ingest.append(events, "http")
+        self.ingest.append_nowait(events, "http").wait()
         return self.journal.end_offset
 
     def deliver_all(self, tracker):

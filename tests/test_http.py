@@ -235,6 +235,20 @@ class PostLogTest(HttpCase):
         self.assertEqual([e["type"] for e in events], ["a", "b", "c"] * 3)
         self.assertEqual(events[1]["level"], "debug")
 
+    def test_ndjson_numbers_and_text_arrive_exactly(self):
+        line = (b'{"type":"n","context":{"max":9223372036854775807,"min":-9223372036854775808,'
+                b'"id":"12345678901234567890123","f":0.1,"e":1e-7,"big":1.5e300,"z":-0.0,"i":-0,'
+                b'"s":"caf\xc3\xa9 \\ud83d\\ude00 \\u00e9\\n","dup":1,"dup":2}}')
+        self.assert_accepted(self.post(line + b"\n" + line.replace(b'"id"', b'"xd"'), NDJSON), 2)
+        for event in self.events():
+            context = event["context"]
+            self.assertEqual(list(context)[-1], "dup")
+            self.assertEqual({k: v for k, v in context.items() if k not in ("id", "xd")},
+                             {"max": 2**63 - 1, "min": -2**63, "f": 0.1, "e": 1e-7, "big": 1.5e300, "z": -0.0,
+                              "i": 0, "s": "caf\u00e9 \U0001F600 \u00e9\n", "dup": 2})
+            self.assertEqual([type(context[k]) for k in ("f", "z", "i")], [float, float, int])
+        self.assertEqual(self.events()[0]["context"]["id"], "12345678901234567890123")
+
     def test_gzip(self):
         self.assert_accepted(self.post(gzip.compress(b'[{"type":"g1"},{"type":"g2"}]'),
                                        {"Content-Encoding": "gzip"}), 2)
@@ -324,6 +338,16 @@ class BadInputTest(HttpCase):
         ("NDJSON with a NaN line", b'{"type":"a"}\n{"type":"b"}\n{"type":"c","context":{"v":NaN}}', NDJSON,
          "NaN is not a JSON number", 2, 1),
         ("empty NDJSON", b"\n \n", NDJSON, "the batch is empty", None, 1),
+        # Lines where a fast JSON decoder could answer differently from json's (sources/fastjson.py).
+        ("NDJSON integer over uint64", b'{"type":"a"}\n{"type":"b","context":{"n":18446744073709551616}}', NDJSON,
+         "context.n: integer out of the 64-bit range", 1, 2),
+        ("NDJSON integer under int64", b'{"type":"a","extra":[-9223372036854775809]}\n', NDJSON,
+         "extra[0]: integer out of the 64-bit range", 0, 1),
+        ("NDJSON overflowing float", b'{"type":"a","context":{"v":-1e400}}', NDJSON,
+         "context.v: must be a finite number", 0, 1),
+        ("NDJSON lone surrogate", b'{"type":"a","context":{"s":"x\\udc00"}}', NDJSON, "lone surrogate", 0, 1),
+        ("NDJSON nested just deeper than the parser", b'{"type":"a"}\n' + b"[" * 1010 + b"]" * 1010, NDJSON,
+         "line 2 is nested too deeply", 1, 1),
     ]
 
     def test_every_bad_input_is_a_400_with_its_reason(self):

@@ -6,11 +6,14 @@ import os
 import time
 import unittest
 
+import bson
 import gevent
 
 from zspark.journal import (Cursor, Journal, JournalClosed, JournalFull, JournalLocked, Reader,
                             decode_event, encode_event, event_id, list_segments)
 from zspark.journal import record
+from zspark.event import normalize
+from zspark.journal.codec import FrameEvent, encode_batch, encode_events, event_ids
 
 from .support import TempDir
 
@@ -307,6 +310,32 @@ class EventIds(JournalCase):
         stored = [decode_event(p) for _, p in journal.reader(0)]
         self.assertEqual([e["_id"] for e in stored], [event_id(ts, "n", o) for o in offsets])
         self.assertEqual(len({e["_id"] for e in stored}), 3)
+
+    def test_a_bson_frame_is_journaled_as_the_event_normalize_makes_of_it(self):
+        ts = datetime.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=datetime.timezone.utc)
+        docs = [{"type": "t", "ip": "10.0.0.1", "cookies": {"a": "b"}, "context": {"i": i, "l": [1, {"x": "é"}]}}
+                for i in range(3)]
+        plain = {"timestamp": ts, "type": "plain", "source": "zmq_json", "node": "n"}
+        expected = [normalize(doc, "zmq_bson", "n", ts) for doc in docs]
+        expected.insert(1, dict(plain))
+        items = [FrameEvent(bson.encode(doc), ts, "zmq_bson", "n") for doc in docs]
+        items.insert(1, plain)
+        payloads = encode_events(items, 40)
+        self.assertEqual(payloads, [encode_event(item, 40 + i) for i, item in enumerate(items)])
+        for i, (payload, event) in enumerate(zip(payloads, expected)):
+            self.assertEqual(decode_event(payload), {"_id": event_id(ts, "n", 40 + i), **event})
+            self.assertEqual(list(decode_event(payload))[:2], ["_id", "timestamp"])
+
+    def test_a_batch_encodes_to_the_bytes_of_its_events_one_by_one(self):
+        ts = datetime.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=datetime.timezone.utc)
+        fields = [{"type": f"t{i}", "context": {"i": i, "s": "é" * (i % 3), "l": [1, {"x": None}]}}
+                  for i in range(1005)]  # index keys of 1 to 4 digits
+        offset = 2**40 - 3  # the id keeps the offset's low 5 bytes
+        payloads = encode_batch(fields, ts, "http", "nodé", offset)
+        events = [{"timestamp": ts, **f, "source": "http", "node": "nodé"} for f in fields]
+        self.assertEqual(payloads, [encode_event(e, offset + i) for i, e in enumerate(events)])
+        self.assertEqual(event_ids(ts, "nodé", range(offset, offset + len(fields))),
+                         [str(e["_id"]) for e in events])
 
 
 if __name__ == "__main__":

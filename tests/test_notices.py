@@ -97,7 +97,15 @@ class NoticeCase(unittest.TestCase):
                                              done=lambda ms: done([m.json() for m in ms]), timeout=60)]
 
     def mongo_notices(self, **query):
-        return list(self.mongo[self.database].notice.find(query))
+        from pymongo.errors import OperationFailure
+
+        for attempt in range(5):  # SecantusDB (a beta) now and then answers a query "internal error"
+            try:
+                return list(self.mongo[self.database].notice.find(query))
+            except OperationFailure as e:
+                if e.code != 1 or attempt == 4:
+                    raise
+                time.sleep(0.2)
 
 
 class NodeNotices(NoticeCase):

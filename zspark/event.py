@@ -56,53 +56,86 @@ def normalize(raw, source, node, now=None, limits=DEFAULT_LIMITS, trusted=False)
     `trusted` is Zarkov's `event_noval`: the sender vouches for the fields, so unknown fields are
     kept as they are, but the document must still be storable and have a string `type`.
     """
+    fields = sender_fields(raw, limits, trusted)
+    return {"timestamp": now or datetime.datetime.now(UTC), **fields, "source": source, "node": node}
+
+
+def sender_fields(raw, limits=DEFAULT_LIMITS, trusted=False):
+    """The sender's fields of the event `normalize` makes of `raw`, in order, without the fields
+    the appliance assigns (`timestamp`, `source`, `node`, `_id`); raise InvalidEvent.
+
+    May return `raw` itself when it is already in its final form (the common case), so the
+    caller must not change the result.
+    """
+    if type(raw) is dict and not trusted and raw.keys() <= _PLAIN_FIELDS and _plain(raw, limits):
+        return raw
     if not isinstance(raw, dict):
         raise InvalidEvent(f"an event must be a JSON object / BSON document, got {_kind(raw)}")
-    now = now or datetime.datetime.now(UTC)
-    event = {"timestamp": now}
+    fields = {}
     for name, value in raw.items():
         if not isinstance(name, str):
             raise InvalidEvent(f"field names must be strings, got {name!r}")
         if name in _ASSIGNED:
-            continue  # assigned below; a sender's value is ignored, never trusted
+            continue  # assigned by the appliance; a sender's value is ignored, never trusted
         if name == "timestamp":
             # Zarkov's clients send their own time as `timestamp`; it becomes `stimestamp`.
             if "stimestamp" not in raw and value is not None:
-                event["stimestamp"] = _timestamp(value, "timestamp")
+                fields["stimestamp"] = _timestamp(value, "timestamp")
             continue
         if value is None:
             continue
         if name in _STRING_FIELDS:
             if type(value) is str and len(value) <= SHORT_LIMIT and value.isascii() and "\x00" not in value:
-                event[name] = value  # within every string field's limits: the common case
+                fields[name] = value  # within every string field's limits: the common case
             else:
-                event[name] = _string(value, name, limits, SHORT_LIMIT if name in _SHORT_FIELDS else None)
+                fields[name] = _string(value, name, limits, SHORT_LIMIT if name in _SHORT_FIELDS else None)
         elif name == "stimestamp":
-            event[name] = _timestamp(value, name)
+            fields[name] = _timestamp(value, name)
         elif name == "cookies":
-            event[name] = _cookies(value, limits)
+            fields[name] = _cookies(value, limits)
         elif name in ("context", "extra"):
             counter = [0]
             if name == "context" and not isinstance(value, dict):
                 raise InvalidEvent(f"context: must be an object, got {_kind(value)}")
-            event[name] = _value(value, name, 1, limits, counter)
+            fields[name] = _value(value, name, 1, limits, counter)
         elif trusted:
             _check_key(name, "event")  # the name must still be storable (no NUL, no lone surrogate)
-            event[name] = _value(value, name, 1, limits, [0])
+            fields[name] = _value(value, name, 1, limits, [0])
         else:
             raise InvalidEvent(f"unknown field '{_short(name)}' (known: {', '.join(sorted(FIELDS - set(ASSIGNED)))})")
-    if "type" not in event:
+    if "type" not in fields:
         raise InvalidEvent("type: required, a non-empty string")
-    if not event["type"]:
+    if not fields["type"]:
         raise InvalidEvent("type: must not be empty")
-    if "ip" in event:
+    if "ip" in fields:
         try:
-            ipaddress.ip_address(event["ip"])
+            ipaddress.ip_address(fields["ip"])
         except ValueError:
-            raise InvalidEvent(f"ip: not an IP address: {_short(event['ip'])!r}") from None
-    event["source"] = source
-    event["node"] = node
-    return event
+            raise InvalidEvent(f"ip: not an IP address: {_short(fields['ip'])!r}") from None
+    return fields
+
+
+# Fields that, when valid, normalize keeps exactly as sent and checks without converting.
+_PLAIN_FIELDS = frozenset(("type", "level", "topic", "env", "version", "referrer", "user_agent",
+                           "context", "extra"))
+_FREE_FORM = frozenset(("context", "extra"))
+
+
+def _plain(raw, limits):
+    """True if `raw` (a dict of _PLAIN_FIELDS) is a valid event as it is: the fast path of
+    sender_fields, which takes it whole. False sends it down the full path, which then accepts
+    or rejects it by the same rules; an InvalidEvent raised here is the one that path raises."""
+    for name, value in raw.items():
+        if type(value) is str and name not in _FREE_FORM:
+            if value not in _valid_short:
+                if not (len(value) <= SHORT_LIMIT and value.isascii() and "\x00" not in value):
+                    return False
+                _remember(_valid_short, value)
+        elif name == "context" and type(value) is dict or name == "extra" and value is not None:
+            _value(value, name, 1, limits, [0])  # every field before it passed: no other error comes first
+        else:
+            return False
+    return bool(raw.get("type"))
 
 
 def _string(value, name, limits, short_limit=None):
@@ -190,6 +223,36 @@ def _value(value, path, depth, limits, counter):
     if counter[0] > limits.max_fields:
         raise InvalidEvent(f"{_root(path)}: more than {limits.max_fields} values")
     kind = type(value)
+    if kind is dict or kind is list:
+        if depth > limits.max_depth:
+            raise InvalidEvent(f"{_path_text(path)}: nested deeper than {limits.max_depth} levels")
+        if kind is dict:
+            max_string = limits.max_string_bytes
+            max_fields = limits.max_fields
+            count = counter[0]  # kept in a local while the values are plain; stored before a call
+            for k, v in value.items():
+                if k not in _valid_keys:
+                    if type(k) is str and k.isascii() and len(k) <= SHORT_LIMIT and k[:1] != "$" and "\x00" not in k:
+                        _remember(_valid_keys, k)
+                    else:
+                        _check_key(k, _path_text(path))
+                # Plain short strings, small ints, booleans and nulls, most values, are checked
+                # inline: a call per value costs more than the checks.
+                t = type(v)
+                if (t is str and len(v) <= max_string and v.isascii() and "\x00" not in v) or (
+                        t is int and INT64_MIN <= v <= INT64_MAX) or t is bool or v is None:
+                    count += 1
+                    if count > max_fields:
+                        raise InvalidEvent(f"{_root(path)}: more than {max_fields} values")
+                    continue
+                counter[0] = count
+                _value(v, (path, k), depth + 1, limits, counter)
+                count = counter[0]
+            counter[0] = count
+        else:
+            for i, v in enumerate(value):
+                _value(v, (path, i), depth + 1, limits, counter)
+        return value
     if kind is str:
         if len(value) > limits.max_string_bytes or not value.isascii() or "\x00" in value:
             _string(value, _path_text(path), limits)  # the slow checks, which raise if need be
@@ -204,34 +267,25 @@ def _value(value, path, depth, limits, counter):
         if not math.isfinite(value):
             raise InvalidEvent(f"{_path_text(path)}: must be a finite number")
         return value
-    if kind is dict or kind is list:
-        if depth > limits.max_depth:
-            raise InvalidEvent(f"{_path_text(path)}: nested deeper than {limits.max_depth} levels")
-        if kind is dict:
-            max_string = limits.max_string_bytes
-            for k, v in value.items():
-                if not (type(k) is str and k.isascii() and len(k) <= SHORT_LIMIT and k[:1] != "$"
-                        and "\x00" not in k):
-                    _check_key(k, _path_text(path))
-                # Plain short strings and small ints, most values, are checked inline: a call
-                # per value costs more than the checks.
-                t = type(v)
-                if (t is str and len(v) <= max_string and v.isascii() and "\x00" not in v) or (
-                        t is int and INT64_MIN <= v <= INT64_MAX):
-                    counter[0] += 1
-                    if counter[0] > limits.max_fields:
-                        raise InvalidEvent(f"{_root(path)}: more than {limits.max_fields} values")
-                    continue
-                _value(v, (path, k), depth + 1, limits, counter)
-        else:
-            for i, v in enumerate(value):
-                _value(v, (path, i), depth + 1, limits, counter)
-        return value
     if isinstance(value, str):
         return _string(value, _path_text(path), limits)
     if isinstance(value, _PLAIN):
         return value
     raise InvalidEvent(f"{_path_text(path)}: unsupported value type {_kind(value)}")
+
+
+# Keys, and values of the string fields, seen valid lately: the same few come again in event
+# after event ("type": "page_view", "context": {"user": ...}), and one lookup costs less than
+# checking one again. Validity depends on nothing but the text; the sets are bounded.
+_valid_keys = set()  # plain dict keys: ASCII, no NUL, not '$'-prefixed, SHORT_LIMIT at most
+_valid_short = set()  # plain string field values: the same, but '$' allowed
+_REMEMBER_MAX = 4096
+
+
+def _remember(valid, text):
+    if len(valid) >= _REMEMBER_MAX:
+        valid.clear()
+    valid.add(text)
 
 
 def _path_text(path):

@@ -4,9 +4,10 @@ Sources decode their wire format and call `Ingest`; it applies `event.normalize`
 accepted and rejected per source, and hands valid events to the journal with their stable ids.
 """
 import datetime
+from itertools import repeat
 
-from .event import InvalidEvent, Limits, normalize
-from .journal import encode_event
+from .event import InvalidEvent, Limits, normalize, sender_fields
+from .journal.codec import FrameEvent, encode_batch, encode_events, event_ids
 
 
 class BatchRejected(InvalidEvent):
@@ -18,6 +19,21 @@ class BatchRejected(InvalidEvent):
         self.reason = reason
 
 
+class Received:
+    """A batch of events received together and validated: their sender fields (each as
+    `event.sender_fields` returns them), and the receive time and source they share."""
+
+    __slots__ = ("fields", "timestamp", "source")
+
+    def __init__(self, fields, timestamp, source):
+        self.fields = fields
+        self.timestamp = timestamp
+        self.source = source
+
+    def __len__(self):
+        return len(self.fields)
+
+
 class Ingest:
     def __init__(self, journal, node, metrics, limits=None):
         self.journal = journal
@@ -26,16 +42,20 @@ class Ingest:
         self.limits = limits or Limits()
 
     def normalize_all(self, raws, source, trusted=False):
-        """Normalize a batch that is accepted whole or not at all; raise BatchRejected."""
-        events = []
-        now = datetime.datetime.now(datetime.timezone.utc)  # one request, one receive time
-        for index, raw in enumerate(raws):
-            try:
-                events.append(normalize(raw, source, self.node, now, self.limits, trusted))
-            except InvalidEvent as e:
-                self.metrics.source(source).reject(str(e), len(raws))
-                raise BatchRejected(index, str(e)) from None
-        return events
+        """Normalize a batch that is accepted whole or not at all: a `Received`; raise
+        BatchRejected."""
+        try:
+            fields = list(map(sender_fields, raws, repeat(self.limits), repeat(trusted)))
+        except InvalidEvent:
+            for index, raw in enumerate(raws):  # which one, and why (map does not say)
+                try:
+                    sender_fields(raw, self.limits, trusted)
+                except InvalidEvent as e:
+                    self.metrics.source(source).reject(str(e), len(raws))
+                    raise BatchRejected(index, str(e)) from None
+            raise
+        # One request, one receive time.
+        return Received(fields, datetime.datetime.now(datetime.timezone.utc), source)
 
     def normalize_one(self, raw, source, trusted=False, now=None):
         """Normalize one event; on bad input count the rejection and re-raise InvalidEvent."""
@@ -45,19 +65,38 @@ class Ingest:
             self.metrics.source(source).reject(str(e))
             raise
 
+    def normalize_frame(self, doc, frame, source, now):
+        """Validate `doc`, decoded from the BSON `frame`, to be journaled as that frame: a
+        FrameEvent. Only for a document whose fields normalize keeps as they are (no timestamp,
+        stimestamp, $command, nulls, or fields the appliance assigns). On bad input count the
+        rejection and re-raise InvalidEvent."""
+        try:
+            sender_fields(doc, self.limits)
+        except InvalidEvent as e:
+            self.metrics.source(source).reject(str(e))
+            raise
+        return FrameEvent(frame, now, source, self.node)
+
     def append_nowait(self, events, source):
-        """Hand normalized events to the journal; `.wait()` on the result for durability.
+        """Hand normalized events (dicts and FrameEvents) to the journal; `.wait()` on the result
+        for durability.
 
         Raises JournalError (JournalFull included) if the journal refuses them now; the caller
         decides whether that is a 503 or a retry.
         """
-        pending = self.journal.append_nowait(events, encode_event)
+        pending = self.journal.append_nowait(events, encode_all=encode_events)
         return _Counted(pending, self.metrics.source(source), len(events))
 
-    def append(self, events, source):
-        """Append and wait until durable; return the events' ids."""
-        self.append_nowait(events, source).wait()
-        return [e["_id"] for e in events]
+    def append(self, received):
+        """Append a `Received` batch and wait until durable; return the events' ids (hex)."""
+        pending = self.journal.append_nowait(received.fields, encode_all=self._encoder(received))
+        offsets = _Counted(pending, self.metrics.source(received.source), len(received)).wait()
+        return event_ids(received.timestamp, self.node, offsets)
+
+    def _encoder(self, received):
+        def encode_all(fields, offset):
+            return encode_batch(fields, received.timestamp, received.source, self.node, offset)
+        return encode_all
 
 
 class _Counted:

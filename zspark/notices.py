@@ -37,13 +37,9 @@ class Notices:
         """Journal `notices` (a list of (type, topic or None, context)); wait until durable.
 
         Raises JournalError when the journal refuses them."""
-        events = []
-        for type_, topic, context in notices:
-            raw = {"type": type_, "context": context}
-            if topic:
-                raw["topic"] = topic
-            events.append(self.ingest.normalize_one(raw, NOTICE_SOURCE))
-        return self.ingest.append(events, NOTICE_SOURCE)
+        raws = [{"type": type_, "context": context, **({"topic": topic} if topic else {})}
+                for type_, topic, context in notices]
+        return self.ingest.append(self.ingest.normalize_all(raws, NOTICE_SOURCE))
 
     def node_notice(self, type_):
         """Publish node_online / heartbeat / node_offline; False (logged) if the journal refused."""

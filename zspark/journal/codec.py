@@ -7,7 +7,9 @@ same every time the record is read or replayed, and MongoDB inserts of a replay 
 A BSON event that arrived already in its final form (`FrameEvent`) is not re-encoded: the
 sender's bytes are journaled with the assigned fields spliced around them. Decoding such a record
 gives exactly the document that was validated (BSON decoding keeps the last of repeated keys, the
-same rule by which it was validated).
+same rule by which it was validated). A batch received together (`encode_batch`) has its
+senders' fields encoded in one encoder call and is spliced the same way. Every path gives the
+bytes `encode_event` gives for the whole event.
 """
 import datetime
 import functools
@@ -36,31 +38,61 @@ def _id_prefix(timestamp, node):
 
 
 class FrameEvent:
-    """A validated event and the BSON frame it was decoded from, holding no fields but the
-    sender's (no _id, timestamp, source, node; no nulls; no $command)."""
+    """A validated event as the BSON frame it was decoded from, holding no fields but the
+    sender's (no _id, timestamp, source, node; no nulls; no $command), and what the appliance
+    assigns it besides its id."""
 
-    __slots__ = ("event", "frame")
+    __slots__ = ("frame", "timestamp", "source", "node")
 
-    def __init__(self, event, frame):
-        self.event = event
+    def __init__(self, frame, timestamp, source, node):
         self.frame = frame
+        self.timestamp = timestamp
+        self.source = source
+        self.node = node
 
 
 def encode_event(item, offset):
     """The journal `encode` hook: set the event's `_id` from its offset and return BSON."""
     if type(item) is FrameEvent:
-        return _splice(item, offset)
+        return _spliced(memoryview(item.frame), 0, offset, _assigned(item.timestamp, item.source, item.node))
     item["_id"] = event_id(item["timestamp"], item["node"], offset)
     return _encode(item, False, _ENCODE_OPTIONS)
 
 
-def _splice(item, offset):
-    event = item.event
-    oid = event["_id"] = event_id(event["timestamp"], event["node"], offset)
-    head = b"\x07_id\x00" + oid.binary + _timestamp_element(event["timestamp"])
-    tail = _assigned_strings(event["source"], event["node"])
-    body = item.frame[4:-1]  # the sender's elements, without the length and the terminator
-    return (4 + len(head) + len(body) + len(tail)).to_bytes(4, "little") + head + body + tail
+def encode_events(items, offset):
+    """The journal `encode_all` hook for a list of events (dicts and FrameEvents): each one's
+    encode_event payload."""
+    payloads = []
+    assigned = timestamp = source = node = None
+    for offset, item in enumerate(items, offset):
+        if type(item) is FrameEvent:
+            # A burst's frames share all they are assigned: look it up once.
+            if item.timestamp is not timestamp or (item.source, item.node) != (source, node):
+                timestamp, source, node = item.timestamp, item.source, item.node
+                assigned = _assigned(timestamp, source, node)
+            payloads.append(_spliced(memoryview(item.frame), 0, offset, assigned))
+        else:
+            payloads.append(encode_event(item, offset))
+    return payloads
+
+
+def _spliced(doc, start, offset, assigned):
+    """The payload made of the sender's BSON document at `doc[start:]` (a memoryview) with the
+    assigned fields spliced around its elements: `_id` and `timestamp` first, as the encoder
+    puts them, `source` and `node` last. `assigned`: `_assigned(...)` of the event."""
+    head, stamp, tail, extra = assigned
+    end = start + _INT32.unpack_from(doc, start)[0]
+    return b"".join((_INT32.pack(end - start + extra), head, (offset & 0xFFFFFFFFFF).to_bytes(5, "big"), stamp,
+                     doc[start + 4:end - 1], tail))
+
+
+@functools.lru_cache(maxsize=256)
+def _assigned(timestamp, source, node):
+    """The assigned fields' bytes for _spliced, and what they add to a document's size."""
+    head = b"\x07_id\x00" + _id_prefix(timestamp, node)  # the id's offset bytes follow
+    stamp = _timestamp_element(timestamp)
+    tail = _assigned_strings(source, node)  # ends with the document's NUL
+    return head, stamp, tail, len(head) + 5 + len(stamp) + len(tail) - 1
 
 
 @functools.lru_cache(maxsize=256)
@@ -80,6 +112,44 @@ def _assigned_strings(source, node):
 # pymongo's (C) encoder without bson.encode's Python wrapper, a fifth of the cost of a small event.
 _encode = bson._dict_to_bson
 _ENCODE_OPTIONS = bson.DEFAULT_CODEC_OPTIONS
+_INT32 = struct.Struct("<i")
+
+
+def encode_batch(fields, timestamp, source, node, offset):
+    """Payloads for events received together (one `timestamp`, `source` and `node`), given as
+    their sender fields (`event.sender_fields`) and stored at `offset`, `offset + 1`, ...: the
+    same bytes as `encode_event` of each whole event.
+
+    One encoder call takes all the sender fields (its fixed cost per call is as much as encoding
+    a small event), and the assigned fields are spliced around each one's bytes as for a
+    FrameEvent (encoding a datetime costs more than all the sender's fields together).
+    """
+    buf = memoryview(_encode({"": fields}, False, _ENCODE_OPTIONS))
+    # buf: int32 size, 0x04 (array) "" NUL, the array: int32 size, then one element per event:
+    # 0x03 (document), its index as decimal digits, NUL, the document: int32 size, elements, NUL.
+    assigned = _assigned(timestamp, source, node)
+    unpack = _INT32.unpack_from
+    payloads = []
+    pos = 10
+    digits, next_power = 1, 10
+    for index in range(len(fields)):
+        if index == next_power:
+            digits += 1
+            next_power *= 10
+        start = pos + digits + 2
+        payloads.append(_spliced(buf, start, offset + index, assigned))
+        pos = start + unpack(buf, start)[0]
+    return payloads
+
+
+def event_ids(timestamp, node, offsets):
+    """The ids (as hex text) of events received together at `timestamp` and stored at `offsets`
+    (ascending)."""
+    if not offsets:
+        return []
+    # One %-formatting of all of them: a tenth of the cost of formatting each one.
+    numbers = tuple(offset & 0xFFFFFFFFFF for offset in offsets) if offsets[-1] > 0xFFFFFFFFFF else tuple(offsets)
+    return (",".join([_id_prefix(timestamp, node).hex() + "%010x"] * len(numbers)) % numbers).split(",")
 
 
 def decode_event(payload):

@@ -175,31 +175,32 @@ class Journal:
 
     # -- appending ----------------------------------------------------------------------------
 
-    def append(self, items, encode=None):
+    def append(self, items, encode=None, encode_all=None):
         """Append records and wait until they are durable; return their offsets.
 
         `items` are bytes, or anything `encode(item, offset) -> bytes` turns into bytes (so a
-        payload can carry its own offset, as event ids do).
+        payload can carry its own offset, as event ids do), or that `encode_all(items,
+        first_offset) -> [bytes]` turns into bytes all at once.
         """
-        return self.append_nowait(items, encode).wait()
+        return self.append_nowait(items, encode, encode_all).wait()
 
-    def append_nowait(self, items, encode=None):
+    def append_nowait(self, items, encode=None, encode_all=None):
         """Hand records to the journal without waiting; `.wait()` on the result to wait."""
         if self._closed or self._closing:
             raise JournalClosed("the journal is closed")
         if self._failed is not None:
             raise JournalError(f"the journal has stopped after an error: {self._failed}")
-        offset = self._next_offset
-        frames = []
-        nbytes = 0
-        for item in items:
-            payload = encode(item, offset) if encode is not None else item
-            frame = record.frame(offset, payload)
-            frames.append(frame)
-            nbytes += len(frame)
-            offset += 1
-        if not frames:
+        first = self._next_offset
+        if encode_all is not None:
+            payloads = encode_all(items, first)
+        elif encode is not None:
+            payloads = [encode(item, offset) for offset, item in enumerate(items, first)]
+        else:
+            payloads = list(items)
+        if not payloads:
             return PendingAppend([], _done_batch())
+        frames, nbytes = record.frame_all(first, payloads)
+        offset = first + len(payloads)
         if self.size_bytes + self._pending_bytes + nbytes > self.max_bytes:
             raise JournalFull(f"the journal is full ({self.size_bytes + self._pending_bytes} of "
                               f"{self.max_bytes} bytes used)")

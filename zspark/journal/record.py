@@ -32,8 +32,25 @@ CORRUPT = "corrupt"  # bad magic, impossible length or checksum mismatch
 
 def frame(offset, payload):
     """Return the bytes of one record."""
-    crc = zlib.crc32(payload, zlib.crc32(_LEN_OFFSET.pack(len(payload), offset)))
-    return HEADER.pack(MAGIC, len(payload), offset, crc) + payload
+    return b"".join(frame_all(offset, [payload])[0])
+
+
+def frame_all(offset, payloads):
+    """The records for `payloads` at `offset`, `offset + 1`, ...: `(chunks, size)`, where the
+    records are `b"".join(chunks)` (each header and payload a chunk of its own: the join is the
+    one copy they need) and `size` is their length."""
+    chunks = []
+    size = 0
+    pack_header = HEADER.pack
+    pack_len_offset = _LEN_OFFSET.pack
+    crc32 = zlib.crc32
+    for payload in payloads:
+        length = len(payload)
+        chunks.append(pack_header(MAGIC, length, offset, crc32(payload, crc32(pack_len_offset(length, offset)))))
+        chunks.append(payload)
+        size += length
+        offset += 1
+    return chunks, size + HEADER_SIZE * len(payloads)
 
 
 def parse(buf, pos):

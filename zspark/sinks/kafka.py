@@ -48,6 +48,7 @@ PERMANENT_ERRORS = {
 # How often a batch waiting for its delivery reports looks for them: every millisecond at first,
 # then every tenth of the time waited so far (at most every 50 ms, as while a broker is down).
 REPORT_POLL_MIN_S = 0.001
+RENEW_AFTER_TIMED_OUT_BATCHES = 3
 REPORT_POLL_MAX_S = 0.05
 
 
@@ -72,6 +73,7 @@ class KafkaSink:
         settings.update(config.producer)
         self._settings = settings
         self._fatal = None
+        self._timed_out_batches = 0  # batches in a row whose every failure was a timeout
         self._warn = RateLimitedLog(log, burst=5)
         self.producer = Producer(settings)
         self._fields = [f for _, f, _, _ in string.Formatter().parse(config.topic) if f]
@@ -94,10 +96,15 @@ class KafkaSink:
 
     def send(self, items):
         if self._fatal is not None:
-            # An idempotent producer that hit a fatal error refuses everything; start afresh.
+            # An idempotent producer that hit a fatal error refuses everything: start afresh.
             log.warning("Kafka: replacing the producer after a fatal error: %s", self._fatal)
-            self._fatal = None
-            self.producer = Producer(self._settings)
+            self._replace_producer()
+        elif self._timed_out_batches >= RENEW_AFTER_TIMED_OUT_BATCHES:
+            # Seen after a broker restarted without its data: the producer kept its old metadata and
+            # sequence state and every retry timed out, while a new producer delivers at once.
+            log.warning("Kafka: %d batches in a row timed out; replacing the producer",
+                        self._timed_out_batches)
+            self._replace_producer()
         reports = {}
         rejected = []
 
@@ -146,10 +153,21 @@ class KafkaSink:
                 failures.append(err)
                 if err.fatal() or err.code() == KafkaError._FATAL:
                     self._fatal = err.str()
+        timed_out = failures and all(err.code() == KafkaError._MSG_TIMED_OUT for err in failures)
+        self._timed_out_batches = self._timed_out_batches + 1 if timed_out else 0
         if failures:
             # The ones that did arrive will arrive again on the retry: at-least-once, bounded by a batch.
             raise RuntimeError(f"{len(failures)} of {sent} message(s) not delivered: {failures[0].str()}")
         return rejected
+
+    def _replace_producer(self):
+        old, self.producer = self.producer, Producer(self._settings)
+        self._fatal = None
+        self._timed_out_batches = 0
+        # Drop what the old one still holds (the forwarder sends the batch again) and let it go
+        # in the thread pool: destroying a producer waits for its threads.
+        old.purge()
+        self._threadpool.spawn(old.flush, 1.0)
 
     def _produce(self, topic, value, key, callback):
         while True:

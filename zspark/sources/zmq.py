@@ -27,7 +27,6 @@ from zmq import Socket as _PlainSocket  # the plain class: see _receive
 
 from ..event import InvalidEvent
 from ..journal import JournalClosed, JournalError
-from ..journal.codec import FrameEvent
 from ..journal.codec import DECODE_OPTIONS
 from ..metrics import RateLimitedLog
 from .curve import make_server
@@ -177,11 +176,14 @@ class ZmqSource:
             spliceable = (self.splice and command is _NO_COMMAND and doc.keys() <= SPLICEABLE_FIELDS
                           and None not in doc.values())
             try:
-                event = self.ingest.normalize_one(doc, self.name, command == "event_noval", now)
-            except InvalidEvent as e:  # counted by normalize_one
+                if spliceable:
+                    event = self.ingest.normalize_frame(doc, frame, self.name, now)
+                else:
+                    event = self.ingest.normalize_one(doc, self.name, command == "event_noval", now)
+            except InvalidEvent as e:  # counted by normalize_frame / normalize_one
                 self._warn("ZeroMQ %s: rejected an event: %s", self.name, e)
                 continue
-            events.append(FrameEvent(event, frame) if spliceable else event)
+            events.append(event)
         return events
 
     def _reject(self, reason):
