@@ -90,7 +90,7 @@ def normalize(raw, source, node, now=None, limits=DEFAULT_LIMITS, trusted=False)
             _check_key(name, "event")  # the name must still be storable (no NUL, no lone surrogate)
             event[name] = _value(value, name, 1, limits, [0])
         else:
-            raise InvalidEvent(f"unknown field '{_short(name)}' (known: {', '.join(sorted(FIELDS - set(ASSIGNED)))})")
+            raise InvalidEvent(f"unknown field {_short(name)!r} (known: {', '.join(sorted(FIELDS - set(ASSIGNED)))})")
     if "type" not in event:
         raise InvalidEvent("type: required, a non-empty string")
     if not event["type"]:
