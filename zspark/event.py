@@ -229,6 +229,9 @@ def _value(value, path, depth, limits, counter):
         return value
     if isinstance(value, str):
         return _string(value, _path_text(path), limits)
+    if isinstance(value, datetime.datetime):
+        _timestamp(value, _path_text(path))  # its UTC offset may carry it outside what BSON stores
+        return value
     if isinstance(value, _PLAIN):
         return value
     raise InvalidEvent(f"{_path_text(path)}: unsupported value type {_kind(value)}")
