@@ -60,6 +60,7 @@ def normalize(raw, source, node, now=None, limits=DEFAULT_LIMITS, trusted=False)
         raise InvalidEvent(f"an event must be a JSON object / BSON document, got {_kind(raw)}")
     now = now or datetime.datetime.now(UTC)
     event = {"timestamp": now}
+    fast_limit = min(SHORT_LIMIT, limits.max_string_bytes)  # under every string field's limit
     for name, value in raw.items():
         if not isinstance(name, str):
             raise InvalidEvent(f"field names must be strings, got {name!r}")
@@ -73,7 +74,7 @@ def normalize(raw, source, node, now=None, limits=DEFAULT_LIMITS, trusted=False)
         if value is None:
             continue
         if name in _STRING_FIELDS:
-            if type(value) is str and len(value) <= SHORT_LIMIT and value.isascii() and "\x00" not in value:
+            if type(value) is str and len(value) <= fast_limit and value.isascii() and "\x00" not in value:
                 event[name] = value  # within every string field's limits: the common case
             else:
                 event[name] = _string(value, name, limits, SHORT_LIMIT if name in _SHORT_FIELDS else None)
