@@ -134,10 +134,10 @@ def _timestamp(value, name):
         except OverflowError:  # 0001-01-01T00:00:00+01:00 is before datetime.min in UTC
             raise InvalidEvent(f"{name}: out of range: {value.isoformat()}") from None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):
             raise InvalidEvent(f"{name}: must be a finite number")
-        seconds = value / 1000.0 if abs(value) >= 1e11 else float(value)  # ms since epoch if large
-        try:
+        try:  # an int too large for a float overflows here
+            seconds = value / 1000.0 if abs(value) >= 1e11 else float(value)  # ms since epoch if large
             return datetime.datetime.fromtimestamp(seconds, UTC)
         except (OverflowError, OSError, ValueError):
             raise InvalidEvent(f"{name}: out of range: {value!r}") from None
