@@ -26,7 +26,7 @@ import zlib
 import bottle
 import gevent
 from gevent.pool import Pool
-from gevent.pywsgi import WSGIHandler, WSGIServer
+from gevent.pywsgi import MAX_REQUEST_LINE, WSGIHandler, WSGIServer
 
 from ..ingest import BatchRejected
 from ..journal import JournalError, JournalFull
@@ -79,6 +79,7 @@ class HttpSource:
     def start(self):
         self.server = _NoDelayServer((self.config.host, self.config.port), self.wsgi,
                                      spawn=Pool(), log=None, error_log=_ErrorLog())
+        self.server.on_malformed = self._malformed
         self.server.start()
         log.info("HTTP listening on http://%s:%d%s/log", self.config.host, self.address[1], self.config.root)
 
@@ -215,6 +216,11 @@ class HttpSource:
             return e.status, e.headers, _dumps(body)
         # Ids are hex strings: no escaping needed.
         return 200, {}, b'{"ok":true,"ids":["' + '","'.join(map(str, ids)).encode() + b'"]}'
+
+    def _malformed(self, address, status, reason):
+        """A request pywsgi refused before it reached the app: a rejection like any other."""
+        self.stats.reject(reason)
+        self._warn("HTTP %s: %d %s", address[0] if isinstance(address, tuple) else address, status, reason)
 
     def _authorize(self, environ):
         if not self._tokens:
@@ -417,11 +423,17 @@ def _header_text(value):
         return value
 
 
+def _short_text(text, limit=200):
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _text(body):
     return bottle.HTTPResponse(body, 200, {"Content-Type": "text/plain"})
 
 
 class _NoDelayHandler(WSGIHandler):
+    _malformed = None  # why pywsgi refused the request line or headers, if it did
+
     def handle(self):
         # Without TCP_NODELAY, keep-alive answers wait ~40 ms for the client's delayed ACK.
         try:
@@ -430,9 +442,31 @@ class _NoDelayHandler(WSGIHandler):
             pass  # not a TCP socket
         return super().handle()
 
+    def handle_one_request(self):
+        # pywsgi answers a request it cannot parse itself, with an empty text/plain 400 or 414
+        # that no one counts: make it JSON with the reason, and count it like any refusal.
+        self._malformed = self.command = None  # (command: a keep-alive's last request set it)
+        result = super().handle_one_request()
+        if type(result) is not tuple:
+            return result
+        code = int(result[0])
+        reason = self._malformed or (f"the request line is longer than {MAX_REQUEST_LINE - 1} bytes" if code == 414
+                                     else "malformed HTTP request")
+        self.server.on_malformed(self.client_address, code, reason)
+        body = _dumps({"ok": False, "error": reason})
+        head = (f"HTTP/1.1 {_STATUS_LINES[code]}\r\nContent-Type: application/json\r\n"
+                f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+        return result[0], head if self.command == "HEAD" else head + body
+
+    def _handle_client_error(self, ex):
+        message = getattr(ex, "formatted_message", None) or str(ex) or type(ex).__name__
+        self._malformed = f"malformed HTTP request: {_short_text(message)}"
+        return super()._handle_client_error(ex)
+
 
 class _NoDelayServer(WSGIServer):
     handler_class = _NoDelayHandler
+    on_malformed = staticmethod(lambda address, code, reason: None)  # HttpSource counts them
 
 
 class _ErrorLog:
