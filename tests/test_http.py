@@ -318,11 +318,11 @@ class BadInputTest(HttpCase):
         ("batch with a bad third item", [{"type": "a"}, {"type": "b"}, {"type": "c", "context": {"n": 2**64}}], {},
          "context.n: integer out of the 64-bit range", 2, 3),
         ("NDJSON with a broken line", b'{"type":"a"}\n{"type":\n{"type":"c"}\n', NDJSON,
-         "line 2 is not valid JSON", 1, 1),
+         "line 2 is not valid JSON", 1, 3),
         ("NDJSON with an invalid event", b'{"type":"a"}\n{"type":"b","bogus":1}\n', NDJSON,
          "unknown field 'bogus'", 1, 2),
         ("NDJSON with a NaN line", b'{"type":"a"}\n{"type":"b"}\n{"type":"c","context":{"v":NaN}}', NDJSON,
-         "NaN is not a JSON number", 2, 1),
+         "NaN is not a JSON number", 2, 3),
         ("empty NDJSON", b"\n \n", NDJSON, "the batch is empty", None, 1),
     ]
 
@@ -346,7 +346,7 @@ class BadInputTest(HttpCase):
         events = self.events()
         self.assertEqual([e["type"] for e in events], ["before", "after"])
         self.assertEqual([str(e["_id"]) for e in events], good)
-        self.assertEqual(self.http_counts(), (2, 4))
+        self.assertEqual(self.http_counts(), (2, 6))
 
 
 class SizeLimitTest(HttpCase):

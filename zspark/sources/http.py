@@ -43,14 +43,16 @@ NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl
 
 
 class Refusal(Exception):
-    """An HTTP error answer: status, reason, extra headers."""
+    """An HTTP error answer: status, reason, extra headers; `count`: the events it rejects (every
+    item of a batch refused for its item `index`, else one request)."""
 
-    def __init__(self, status, reason, headers=None, index=None):
+    def __init__(self, status, reason, headers=None, index=None, count=1):
         super().__init__(reason)
         self.status = status
         self.reason = reason
         self.headers = headers or {}
         self.index = index
+        self.count = count
 
 
 def json_response(status, body, headers=None):
@@ -206,7 +208,7 @@ class HttpSource:
         except Refusal as e:
             if e.status < 500:
                 if e.status != 401:
-                    self.stats.reject(e.reason)
+                    self.stats.reject(e.reason, e.count)
                 self._warn("HTTP %s: %d %s", environ.get("REMOTE_ADDR", "?"), e.status, e.reason)
             else:
                 self.stats.refused += 1  # requests answered 503
@@ -394,12 +396,14 @@ def _parse_ndjson(text):
             end = -1
         if end != len(line):
             index = len(events)
+            # The batch is refused whole: like a batch with an invalid event, all of it counts.
+            count = sum(1 for rest in text.split("\n") if rest.strip(" \t\r"))
             try:
                 _loads(line, f"line {index + 1}")  # for the error message
             except Refusal as e:
-                e.index = index
+                e.index, e.count = index, count
                 raise
-            raise Refusal(400, f"line {index + 1} is not valid JSON", index=index)
+            raise Refusal(400, f"line {index + 1} is not valid JSON", index=index, count=count)
         events.append(value)
     if not events:
         raise Refusal(400, "the batch is empty")
