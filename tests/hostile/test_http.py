@@ -4,9 +4,9 @@ chunked or garbled chunks, truncated gzip, deep nesting, huge numbers, invalid U
 
 For every request: the connection answers, or closes, and never hangs; no answer is a 5xx; every
 4xx is JSON with the reason; a 200 means the events are in the journal, as sent; /status counts
-the rejection (the rule: each event of a batch refused for a bad event counts, and any other
-refused request counts one; 401, 404 and 405 are not rejections of events); and the server then
-still takes a good event.
+the rejection (README's rule: each event of a batch refused for one bad item, the answers with an
+`index`, counts; any other refused request counts one; 401, 404 and 405 are not rejections of
+events); and the server then still takes a good event.
 """
 import gzip
 import json
@@ -18,7 +18,7 @@ from bson import ObjectId
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.hostile.strategies import deep, json_body, json_values, raw_events, text
+from tests.hostile.strategies import json_body, json_values, raw_events, text
 from tests.test_http import HttpCase
 
 LIMIT = 20000  # http.max_body_bytes for these tests: bodies near it are cheap to make
