@@ -462,6 +462,18 @@ class _NoDelayHandler(WSGIHandler):
                 f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n").encode()
         return result[0], head if self.command == "HEAD" else head + body
 
+    def read_request(self, raw_requestline):
+        # Python's header parser takes a line that is not "Name: value" as the end of the
+        # headers and drops every header after it (Content-Length, Content-Encoding...), so the
+        # body would be misread, or read as the next request: refuse the request instead.
+        if not super().read_request(raw_requestline):
+            return False
+        if self.headers.defects:
+            rest = self.headers.get_payload()
+            line = rest.split("\r\n", 1)[0] if isinstance(rest, str) and rest else str(self.headers.defects[0])
+            raise ValueError(f"a header line is not 'Name: value': {_short_text(line)!r}")
+        return True
+
     def _handle_client_error(self, ex):
         message = getattr(ex, "formatted_message", None) or str(ex) or type(ex).__name__
         self._malformed = f"malformed HTTP request: {_short_text(message)}"
