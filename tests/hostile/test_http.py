@@ -15,7 +15,7 @@ import urllib.parse
 import zlib
 
 from bson import ObjectId
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.hostile.strategies import json_body, json_values, raw_events, text
@@ -25,6 +25,7 @@ LIMIT = 20000  # http.max_body_bytes for these tests: bodies near it are cheap t
 NOT_REJECTIONS = (401, 404, 405)  # refusals that are not about the events sent
 NDJSON = b"application/x-ndjson"
 TOKEN = b"s3cret"  # the bearer token of the server that wants one
+BAD_BATCH = b'[{"type":null}]'
 
 # -- requests -------------------------------------------------------------------------------------
 
@@ -181,7 +182,7 @@ def requests(draw):
     head = method + b" " + target + (b" " + version if version else b"") + b"\r\n"
     head += b"".join(name + b": " + value + b"\r\n" for name, value in headers)
     return {"wire": head + b"\r\n" + body, "method": method, "target": target, "plain": plain, "ctype": ctype,
-            "encoding": encoding, "framing": framing, "received": received}
+            "encoding": encoding, "framing": framing, "received": received, "version": version}
 
 
 # -- answers --------------------------------------------------------------------------------------
@@ -290,9 +291,17 @@ class HostileHttpTest(HttpCase):
     # Run again, on a server wanting a token, by the subclass below: that is the intent.
     @settings(suppress_health_check=[*settings.default.suppress_health_check, HealthCheck.differing_executors])
     @given(requests())
+    @example({"wire": b"POST /log HTTP/1.1\r\nHost: zspark\r\nAuthorization: Bearer " + TOKEN + b"\r\nBad header line\r\n"
+                      b"Content-Encoding: gzip\r\nContent-Length: 15\r\n\r\n" + BAD_BATCH, "method": b"POST",
+              "target": b"/log", "plain": BAD_BATCH, "ctype": b"", "encoding": b"gzip", "framing": "length",
+              "received": BAD_BATCH, "version": b"HTTP/1.1"})  # a header line after which Python's parser drops the rest
     def test_any_request_is_answered_counted_and_leaves_the_server_serving(self, request):
         accepted, rejected = self.counts()
         answers = parse_answers(self.exchange(request["wire"]), request["method"] == b"HEAD")
+        if request["framing"] == "length" and request.get("version") in (b"HTTP/1.1", b"HTTP/1.0"):
+            # One request, its body framed exactly: one answer (a second would mean the server
+            # took part of the body for another request).
+            self.assertLessEqual(len(answers), 1, [a[:1] for a in answers])
         expect_accepted = expect_rejected = 0
         for number, (status, headers, body) in enumerate(answers):
             self.assertLess(status, 500, body)
