@@ -25,7 +25,7 @@ setup(
         "orjson>=3.9",
     ],
     extras_require={
-        "test": ["nose2>=0.14"],
+        "test": ["nose2>=0.14", "hypothesis>=6.100"],
     },
     entry_points={"console_scripts": ["zcmd = zspark.cli:main"]},
     scripts=["scripts/zsend"],

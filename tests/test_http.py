@@ -332,11 +332,11 @@ class BadInputTest(HttpCase):
         ("batch with a bad third item", [{"type": "a"}, {"type": "b"}, {"type": "c", "context": {"n": 2**64}}], {},
          "context.n: integer out of the 64-bit range", 2, 3),
         ("NDJSON with a broken line", b'{"type":"a"}\n{"type":\n{"type":"c"}\n', NDJSON,
-         "line 2 is not valid JSON", 1, 1),
+         "line 2 is not valid JSON", 1, 3),
         ("NDJSON with an invalid event", b'{"type":"a"}\n{"type":"b","bogus":1}\n', NDJSON,
          "unknown field 'bogus'", 1, 2),
         ("NDJSON with a NaN line", b'{"type":"a"}\n{"type":"b"}\n{"type":"c","context":{"v":NaN}}', NDJSON,
-         "NaN is not a JSON number", 2, 1),
+         "NaN is not a JSON number", 2, 3),
         ("empty NDJSON", b"\n \n", NDJSON, "the batch is empty", None, 1),
         # Lines where a fast JSON decoder could answer differently from json's (sources/fastjson.py).
         ("NDJSON integer over uint64", b'{"type":"a"}\n{"type":"b","context":{"n":18446744073709551616}}', NDJSON,
@@ -347,7 +347,7 @@ class BadInputTest(HttpCase):
          "context.v: must be a finite number", 0, 1),
         ("NDJSON lone surrogate", b'{"type":"a","context":{"s":"x\\udc00"}}', NDJSON, "lone surrogate", 0, 1),
         ("NDJSON nested just deeper than the parser", b'{"type":"a"}\n' + b"[" * 1010 + b"]" * 1010, NDJSON,
-         "line 2 is nested too deeply", 1, 1),
+         "line 2 is nested too deeply", 1, 2),
     ]
 
     def test_every_bad_input_is_a_400_with_its_reason(self):
@@ -370,7 +370,7 @@ class BadInputTest(HttpCase):
         events = self.events()
         self.assertEqual([e["type"] for e in events], ["before", "after"])
         self.assertEqual([str(e["_id"]) for e in events], good)
-        self.assertEqual(self.http_counts(), (2, 4))
+        self.assertEqual(self.http_counts(), (2, 6))
 
 
 class SizeLimitTest(HttpCase):

@@ -72,6 +72,7 @@ def sender_fields(raw, limits=DEFAULT_LIMITS, trusted=False):
     if not isinstance(raw, dict):
         raise InvalidEvent(f"an event must be a JSON object / BSON document, got {_kind(raw)}")
     fields = {}
+    fast_limit = min(SHORT_LIMIT, limits.max_string_bytes)  # under every string field's limit
     for name, value in raw.items():
         if not isinstance(name, str):
             raise InvalidEvent(f"field names must be strings, got {name!r}")
@@ -85,7 +86,7 @@ def sender_fields(raw, limits=DEFAULT_LIMITS, trusted=False):
         if value is None:
             continue
         if name in _STRING_FIELDS:
-            if type(value) is str and len(value) <= SHORT_LIMIT and value.isascii() and "\x00" not in value:
+            if type(value) is str and len(value) <= fast_limit and value.isascii() and "\x00" not in value:
                 fields[name] = value  # within every string field's limits: the common case
             else:
                 fields[name] = _string(value, name, limits, SHORT_LIMIT if name in _SHORT_FIELDS else None)
@@ -102,7 +103,7 @@ def sender_fields(raw, limits=DEFAULT_LIMITS, trusted=False):
             _check_key(name, "event")  # the name must still be storable (no NUL, no lone surrogate)
             fields[name] = _value(value, name, 1, limits, [0])
         else:
-            raise InvalidEvent(f"unknown field '{_short(name)}' (known: {', '.join(sorted(FIELDS - set(ASSIGNED)))})")
+            raise InvalidEvent(f"unknown field {_short(name)!r} (known: {', '.join(sorted(FIELDS - set(ASSIGNED)))})")
     if "type" not in fields:
         raise InvalidEvent("type: required, a non-empty string")
     if not fields["type"]:
@@ -125,10 +126,13 @@ def _plain(raw, limits):
     """True if `raw` (a dict of _PLAIN_FIELDS) is a valid event as it is: the fast path of
     sender_fields, which takes it whole. False sends it down the full path, which then accepts
     or rejects it by the same rules; an InvalidEvent raised here is the one that path raises."""
+    limit = min(SHORT_LIMIT, limits.max_string_bytes)
     for name, value in raw.items():
         if type(value) is str and name not in _FREE_FORM:
-            if value not in _valid_short:
-                if not (len(value) <= SHORT_LIMIT and value.isascii() and "\x00" not in value):
+            if len(value) > limit:
+                return False
+            if value not in _valid_short:  # remembered: ASCII without NUL
+                if not (value.isascii() and "\x00" not in value):
                     return False
                 _remember(_valid_short, value)
         elif name == "context" and type(value) is dict or name == "extra" and value is not None:
@@ -166,10 +170,10 @@ def _timestamp(value, name):
         except OverflowError:  # 0001-01-01T00:00:00+01:00 is before datetime.min in UTC
             raise InvalidEvent(f"{name}: out of range: {value.isoformat()}") from None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):
             raise InvalidEvent(f"{name}: must be a finite number")
-        seconds = value / 1000.0 if abs(value) >= 1e11 else float(value)  # ms since epoch if large
-        try:
+        try:  # an int too large for a float overflows here
+            seconds = value / 1000.0 if abs(value) >= 1e11 else float(value)  # ms since epoch if large
             return datetime.datetime.fromtimestamp(seconds, UTC)
         except (OverflowError, OSError, ValueError):
             raise InvalidEvent(f"{name}: out of range: {value!r}") from None
@@ -269,6 +273,9 @@ def _value(value, path, depth, limits, counter):
         return value
     if isinstance(value, str):
         return _string(value, _path_text(path), limits)
+    if isinstance(value, datetime.datetime):
+        _timestamp(value, _path_text(path))  # its UTC offset may carry it outside what BSON stores
+        return value
     if isinstance(value, _PLAIN):
         return value
     raise InvalidEvent(f"{_path_text(path)}: unsupported value type {_kind(value)}")

@@ -30,7 +30,7 @@ import zlib
 import bottle
 import gevent
 from gevent.pool import Pool
-from gevent.pywsgi import WSGIHandler, WSGIServer
+from gevent.pywsgi import MAX_REQUEST_LINE, WSGIHandler, WSGIServer
 
 from ..ingest import BatchRejected
 from ..journal import JournalError, JournalFull
@@ -52,14 +52,16 @@ class TlsError(Exception):
 
 
 class Refusal(Exception):
-    """An HTTP error answer: status, reason, extra headers."""
+    """An HTTP error answer: status, reason, extra headers; `count`: the events it rejects (every
+    item of a batch refused for its item `index`, else one request)."""
 
-    def __init__(self, status, reason, headers=None, index=None):
+    def __init__(self, status, reason, headers=None, index=None, count=1):
         super().__init__(reason)
         self.status = status
         self.reason = reason
         self.headers = headers or {}
         self.index = index
+        self.count = count
 
 
 def json_response(status, body, headers=None):
@@ -91,6 +93,7 @@ class HttpSource:
         tls = {"ssl_context": self._tls_context()} if self.config.certfile else {}
         self.server = _NoDelayServer((self.config.host, self.config.port), self.wsgi,
                                      spawn=Pool(), log=None, error_log=_ErrorLog(), **tls)
+        self.server.on_malformed = self._malformed
         self.server.start()
         log.info("HTTP listening on %s://%s:%d%s/log", "https" if tls else "http", self.config.host,
                  self.address[1], self.config.root)
@@ -243,7 +246,7 @@ class HttpSource:
         except Refusal as e:
             if e.status < 500:
                 if e.status != 401:
-                    self.stats.reject(e.reason)
+                    self.stats.reject(e.reason, e.count)
                 self._warn("HTTP %s: %d %s", environ.get("REMOTE_ADDR", "?"), e.status, e.reason)
             else:
                 self.stats.refused += 1  # requests answered 503
@@ -253,6 +256,11 @@ class HttpSource:
             return e.status, e.headers, _dumps(body)
         # Ids are hex strings: no escaping needed.
         return 200, {}, b'{"ok":true,"ids":["' + '","'.join(ids).encode() + b'"]}'
+
+    def _malformed(self, address, status, reason):
+        """A request pywsgi refused before it reached the app: a rejection like any other."""
+        self.stats.reject(reason)
+        self._warn("HTTP %s: %d %s", address[0] if isinstance(address, tuple) else address, status, reason)
 
     @staticmethod
     def _authorize(environ, tokens):
@@ -426,7 +434,11 @@ def _parse_ndjson(body):
         # In order: the lines before one json decides are valid (orjson decoded them).
         for index, value in enumerate(values):
             if value is fastjson.NOT_DECODED:
-                values[index] = _decode_line(lines[index].decode("utf-8"), index)
+                try:
+                    values[index] = _decode_line(lines[index].decode("utf-8"), index)
+                except Refusal as e:
+                    e.count = len(lines)  # refused whole, like a batch with an invalid event: all count
+                    raise
     return values
 
 
@@ -464,11 +476,17 @@ def _header_text(value):
         return value
 
 
+def _short_text(text, limit=200):
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _text(body):
     return bottle.HTTPResponse(body, 200, {"Content-Type": "text/plain"})
 
 
 class _NoDelayHandler(WSGIHandler):
+    _malformed = None  # why pywsgi refused the request line or headers, if it did
+
     def handle(self):
         # Without TCP_NODELAY, keep-alive answers wait ~40 ms for the client's delayed ACK.
         try:
@@ -477,9 +495,43 @@ class _NoDelayHandler(WSGIHandler):
             pass  # not a TCP socket
         return super().handle()
 
+    def handle_one_request(self):
+        # pywsgi answers a request it cannot parse itself, with an empty text/plain 400 or 414
+        # that no one counts: make it JSON with the reason, and count it like any refusal.
+        self._malformed = self.command = None  # (command: a keep-alive's last request set it)
+        result = super().handle_one_request()
+        if type(result) is not tuple:
+            return result
+        code = int(result[0])
+        reason = self._malformed or (f"the request line is longer than {MAX_REQUEST_LINE - 1} bytes" if code == 414
+                                     else "malformed HTTP request")
+        self.server.on_malformed(self.client_address, code, reason)
+        body = _dumps({"ok": False, "error": reason})
+        head = (f"HTTP/1.1 {_STATUS_LINES[code]}\r\nContent-Type: application/json\r\n"
+                f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+        return result[0], head if self.command == "HEAD" else head + body
+
+    def read_request(self, raw_requestline):
+        # Python's header parser takes a line that is not "Name: value" as the end of the
+        # headers and drops every header after it (Content-Length, Content-Encoding...), so the
+        # body would be misread, or read as the next request: refuse the request instead.
+        if not super().read_request(raw_requestline):
+            return False
+        if self.headers.defects:
+            rest = self.headers.get_payload()
+            line = rest.split("\r\n", 1)[0] if isinstance(rest, str) and rest else str(self.headers.defects[0])
+            raise ValueError(f"a header line is not 'Name: value': {_short_text(line)!r}")
+        return True
+
+    def _handle_client_error(self, ex):
+        message = getattr(ex, "formatted_message", None) or str(ex) or type(ex).__name__
+        self._malformed = f"malformed HTTP request: {_short_text(message)}"
+        return super()._handle_client_error(ex)
+
 
 class _NoDelayServer(WSGIServer):
     handler_class = _NoDelayHandler
+    on_malformed = staticmethod(lambda address, code, reason: None)  # HttpSource counts them
 
 
 class _ErrorLog:

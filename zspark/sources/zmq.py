@@ -183,6 +183,11 @@ class ZmqSource:
             except InvalidEvent as e:  # counted by normalize_frame / normalize_one
                 self._warn("ZeroMQ %s: rejected an event: %s", self.name, e)
                 continue
+            except Exception:  # a bug in validation: refuse this frame, not stop the appliance
+                log.exception("ZeroMQ %s: validating a frame of %d bytes failed; it is rejected",
+                              self.name, len(frame))
+                self.stats.reject("internal error while validating the frame")
+                continue
             events.append(event)
         return events
 
