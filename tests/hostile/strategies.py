@@ -33,7 +33,8 @@ datetimes = st.datetimes(timezones=st.none() | st.just(UTC) | offsets) | st.samp
 
 json_scalars = st.none() | st.booleans() | ints | floats | text
 # What pymongo's BSON decoder can hand over besides the JSON kinds, and Python kinds neither can.
-bson_scalars = (datetimes | st.binary(max_size=20) | st.builds(ObjectId) | st.builds(Int64, st.integers(INT64_MIN, INT64_MAX))
+bson_scalars = (datetimes | st.binary(max_size=20) | st.builds(ObjectId)
+                | st.builds(Int64, st.integers(INT64_MIN, INT64_MAX))
                 | st.sampled_from([Decimal128("1.5"), Decimal128("NaN"), Regex("a.*", "i"), Timestamp(1, 2), MinKey(),
                                    MaxKey(), bson.Code("x"), bson.DBRef("c", 1)]))
 python_scalars = st.sampled_from([(1, 2), {1, 2}, frozenset(), object(), b"\x00", bytearray(b"x"), 1j])

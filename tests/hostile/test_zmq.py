@@ -54,7 +54,8 @@ def _padded(size, uid):
 # Frames that must be refused, each for its own reason (and the reason is in the comment).
 BAD_BSON = [
     bson.encode({"context": {}}),  # no type
-    bson.encode({"type": 5}), bson.encode({"type": ["x"]}), bson.encode({"type": {"a": "b"}}), bson.encode({"type": ""}),
+    bson.encode({"type": 5}), bson.encode({"type": ["x"]}), bson.encode({"type": {"a": "b"}}),
+    bson.encode({"type": ""}),
     bson.encode({"type": None}), bson.encode({"type": b"bytes"}),
     bson.encode({"type": "x", "context": deep(33)}), bson.encode({"type": "x", "extra": deep(200)}),
     bson.encode({"type": "x", "context": {"d": Decimal128("1e6000")}}),
