@@ -9,7 +9,7 @@ import unittest
 import gevent
 
 from zspark.journal import (Cursor, Journal, JournalClosed, JournalFull, JournalLocked, Reader,
-                            decode_event, encode_event, event_id, list_segments)
+                            TooLargeForJournal, decode_event, encode_event, event_id, list_segments)
 from zspark.journal import record
 
 from .support import TempDir
@@ -221,6 +221,30 @@ class SizeCap(JournalCase):
         journal.cursor("kafka").commit(journal.end_offset)
         self.assertTrue(journal.apply_retention(["kafka"]))
         self.assertEqual(journal.append([b"after"]), [stored])
+
+
+    def test_a_full_journal_that_is_all_active_segment_frees_itself_once_consumers_passed(self):
+        # The cap below one segment: no write ever rolls it, since every write is refused.
+        journal = self.open(max_bytes=5000, retain_hours=0)
+        stored = 0
+        with self.assertRaises(JournalFull):
+            for i in range(100):
+                journal.append(payloads(1, i))
+                stored += 1
+        self.assertEqual(len(journal.segment_bases()), 1)
+        self.assertEqual(journal.apply_retention({"kafka": stored - 1}), [], "a record not yet passed stays")
+        self.assertEqual(journal.apply_retention({"kafka": stored}), [0])
+        self.assertEqual(journal.size_bytes, 0)
+        self.assertEqual(journal.append([b"after"]), [stored])
+        self.assertEqual([o for o, _ in journal.reader(0)], [stored])
+
+    def test_records_larger_than_the_whole_cap_are_refused_as_such(self):
+        journal = self.open(max_bytes=1000)
+        with self.assertRaises(TooLargeForJournal) as ctx:
+            journal.append(payloads(10))
+        self.assertIn("journal.max_bytes", str(ctx.exception))
+        self.assertIsInstance(ctx.exception, JournalFull)
+        self.assertEqual(journal.append(payloads(1)), [0], "nothing was taken, and smaller appends go in")
 
 
 class Recovery(JournalCase):

@@ -6,10 +6,12 @@ consumer got; `codec` turns events into records with stable ids.
 """
 from .codec import decode_event, encode_event, event_id, event_to_json
 from .cursor import Cursor, list_cursors
-from .journal import Journal, JournalClosed, JournalError, JournalFull, JournalLocked, PendingAppend
+from .journal import (Journal, JournalClosed, JournalError, JournalFull, JournalLocked, PendingAppend,
+                      TooLargeForJournal)
 from .reader import Reader
 from .record import list_segments
 
 __all__ = ["Journal", "JournalError", "JournalFull", "JournalClosed", "JournalLocked", "PendingAppend",
+           "TooLargeForJournal",
            "Reader", "Cursor", "list_cursors", "list_segments", "encode_event", "decode_event",
            "event_id", "event_to_json"]

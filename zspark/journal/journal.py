@@ -25,6 +25,7 @@ import time
 import gevent
 from gevent.event import Event
 from gevent.hub import get_hub
+from gevent.lock import Semaphore
 
 from . import record
 from .cursor import Cursor, list_cursors
@@ -41,6 +42,10 @@ class JournalError(Exception):
 
 class JournalFull(JournalError):
     """Taking the records would go over `max_bytes`; nothing old is dropped to make room."""
+
+
+class TooLargeForJournal(JournalFull):
+    """The records are larger than `max_bytes` itself: no waiting makes room for them."""
 
 
 class JournalClosed(JournalError):
@@ -131,6 +136,8 @@ class Journal:
         self._failed = None
         self._flusher = None
         self._last_sync = 0.0
+        self._writing = Semaphore()  # the flusher's write or a retention roll, never both at once
+        self._refused = False  # records were refused for want of space since the last retention run
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -200,7 +207,12 @@ class Journal:
             offset += 1
         if not frames:
             return PendingAppend([], _done_batch())
+        if nbytes > self.max_bytes:
+            raise TooLargeForJournal(f"the journal is full for {nbytes} bytes of records at once: they "
+                                     f"can never fit in its {self.max_bytes} bytes (journal.max_bytes); "
+                                     "send fewer at once")
         if self.size_bytes + self._pending_bytes + nbytes > self.max_bytes:
+            self._refused = True
             raise JournalFull(f"the journal is full ({self.size_bytes + self._pending_bytes} of "
                               f"{self.max_bytes} bytes used)")
         batch = self._open_batch
@@ -229,7 +241,8 @@ class Journal:
                     return
                 continue
             self._open_batch = _Batch()
-            self._write_batch(batch)
+            with self._writing:
+                self._write_batch(batch)
             if self._closing:
                 self._wake.set()  # drain whatever came in meanwhile, then stop
 
@@ -248,6 +261,7 @@ class Journal:
                 self.stats.record_sync(time.monotonic() - started)
         except OSError as e:
             self.stats.write_errors += 1
+            self._refused = self._refused or e.errno in (errno.ENOSPC, errno.EDQUOT)
             batch.error = JournalFull(f"no space left for the journal: {e}") if e.errno in (
                 errno.ENOSPC, errno.EDQUOT) else JournalError(f"journal write failed: {e}")
             log.error("journal: write of offsets %d..%d failed, those records were refused: %s",
@@ -326,11 +340,22 @@ class Journal:
         cursors = consumers if isinstance(consumers, dict) else {
             name: Cursor(self.directory, name).offset for name in consumers}
         passed = min(cursors.values()) if cursors else self._end_offset
+        if self._refused and passed >= self._end_offset and self._segments[-1][1] > 0:
+            # Full, and every consumer has passed even the active segment: roll it, so that it
+            # can go too. Otherwise no write would come to roll it (all are refused), and a
+            # journal whose whole size is in its active segment would stay full for ever.
+            self._refused = False
+            with self._writing:
+                if self._segments[-1][1] > 0:
+                    base = self._open_batch.first if self._open_batch.first is not None else self._next_offset
+                    self._roll(base)
         deleted = []
         while len(self._segments) > 1:
             base, _ = self._segments[0]
             next_base = self._segments[1][0]
-            if next_base > passed:
+            # Passed when every consumer is past its last record: the next segment's first
+            # offset, or the end of the journal (offsets refused by a failed write leave a gap).
+            if next_base > passed and passed < self._end_offset:
                 break
             path = os.path.join(self.directory, record.segment_name(base))
             mtime = self._threadpool.apply(_mtime, (path,))
