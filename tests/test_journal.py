@@ -1,10 +1,12 @@
 """The journal in one process: append, read, wait, cursors, segment roll, retention, size cap,
 recovery from damage, the lock, and stable event ids."""
 import datetime
+import errno
 import logging
 import os
 import time
 import unittest
+from unittest import mock
 
 import gevent
 
@@ -245,6 +247,38 @@ class SizeCap(JournalCase):
         self.assertIn("journal.max_bytes", str(ctx.exception))
         self.assertIsInstance(ctx.exception, JournalFull)
         self.assertEqual(journal.append(payloads(1)), [0], "nothing was taken, and smaller appends go in")
+
+
+class DiskFull(JournalCase):
+    def test_a_full_disk_refuses_the_batch_naming_the_directory_and_leaves_no_torn_record(self):
+        journal = self.open()
+        journal.append(payloads(3))
+        segment = os.path.join(self.dir, record.segment_name(0))
+        size = os.path.getsize(segment)
+        real_pwrite = os.pwrite
+        calls = []
+
+        def pwrite_until_full(fd, data, position):
+            calls.append(len(data))
+            if len(calls) == 1:  # the disk fills up in the middle of the write
+                return real_pwrite(fd, bytes(data[:len(data) // 2]), position)
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        with mock.patch.object(os, "pwrite", side_effect=pwrite_until_full), \
+                self.assertLogs("zspark.journal", logging.ERROR) as logs:
+            with self.assertRaises(JournalFull) as ctx:
+                journal.append(payloads(4, 3))
+        self.assertEqual(len(calls), 2)
+        self.assertEqual(os.path.getsize(segment), size, "the half-written batch is cut off again")
+        self.assertIn(f"no space left on the journal's disk ({journal.directory})", str(ctx.exception))
+        self.assertIn(journal.directory, logs.output[0])
+        self.assertEqual(journal.stats.write_errors, 1)
+        # Space again: appending goes on; the files hold only whole records.
+        offsets = journal.append(payloads(1, 7))
+        records, reader = self.read_all()
+        self.assertEqual([p for _, p in records], payloads(3) + payloads(1, 7))
+        self.assertEqual([o for o, _ in records], [0, 1, 2] + offsets)
+        self.assertEqual(reader.skipped_bytes, 0)
 
 
 class Recovery(JournalCase):

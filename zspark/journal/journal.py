@@ -24,9 +24,10 @@ import time
 
 import gevent
 from gevent.event import Event
-from gevent.hub import get_hub
 from gevent.lock import Semaphore
 
+from .. import blocking
+from ..metrics import RateLimitedLog
 from . import record
 from .cursor import Cursor, list_cursors
 from .reader import Reader
@@ -120,8 +121,8 @@ class Journal:
         self.max_bytes = max_bytes
         self.retain_hours = retain_hours
         self.stats = Stats()
+        self._log_write_error = RateLimitedLog(log, logging.ERROR)  # a full disk fails every write
         self._on_fatal = on_fatal
-        self._threadpool = get_hub().threadpool
         self._segments = []  # [base_offset, size_bytes], ascending; the last is active
         self._fd = None
         self._lock_fd = None
@@ -166,7 +167,7 @@ class Journal:
         if self._flusher is not None and not self._flusher.dead:
             self._flusher.join()
         if self._fd is not None:
-            self._threadpool.apply(os.fsync, (self._fd,))
+            blocking.call(os.fsync, self._fd)
             os.close(self._fd)
             self._fd = None
         self._unlock()
@@ -253,7 +254,7 @@ class Journal:
             data = b"".join(batch.chunks)
             position = self._segments[-1][1]
             started = time.monotonic()
-            self._threadpool.apply(_write_at, (self._fd, data, position, self.sync != "never"))
+            blocking.call(_write_at, self._fd, data, position, self.sync != "never")
             if self.sync != "never":
                 # Pace fsyncs by when they start: one every sync_interval, not one every
                 # sync_interval plus however long the previous fsync took.
@@ -262,10 +263,13 @@ class Journal:
         except OSError as e:
             self.stats.write_errors += 1
             self._refused = self._refused or e.errno in (errno.ENOSPC, errno.EDQUOT)
-            batch.error = JournalFull(f"no space left for the journal: {e}") if e.errno in (
-                errno.ENOSPC, errno.EDQUOT) else JournalError(f"journal write failed: {e}")
-            log.error("journal: write of offsets %d..%d failed, those records were refused: %s",
-                      batch.first, batch.last, e)
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                batch.error = JournalFull(f"no space left on the journal's disk ({self.directory}): "
+                                          f"{e.strerror}; events are refused until space is freed there")
+            else:
+                batch.error = JournalError(f"journal write in {self.directory} failed: {e}")
+            self._log_write_error("journal %s: write of offsets %d..%d failed, those records were "
+                                  "refused: %s", self.directory, batch.first, batch.last, e)
         except BaseException as e:
             # Not a disk error: a bug or the flusher being killed. The records are not known to
             # be written, so their appenders must hear so; then the flusher dies loudly.
@@ -282,10 +286,10 @@ class Journal:
 
     def _roll(self, base):
         """Close the active segment (synced) and start a new one whose first record is `base`."""
-        new_fd = self._threadpool.apply(_create_segment, (self.directory, base))
+        new_fd = blocking.call(_create_segment, self.directory, base)
         old_fd, self._fd = self._fd, new_fd
         self._segments.append([base, 0])
-        self._threadpool.apply(_sync_and_close, (old_fd,))
+        blocking.call(_sync_and_close, old_fd)
         log.info("journal: rolled to segment %s", record.segment_name(base))
 
     def _flusher_died(self, greenlet):
@@ -358,10 +362,10 @@ class Journal:
             if next_base > passed and passed < self._end_offset:
                 break
             path = os.path.join(self.directory, record.segment_name(base))
-            mtime = self._threadpool.apply(_mtime, (path,))
+            mtime = blocking.call(_mtime, path)
             if mtime is not None and (now - mtime) / 3600.0 < self.retain_hours:
                 break
-            self._threadpool.apply(_unlink, (path,))
+            blocking.call(_unlink, path)
             self._segments.pop(0)
             deleted.append(base)
         if deleted:
