@@ -339,7 +339,46 @@ class Recovery(JournalCase):
         os.unlink(self.segment_path(bases[1]))
         journal = self.open()
         expected = [o for o in range(25) if not bases[1] <= o < bases[2]]
-        self.assertEqual([o for o, _ in journal.reader(0)], expected)
+        with self.assertLogs("zspark.journal", logging.WARNING) as logs:
+            self.assertEqual([o for o, _ in journal.reader(0)], expected)
+        self.assertIn(f"offsets {bases[1]}..{bases[2] - 1} are missing", logs.output[0])
+        # Reported once and counted, however many readers pass the gap.
+        with self.assertNoLogs("zspark.journal", logging.WARNING):
+            self.assertEqual([o for o, _ in journal.reader(0)], expected)
+        self.assertEqual(journal.damage.as_dict()["missing_offsets"], bases[2] - bases[1])
+
+    def test_damage_in_the_middle_reports_the_offsets_lost(self):
+        journal = Journal(self.dir).open()
+        journal.append(payloads(10))
+        journal.close()
+        frame_size = record.HEADER_SIZE + 200
+        with open(self.segment_path(), "r+b") as f:  # records 3 and 4
+            for victim in (3, 4):
+                f.seek(victim * frame_size + record.HEADER_SIZE + 20)
+                f.write(b"XXXX")
+        journal = self.open()
+        with self.assertLogs("zspark.journal", logging.WARNING) as logs:
+            self.assertEqual([o for o, _ in journal.reader(0)], [0, 1, 2, 5, 6, 7, 8, 9])
+        self.assertTrue(any("offsets 3..4 are missing" in line for line in logs.output), logs.output)
+        self.assertEqual(journal.damage.as_dict(), {
+            "cut_bytes": 0, "regions": 1, "bytes": 2 * frame_size, "missing_offsets": 2,
+            "last": journal.damage.last})
+
+    def test_a_journal_cut_below_a_cursor_never_gives_those_offsets_out_again(self):
+        journal = Journal(self.dir, segment_bytes=1000).open()
+        for i in range(5):
+            journal.append(payloads(5, i * 5))
+        journal.cursor("mongo").commit(25)
+        journal.close()
+        bases = list_segments(self.dir)
+        os.unlink(self.segment_path(bases[-1]))  # the last segment lost
+        with self.assertLogs("zspark.journal", logging.WARNING) as logs:
+            journal = self.open()
+        self.assertTrue(any(f"offsets {bases[-1]}..24 are missing" in line for line in logs.output))
+        self.assertEqual(journal.end_offset, 25)
+        self.assertEqual(journal.append([b"new"]), [25], "new records come after the cursor")
+        self.assertEqual([p for _, p in journal.reader(25)], [b"new"])
+        self.assertEqual(journal.damage.missing_offsets, 25 - bases[-1])
 
     def test_a_second_writer_is_refused(self):
         self.open()

@@ -30,6 +30,7 @@ from .. import blocking
 from ..metrics import RateLimitedLog
 from . import record
 from .cursor import Cursor, list_cursors
+from .damage import Damage
 from .reader import Reader
 
 log = logging.getLogger("zspark.journal")
@@ -99,7 +100,6 @@ class Stats:
         self.sync_seconds_max = 0.0
         self.records_appended = 0
         self.write_errors = 0
-        self.recovered_cut_bytes = 0
 
     def record_sync(self, seconds):
         self.syncs += 1
@@ -121,6 +121,7 @@ class Journal:
         self.max_bytes = max_bytes
         self.retain_hours = retain_hours
         self.stats = Stats()
+        self.damage = Damage()
         self._log_write_error = RateLimitedLog(log, logging.ERROR)  # a full disk fails every write
         self._on_fatal = on_fatal
         self._segments = []  # [base_offset, size_bytes], ascending; the last is active
@@ -250,7 +251,7 @@ class Journal:
     def _write_batch(self, batch):
         try:
             if self._segments[-1][1] >= self.segment_bytes:
-                self._roll(batch.first)
+                self._roll(self._end_offset)
             data = b"".join(batch.chunks)
             position = self._segments[-1][1]
             started = time.monotonic()
@@ -285,7 +286,10 @@ class Journal:
             batch.done.set()
 
     def _roll(self, base):
-        """Close the active segment (synced) and start a new one whose first record is `base`."""
+        """Close the active segment (synced) and start a new one named `base`: the end of the
+        journal, so that its first record is `base` or, after offsets refused by a failed write,
+        a later one. A segment's name then never leaves a gap after the one before it: a gap
+        between segments means records are missing (see reader.py)."""
         new_fd = blocking.call(_create_segment, self.directory, base)
         old_fd, self._fd = self._fd, new_fd
         self._segments.append([base, 0])
@@ -351,8 +355,7 @@ class Journal:
             self._refused = False
             with self._writing:
                 if self._segments[-1][1] > 0:
-                    base = self._open_batch.first if self._open_batch.first is not None else self._next_offset
-                    self._roll(base)
+                    self._roll(self._end_offset)
         deleted = []
         while len(self._segments) > 1:
             base, _ = self._segments[0]
@@ -401,9 +404,10 @@ class Journal:
     def _recover(self):
         bases = record.list_segments(self.directory)
         if not bases:
-            self._fd = _create_segment(self.directory, 0)
-            self._segments = [[0, 0]]
-            self._next_offset = self._end_offset = 0
+            start = self._past_every_cursor(0)
+            self._fd = _create_segment(self.directory, start)
+            self._segments = [[start, 0]]
+            self._next_offset = self._end_offset = start
             return
         self._segments = [[b, os.path.getsize(os.path.join(self.directory, record.segment_name(b)))]
                           for b in bases]
@@ -421,11 +425,24 @@ class Journal:
                         last_offset if last_offset is not None else "none")
             os.ftruncate(fd, valid_end)
             os.fsync(fd)
-            self.stats.recovered_cut_bytes += size - valid_end
+            self.damage.cut_bytes += size - valid_end
             self._segments[-1][1] = valid_end
         self._fd = fd
-        self._next_offset = max(last_base, last_offset + 1 if last_offset is not None else 0)
+        self._next_offset = self._past_every_cursor(max(last_base, last_offset + 1 if last_offset is not None else 0))
         self._end_offset = self._next_offset
+
+    def _past_every_cursor(self, end):
+        """The offset new records start at: `end`, the end of what is on disk, unless a cursor is
+        further on (the journal was cut short, or its last segments deleted). Offsets below a
+        cursor must never be given out again: that forwarder would pass over their records."""
+        ahead = max(self.cursors().values(), default=0)
+        if ahead <= end:
+            return end
+        self.damage.report(("end", end), f"journal recovery: the journal ends at offset {end} but a "
+                                         f"forwarder's saved cursor is at {ahead}: offsets {end}..{ahead - 1} "
+                                         f"are missing (the journal was cut short or segments deleted); "
+                                         f"new records start at offset {ahead}", missing=ahead - end)
+        return ahead
 
 
 def last_offset_on_disk(directory):
