@@ -45,6 +45,30 @@ class FaultCase(ApplianceCase):
                        duplicated=duplicated, rejected=rejected, **more)
         report(f"{self.name}: " + " ".join(f"{k}={show(v)}" for k, v in figures.items()) + f" seed={SEED}")
 
+    def refused_probe(self, timeout=30):
+        """POST a batch of padded events until the server refuses one (room for small requests
+        may be left: the last bytes under a cap, the last page of a file on a full disk); return
+        that answer's headers and error, {uid: id} of the probe events it took meanwhile, and
+        how many probe events were sent in all."""
+        taken, answer, sent = {}, [], [0]
+
+        def refused():
+            uids = [f"probe-{self.uid}-{len(taken)}-{i}" for i in range(8)]
+            batch = [{"type": "probe", "topic": self.topic, "context": {"uid": u, "pad": "p" * 1000}}
+                     for u in uids]
+            status, headers, body = request(self.port, "POST", "/log", batch)
+            sent[0] += len(batch)
+            if status == 200:
+                taken.update(zip(uids, json.loads(body)["ids"]))
+                return False
+            answer[:] = [status, headers, body]
+            return True
+
+        wait_until(refused, timeout=timeout, interval=0.05, message="a probe refused")
+        status, headers, body = answer
+        self.assertEqual(status, 503, body)
+        return headers, json.loads(body)["error"], taken, sent[0]
+
     def rss_watch(self, server):
         """An RssWatch (started) on `server`; stopped at cleanup if not before."""
         watch = RssWatch(server).start()

@@ -7,7 +7,6 @@ Mounting needs root (or CAP_SYS_ADMIN). Where the suite cannot mount (or ZSPARK_
 is set), the same test runs the server with an injected ENOSPC instead (tests/faults/enospc_serve.py)
 and says so in its output."""
 import collections
-import json
 import os
 import subprocess
 import unittest
@@ -15,7 +14,7 @@ import unittest
 from zspark.journal import Reader, decode_event
 
 from ..appliance import Services, message_id
-from ..support import request, wait_until
+from ..support import wait_until
 from .faultcase import MiB, FaultCase, report, scaled
 
 SERVICES = Services()
@@ -71,12 +70,8 @@ class DiskFull(FaultCase):
         self.fill_disk()
         wait_until(lambda: load.http.refused >= 5, timeout=60, message="503 answers: the disk full")
 
-        # Full: a clear refusal naming the disk, in the answer and in the log. (A small event may
-        # still fit in the last page of a segment: the probe is a batch too big for that.)
-        probe = [{"type": "probe", "context": {"uid": f"probe-{i}", "pad": "p" * 1000}} for i in range(8)]
-        status, headers, body = request(self.port, "POST", "/log", probe)
-        self.assertEqual(status, 503, body)
-        error = json.loads(body)["error"]
+        # Full: a clear refusal naming the disk, in the answer and in the log.
+        headers, error, probes, probes_sent = self.refused_probe()
         self.assertIn("no space left", error)
         self.assertIn(self.journal_dir, error, "the answer names the journal's disk")
         self.assertIn("retry-after", headers)
@@ -86,7 +81,7 @@ class DiskFull(FaultCase):
         self.assertIsNone(server.proc.poll(), "a full disk does not stop the server")
 
         # Nothing journaled is harmed: every record intact, every acknowledged event there.
-        acked_while_full = dict(load.http.acked)
+        acked_while_full = {**load.http.acked, **probes}
         journal = self.read_journal()
         harmed = {u: i for u, i in acked_while_full.items() if journal.get(u) != i}
         self.assertEqual(harmed, {}, "acknowledged events missing or changed in the journal")
@@ -107,7 +102,7 @@ class DiskFull(FaultCase):
             self.assertNotIn(word, server.log(), "the journal was left damaged by the full disk")
         self.stop(server)
         journal = self.read_journal()
-        acknowledged = load.acknowledged()
+        acknowledged = load.acknowledged() | set(probes)
         self.assertFalse(acknowledged - set(journal), "acknowledged events missing in the journal")
         docs = list(self.collection().find({}, {"context.uid": 1}))
         delivered = {d["context"]["uid"]: str(d["_id"]) for d in docs}
@@ -116,7 +111,7 @@ class DiskFull(FaultCase):
         messages = self.read_kafka([self.topic, self.default_topic], journal.values())
         kafka = collections.Counter(message_id(m) for m in messages)
         self.assertEqual(set(kafka), set(journal.values()), "Kafka holds the journal's events")
-        self.summary(sent=len(load.sent_uids()), acknowledged=len(acknowledged),
+        self.summary(sent=len(load.sent_uids()) + probes_sent, acknowledged=len(acknowledged),
                      delivered={"kafka": len(kafka), "mongo": len(delivered)},
                      duplicated={"kafka": len(messages) - len(kafka), "mongo": len(docs) - len(delivered)},
                      rejected=load.rejected, refused_503=load.http.refused, disk=self.mode.split(" (")[0])

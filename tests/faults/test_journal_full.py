@@ -6,11 +6,10 @@ acknowledged event arrives.
 The Kafka forwarder is what holds the journal full: its broker is started only once the journal
 is full, on the port the appliance was told."""
 import collections
-import json
 import unittest
 
 from ..appliance import Services, message_id
-from ..support import free_port, journal_events, request, start_broker, wait_until
+from ..support import free_port, journal_events, start_broker, wait_until
 from .faultcase import FaultCase, report, scaled
 
 SERVICES = Services()
@@ -34,11 +33,10 @@ class JournalFull(FaultCase):
         wait_until(lambda: load.http.refused >= 5, timeout=60, message="the journal full (503 answers)")
 
         # Full: a clear refusal, and the journal keeps what it took.
-        status, headers, body = request(self.port, "POST", "/log", {"type": "probe", "context": {"uid": "probe"}})
-        self.assertEqual(status, 503, body)
+        headers, error, probes, probes_sent = self.refused_probe()
         self.assertEqual(headers.get("retry-after"), str(RETRY_AFTER))
-        self.assertIn("the journal is full", json.loads(body)["error"])
-        acked_while_full = dict(load.http.acked)
+        self.assertIn("the journal is full", error)
+        acked_while_full = {**load.http.acked, **probes}
         journal = {e["context"]["uid"]: str(e["_id"]) for e in journal_events(self.journal_dir)}
         harmed = {u: i for u, i in acked_while_full.items() if journal.get(u) != i}
         self.assertEqual(harmed, {}, "events acknowledged before the journal filled are missing or changed")
@@ -68,7 +66,7 @@ class JournalFull(FaultCase):
         # Every acknowledged event, once in MongoDB, in Kafka; none refused is there.
         docs = list(self.collection().find({}, {"context.uid": 1}))
         delivered = {d["context"]["uid"]: str(d["_id"]) for d in docs}
-        acknowledged = load.acknowledged()
+        acknowledged = load.acknowledged() | set(probes)
         self.assertFalse(acknowledged - set(delivered), "acknowledged events missing in MongoDB")
         self.assertEqual({u: delivered[u] for u in load.http.acked}, load.http.acked,
                          "events stored under another id than the one answered")
@@ -82,7 +80,7 @@ class JournalFull(FaultCase):
         refused_zmq = sum(s.get("refused", 0) for n, s in status["sources"].items() if n in load.ZMQ)
         report(f"{self.name}: 503 answers {refused_at_resume} while full, {refused_http} in all; "
                f"ZeroMQ events held for room {refused_zmq} times")
-        self.summary(sent=len(load.sent_uids()), acknowledged=len(acknowledged),
+        self.summary(sent=len(load.sent_uids()) + probes_sent, acknowledged=len(acknowledged),
                      delivered={"kafka": len(kafka), "mongo": len(delivered)},
                      duplicated={"kafka": len(messages) - len(kafka), "mongo": len(docs) - len(delivered)},
                      rejected=load.rejected, refused={"http_503": refused_http, "zmq_held": refused_zmq})
