@@ -360,9 +360,7 @@ class Journal:
         while len(self._segments) > 1:
             base, _ = self._segments[0]
             next_base = self._segments[1][0]
-            # Passed when every consumer is past its last record: the next segment's first
-            # offset, or the end of the journal (offsets refused by a failed write leave a gap).
-            if next_base > passed and passed < self._end_offset:
+            if next_base > passed:
                 break
             path = os.path.join(self.directory, record.segment_name(base))
             mtime = blocking.call(_mtime, path)

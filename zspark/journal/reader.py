@@ -90,6 +90,7 @@ class Reader:
     def seek(self, offset):
         self.close()
         self.offset = offset
+        self._gap_after = None
 
     def close(self):
         if self._fd is not None:
