@@ -281,6 +281,26 @@ class DiskFull(JournalCase):
         self.assertEqual(reader.skipped_bytes, 0)
 
 
+    def test_a_reader_never_reads_the_bytes_of_a_write_in_progress(self):
+        journal = self.open()
+        journal.append(payloads(3))
+        reader = journal.reader(0)
+        self.addCleanup(reader.close)
+        segment = os.path.join(self.dir, record.segment_name(0))
+        size = os.path.getsize(segment)
+        # A write in progress: half a record in the file, not durable yet, as a reader reads
+        # the records before it...
+        with open(segment, "r+b") as f:
+            f.seek(size)
+            f.write(record.frame(3, b"x" * 300)[:150])
+        self.assertEqual(reader.read(), list(enumerate(payloads(3))))
+        # ...that fails (ENOSPC): cut off again, and the next records written in its place.
+        os.truncate(segment, size)
+        offsets = journal.append(payloads(2, 3))
+        self.assertEqual(reader.read(), list(zip(offsets, payloads(2, 3))), "a record was lost")
+        self.assertEqual(reader.skipped_bytes, 0)
+
+
 class Recovery(JournalCase):
     def segment_path(self, base=None):
         bases = list_segments(self.dir)

@@ -322,6 +322,13 @@ class Journal:
     def segment_bases(self):
         return [base for base, _ in self._segments]
 
+    def durable_bytes(self, base):
+        """How many bytes of segment `base` hold durable records (0 for a segment not known)."""
+        for segment_base, size in reversed(self._segments):
+            if segment_base == base:
+                return size
+        return 0
+
     def reader(self, offset=0):
         return Reader(self.directory, offset, journal=self)
 
@@ -436,10 +443,10 @@ class Journal:
         ahead = max(self.cursors().values(), default=0)
         if ahead <= end:
             return end
-        self.damage.report(("end", end), f"journal recovery: the journal ends at offset {end} but a "
-                                         f"forwarder's saved cursor is at {ahead}: offsets {end}..{ahead - 1} "
-                                         f"are missing (the journal was cut short or segments deleted); "
-                                         f"new records start at offset {ahead}", missing=ahead - end)
+        self.damage.missing(end, ahead, f"journal recovery: the journal ends at offset {end} but a "
+                                        f"forwarder's saved cursor is at {ahead}: offsets {end}..{ahead - 1} "
+                                        f"are missing (the journal was cut short or segments deleted); "
+                                        f"new records start at offset {ahead}")
         return ahead
 
 

@@ -134,14 +134,22 @@ class Reader:
         return True
 
     def _fill(self):
-        """Read more of the open file into the buffer; False at end of file."""
+        """Read more of the open file into the buffer; False at end of file (or, bound to a
+        journal, at the end of what it has made durable there)."""
         if self._pos > 0:
             self._buf = self._buf[self._pos:]
             self._pos = 0
+        size = READ_CHUNK
+        if self._journal is not None:
+            # Never the bytes of a write in progress: if it fails they are cut off again and the
+            # next records written over them, which a buffer holding the old bytes would misread.
+            size = min(size, self._journal.durable_bytes(self._segment) - self._file_pos)
+            if size <= 0:
+                return False
         if self._threadpool is not None:
-            data = self._threadpool.apply(os.pread, (self._fd, READ_CHUNK, self._file_pos))
+            data = self._threadpool.apply(os.pread, (self._fd, size, self._file_pos))
         else:
-            data = os.pread(self._fd, READ_CHUNK, self._file_pos)
+            data = os.pread(self._fd, size, self._file_pos)
         if not data:
             return False
         self._file_pos += len(data)
@@ -180,17 +188,17 @@ class Reader:
         position = self._file_pos - len(self._buf) + self._pos
         name = record.segment_name(self._segment)
         self._gap_after = f"damaged bytes skipped in segment {name}"
-        self._report(("skipped", self._segment, position),
-                     f"journal: skipped {nbytes} damaged bytes at byte {position}{' (its end)' if at_end else ''} "
-                     f"of segment {name}, reading from offset {self.offset}", nbytes=nbytes)
+        message = (f"journal: skipped {nbytes} damaged bytes at byte {position}"
+                   f"{' (its end)' if at_end else ''} of segment {name}, reading from offset {self.offset}")
+        if self._journal is not None:
+            self._journal.damage.skipped((self._segment, position), nbytes, message)
+        else:
+            log.warning("%s", message)
 
     def _report_missing(self, resumed_at):
-        self._report(("missing", resumed_at),
-                     f"journal: offsets {self.offset}..{resumed_at - 1} are missing ({self._gap_after}); "
-                     f"reading on at offset {resumed_at}", missing=resumed_at - self.offset)
-
-    def _report(self, key, message, nbytes=0, missing=0):
+        message = (f"journal: offsets {self.offset}..{resumed_at - 1} are missing ({self._gap_after}); "
+                   f"reading on at offset {resumed_at}")
         if self._journal is not None:
-            self._journal.damage.report(key, message, nbytes, missing)
+            self._journal.damage.missing(self.offset, resumed_at, message)
         else:
             log.warning("%s", message)
