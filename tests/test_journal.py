@@ -13,6 +13,7 @@ import gevent
 from zspark.journal import (Cursor, Journal, JournalClosed, JournalFull, JournalLocked, Reader,
                             TooLargeForJournal, decode_event, encode_event, event_id, list_segments)
 from zspark.journal import record
+from zspark.journal.damage import Damage
 
 from .support import TempDir
 
@@ -383,6 +384,15 @@ class Recovery(JournalCase):
         self.assertEqual(journal.damage.as_dict(), {
             "cut_bytes": 0, "regions": 1, "bytes": 2 * frame_size, "missing_offsets": 2,
             "last": journal.damage.last})
+
+    def test_missing_offsets_reported_twice_count_once(self):
+        damage = Damage()
+        with self.assertLogs("zspark.journal", logging.WARNING) as logs:
+            damage.missing(10, 20, "recovery: 10..19")
+            damage.missing(5, 20, "a reader: 5..19")  # 5 new ones
+            damage.missing(12, 15, "another reader: 12..14")  # nothing new: not logged
+        self.assertEqual(damage.missing_offsets, 15)
+        self.assertEqual(len(logs.output), 2)
 
     def test_a_journal_cut_below_a_cursor_never_gives_those_offsets_out_again(self):
         journal = Journal(self.dir, segment_bytes=1000).open()
