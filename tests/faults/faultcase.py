@@ -45,6 +45,13 @@ class FaultCase(ApplianceCase):
                        duplicated=duplicated, rejected=rejected, **more)
         report(f"{self.name}: " + " ".join(f"{k}={show(v)}" for k, v in figures.items()) + f" seed={SEED}")
 
+    def assert_no_damage(self, status):
+        """Nothing skipped or found missing in the journal (a torn tail cut at open is no damage:
+        its record was never acknowledged)."""
+        damage = status["journal"]["damage"]
+        self.assertEqual((damage["regions"], damage["missing_offsets"]), (0, 0),
+                         f"the journal reports damage: {damage}")
+
     def refused_probe(self, timeout=30):
         """POST a batch of padded events until the server refuses one (room for small requests
         may be left: the last bytes under a cap, the last page of a file on a full disk); return

@@ -92,7 +92,7 @@ class DiskFull(FaultCase):
         wait_until(lambda: len(load.http.acked) >= acked_at_resume + 200, timeout=60,
                    message="HTTP ingest resuming without a restart")
         load.finish()
-        self.wait_delivered(["kafka", "mongo"], timeout=60)
+        self.assert_no_damage(self.wait_delivered(["kafka", "mongo"], timeout=60))
         self.assertEqual(load.http.bad, [], "answers other than 200 and 503")
         self.stop(server)
 

@@ -60,6 +60,7 @@ class JournalFull(FaultCase):
         load.finish()
         self.assertIsNone(server.proc.poll(), "ingest resumes without a restart")
         status = self.wait_delivered(["kafka", "mongo"], timeout=60)
+        self.assert_no_damage(status)
         self.assertEqual(load.http.bad, [], "answers other than 200 and 503")
         self.assertIn("journal retention: deleted", server.log())
 

@@ -67,7 +67,7 @@ class Outages(FaultCase):
                    > status["forwarders"][name]["delivered"], timeout=60,
                    message=f"the {name} forwarder delivering again")
         during.finish()  # still under load as the destination came back
-        self.wait_delivered(["kafka", "mongo"], timeout=scaled(120, 600))
+        self.assert_no_damage(self.wait_delivered(["kafka", "mongo"], timeout=scaled(120, 600)))
         peak_rss = rss.stop()
         self.assertIsNone(server.proc.poll(), "the backlog drains without a restart")
         self.assertLessEqual(

@@ -55,7 +55,7 @@ class RepeatedSigkill(FaultCase):
             rejected += load.rejected + len(load.http.bad)
 
         server = self.serve()
-        self.wait_delivered(["kafka", "mongo"], timeout=120)
+        self.assert_no_damage(self.wait_delivered(["kafka", "mongo"], timeout=120))
         # Retention has deleted delivered segments: MongoDB, with one copy of each, is the record.
         docs = list(self.collection().find({}, {"context.uid": 1}))
         delivered = {d["context"]["uid"]: str(d["_id"]) for d in docs}

@@ -65,6 +65,7 @@ class Sigterm(FaultCase):
             self.assertGreaterEqual(started[name]["cursor"], saved[name],
                                     f"{name}: a restart must resume at the saved cursor")
         status = self.wait_delivered(["kafka", "mongo"])
+        self.assert_no_damage(status)
         for name in ("kafka", "mongo"):
             self.assertEqual(status["forwarders"][name]["delivered"], total - saved[name],
                              f"{name}: after the restart exactly the events past the saved cursor are sent")
