@@ -76,19 +76,28 @@ def request(port, method, path, body=None, headers=None, timeout=10):
 
 
 class ServeProcess:
-    """`zcmd -y CONFIG serve` as a child process."""
+    """`zcmd -y CONFIG serve` as a child process. `module` is what `python -m` runs: zspark.cli,
+    or a test wrapper that calls its `main` after setting up a fault."""
 
-    def __init__(self, config_path, http_port, log_path):
+    def __init__(self, config_path, http_port, log_path, module="zspark.cli", env=None):
         self.config_path = config_path
         self.http_port = http_port
         self.log_path = log_path
+        self.module = module
+        self.env = env
         self.proc = None
 
-    def start(self, timeout=20):
+    def spawn(self):
+        """Start the process without waiting for it to serve."""
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "zspark.cli", "-y", self.config_path, "serve"],
-                                     stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        env = {**os.environ, **self.env} if self.env else None
+        self.proc = subprocess.Popen([sys.executable, "-m", self.module, "-y", self.config_path, "serve"],
+                                     stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
         log.close()
+        return self
+
+    def start(self, timeout=20):
+        self.spawn()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -114,6 +123,14 @@ class ServeProcess:
                 return f.read()
         except FileNotFoundError:
             return ""
+
+    def rss_bytes(self):
+        """The process's resident set size now (VmRSS in /proc/<pid>/status)."""
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise AssertionError(f"no VmRSS in /proc/{self.proc.pid}/status")
 
 
 def zcmd(*args, timeout=60, input=None):
@@ -340,3 +357,60 @@ class HttpFeeder:
                 self.bad.append((status, body))
             if self.pause:
                 time.sleep(self.pause)
+
+
+class ZmqFeeder:
+    """A producer greenlet sending events over ZeroMQ PUSH (`fmt` "bson" or "json") in bursts
+    of `burst` with `pause` seconds between them. Event n has `context.uid` "TAG-n" and
+    `context.n` n; `make(uid, n)` builds it. `sent` lists the uids ZeroMQ took, in order.
+
+    PUSH has no acknowledgement: a sender cannot know which events were journaled. A server
+    journals one socket's frames in order and counts them as accepted once durable, so with one
+    feeder per socket the first `accepted` uids (its /status figure) are the ones it holds."""
+
+    def __init__(self, address, tag, fmt="bson", make=None, burst=20, pause=0.01, context=None):
+        import zmq.green
+
+        from zspark.client import ZSparkClient
+
+        self.tag = tag
+        self.make = make or (lambda uid, n: {"type": "load", "context": {"uid": uid, "n": n}})
+        self.burst = burst
+        self.pause = pause
+        self.client = ZSparkClient(address, context=context or zmq.green.Context.instance(), format=fmt,
+                                   linger_ms=0)
+        self.sent = []
+        self._stop = False
+        self._greenlet = None
+
+    def start(self):
+        import gevent
+
+        self._greenlet = gevent.spawn(self._run)
+        return self
+
+    def stop(self):
+        """Stop sending (the socket stays open: what it queues still goes out)."""
+        if self._greenlet is not None:
+            self._stop = True
+            self._greenlet.join(2)
+            self._greenlet.kill()  # blocked on a full queue (no server to take the frames)
+            self._greenlet = None
+
+    def close(self):
+        """Stop sending and close the socket, dropping what it still queues."""
+        self.stop()
+        self.client.close(0)
+
+    def acknowledged(self, accepted):
+        """The uids a server that accepted `accepted` events from this feeder's socket holds."""
+        return self.sent[:accepted]
+
+    def _run(self):
+        while not self._stop:
+            for _ in range(self.burst):
+                n = len(self.sent)
+                uid = f"{self.tag}-{n}"
+                self.client.send(self.make(uid, n))
+                self.sent.append(uid)
+            time.sleep(self.pause)

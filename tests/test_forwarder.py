@@ -2,17 +2,21 @@
 cursor moves only after `send` returned, transient failures are retried with capped backoff,
 permanent refusals go to the dead-letter file and the stream goes on, a stop in the middle of a
 retry leaves the cursor where it was, and the lag counts what is not yet delivered."""
+import errno
 import json
 import os
 import time
 import unittest
+from unittest import mock
 
 import gevent
 from gevent.event import Event
 
+from zspark import forwarder as forwarder_module
 from zspark.event import normalize
 from zspark.forwarder import BACKING_OFF, RUNNING, STOPPED, Forwarder
 from zspark.journal import Journal, encode_event
+from zspark.journal import cursor as cursor_module
 
 from .support import TempDir, wait_until
 
@@ -296,6 +300,54 @@ class DeadLetter(ForwarderCase):
         self.assertEqual(bytes.fromhex(line["event"]["payload_hex"]), b"\x00not bson at all")
         self.assertEqual(forwarder.dead_lettered, 1)
         self.assertEqual(forwarder.delivered, 2)
+
+
+class FullDisk(ForwarderCase):
+    """The journal's disk full: cursor and dead-letter files cannot be written."""
+
+    def setUp(self):
+        super().setUp()
+        self.full = True
+        for module, name in ((cursor_module, "write_atomically"), (forwarder_module, "_append_lines")):
+            patcher = mock.patch.object(module, name, side_effect=self.enospc(getattr(module, name)))
+            patcher.start()
+            self.addCleanup(patcher.stop)
+
+    def enospc(self, write):
+        def fail_while_full(*args):
+            if self.full:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return write(*args)
+        return fail_while_full
+
+    def test_a_cursor_that_cannot_be_saved_does_not_stop_delivery(self):
+        sink = FakeSink()
+        forwarder = self.forwarder(sink, batch_size=4)
+        with self.assertLogs("zspark.forwarder", "ERROR") as logs:
+            self.append(10)
+            wait_until(lambda: forwarder.cursor.offset == 10, message="all 10 delivered")
+        self.assertIn("cannot save its cursor", logs.output[0])
+        self.assertEqual([o for o, _ in sink.delivered], list(range(10)), "each event once, in order")
+        self.assertIsNone(self.cursor_file(), "nothing could be saved")
+        self.assertIn("cannot save the cursor", forwarder.last_error)
+        self.full = False
+        self.append(2, 10)
+        wait_until(lambda: self.cursor_file() == 12, message="the cursor saved once there is space")
+        self.assertEqual(forwarder.state, RUNNING)
+
+    def test_a_refused_record_is_passed_over_only_once_dead_lettered(self):
+        sink = FakeSink(refuse={1: "too large"})
+        forwarder = self.forwarder(sink, batch_size=5)
+        with self.assertLogs("zspark.forwarder", "ERROR"):
+            self.append(3)
+            wait_until(lambda: forwarder.state == BACKING_OFF, message="backing off: no dead-letter file")
+            gevent.sleep(0.1)
+        self.assertEqual(forwarder.cursor.offset, 0, "not passed while the dead letter is unwritten")
+        self.assertIn("dead-letter", forwarder.last_error)
+        self.full = False
+        wait_until(lambda: forwarder.cursor.offset == 3, message="passed once written")
+        self.assertEqual([d["offset"] for d in self.dead_letters()], [1])
+        self.assertEqual((forwarder.dead_lettered, forwarder.state), (1, RUNNING))
 
 
 class Lag(ForwarderCase):

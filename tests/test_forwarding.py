@@ -4,57 +4,26 @@ this module starts on free ports (and stops by pid), and to a ZeroMQ PUB socket.
 
 What users see is checked from the outside: the ids answered 200, what a fresh Kafka consumer
 reads from the beginning (counted, since the broker's end offsets are not trusted), what pymongo
-finds, the dead-letter file, /status, the cursor files. Then the faults: the broker and the
-database stopped under load and started again, the appliance killed with SIGKILL mid-stream and
-stopped with SIGTERM while its forwarders are busy.
+finds, the dead-letter file, /status. The faults (outages, SIGKILL, SIGTERM under load, a damaged
+journal, a full disk) are in tests/faults/.
 """
-import collections
 import datetime
 import json
-import os
-import signal
 import time
 import unittest
 import urllib.parse
-import uuid
 
 import bson
 import zmq.green as zmq_green
 from bson import ObjectId
 from bson.codec_options import CodecOptions
 
-from zspark.client import ZSparkClient
-
-from .support import (HttpFeeder, ServeProcess, TempDir, config_data, free_port, journal_events,
-                      kafka_read, mongo_client, request, start_broker, start_mongo, wait_until,
-                      write_config)
+from .appliance import ApplianceCase, Services, message_id
+from .support import journal_events, kafka_read, request, wait_until
 
 UTC = datetime.timezone.utc
-BATCH = 50  # forward.batch_size in these tests: the bound on duplicates after a crash
-
-# One broker and one database for the module; tests that stop a service start their own.
-SERVICES = {}
-
-
-def setUpModule():
-    state = TempDir(prefix="zspark-services-")
-    SERVICES["state"] = state
-    try:
-        SERVICES["broker"] = start_broker(state.join("broker"))
-        SERVICES["mongo"] = start_mongo(state.join("mongo"))
-    except BaseException:
-        tearDownModule()
-        raise
-
-
-def tearDownModule():
-    for name in ("broker", "mongo"):
-        service = SERVICES.pop(name, None)
-        if service is not None:
-            service.stop()
-    state = SERVICES.pop("state", None)
-    if state is not None:
-        state.remove()
+SERVICES = Services()  # one broker and one database for the module
+setUpModule, tearDownModule = SERVICES.start, SERVICES.stop
 
 
 def parse_iso(text):
@@ -66,135 +35,8 @@ def to_ms(moment):
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
-class ForwardingCase(unittest.TestCase):
-    def setUp(self):
-        self.tmp = TempDir()
-        self.addCleanup(self.tmp.remove)
-        self.uid = uuid.uuid4().hex[:10]
-        self.topic = f"zs-{self.uid}"
-        self.default_topic = f"zs-{self.uid}-default"
-        self.database = f"zs_{self.uid}"
-        self.broker = SERVICES["broker"]
-        self.mongo = SERVICES["mongo"]
-        self.zctx = zmq_green.Context()
-        self.addCleanup(self.zctx.term)
-        self.started = time.time()
-
-    # -- the appliance ----------------------------------------------------------------------
-
-    def configure(self, kafka=None, mongo=None, pub=None, forward=None):
-        """Write the config: a section given as a dict (even empty) is enabled with test defaults."""
-        sections = {"forward": {"batch_size": BATCH, "batch_wait_ms": 5, "backoff_initial_ms": 50,
-                                "backoff_max_s": 0.5, "stop_timeout_s": 10, **(forward or {})}}
-        if kafka is not None:
-            sections["kafka"] = {"enabled": True, "brokers": self.broker.address, "topic": "{topic}",
-                                 "default_topic": self.default_topic, "message_timeout_ms": 3000,
-                                 **kafka}
-        if mongo is not None:
-            sections["mongo"] = {"enabled": True, "uri": self.mongo.uri, "database": self.database,
-                                 "timeout_ms": 2000, **mongo}
-        if pub is not None:
-            sections["pub"] = {"enabled": True, "bind": f"tcp://127.0.0.1:{free_port()}", **pub}
-        self.data = config_data(self.tmp.path, **sections)
-        self.config = write_config(self.tmp.path, self.data)
-        self.port = self.data["http"]["port"]
-        self.journal_dir = self.data["journal"]["dir"]
-        return self.data
-
-    def serve(self):
-        server = ServeProcess(self.config, self.port, self.tmp.join("serve.log"))
-        self.addCleanup(self._kill, server)
-        return server.start(timeout=30)
-
-    def _kill(self, server):
-        if server.proc is not None and server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait()
-
-    def stop(self, server, sig=signal.SIGTERM):
-        code = server.stop(sig, timeout=60)
-        expected = 0 if sig == signal.SIGTERM else -sig
-        self.assertEqual(code, expected, f"zcmd serve exit code after {signal.Signals(sig).name}; "
-                                         f"its log:\n{server.log()[-4000:]}")
-
-    def status(self):
-        status, _, body = request(self.port, "GET", "/status")
-        self.assertEqual(status, 200, body)
-        return json.loads(body)
-
-    def post(self, body, headers=None):
-        status, _, answer = request(self.port, "POST", "/log", body, headers)
-        self.assertEqual(status, 200, answer)
-        return json.loads(answer)["ids"]
-
-    def client(self, fmt):
-        address = self.data["zmq"]["bson_bind" if fmt == "bson" else "json_bind"]
-        client = ZSparkClient(address, context=self.zctx, format=fmt, linger_ms=0)
-        self.addCleanup(client.close, 0)
-        return client
-
-    def wait_accepted(self, source, count):
-        wait_until(lambda: self.status()["sources"].get(source, {}).get("accepted", 0) >= count,
-                   message=f"{count} events accepted from {source}")
-
-    def wait_delivered(self, names, timeout=60):
-        """Wait until each named forwarder's cursor reached the end of the journal."""
-        last = {}
-
-        def caught_up():
-            status = self.status()
-            last.update(status)
-            end = status["journal"]["end_offset"]
-            return all(status["forwarders"][n]["cursor"] == end and status["forwarders"][n]["lag"] == 0
-                       for n in names)
-
-        try:
-            wait_until(caught_up, timeout=timeout, interval=0.1, message=f"forwarders {names} to catch up")
-        except AssertionError as e:
-            raise AssertionError(f"{e}: journal {last.get('journal')}, forwarders {last.get('forwarders')}")
-        return last
-
-    def journal_ids(self):
-        """{context.uid: _id hex} of every event in the journal."""
-        return {e["context"]["uid"]: str(e["_id"]) for e in journal_events(self.journal_dir)}
-
-    # -- the destinations -------------------------------------------------------------------
-
-    def collection(self, mongo=None):
-        client = mongo_client((mongo or self.mongo).uri, tz_aware=True)
-        self.addCleanup(client.close)
-        return client[self.database]["event"]
-
-    def read_kafka(self, topics, ids, broker=None, timeout=45):
-        """Every message in `topics`, read until all of `ids` (hex) were seen."""
-        want = set(ids)
-
-        def done(messages):
-            return want <= {_message_id(m) for m in messages}
-
-        return kafka_read((broker or self.broker).address, topics, done=done, timeout=timeout)
-
-    def assert_each_once(self, messages, ids, what):
-        counts = collections.Counter(_message_id(m) for m in messages)
-        missing = [i for i in ids if counts[i] == 0]
-        twice = {i: n for i, n in counts.items() if n > 1}
-        self.assertEqual(missing, [], f"{len(missing)} of {len(ids)} events missing in {what}")
-        self.assertEqual(twice, {}, f"events delivered more than once to {what}")
-
-    def dead_letters(self, sink):
-        path = os.path.join(self.journal_dir, "dead-letter", f"{sink}.jsonl")
-        if not os.path.exists(path):
-            return []
-        with open(path) as f:
-            return [json.loads(line) for line in f]
-
-
-def _message_id(message):
-    """The event id (hex) in a JSON or BSON message."""
-    try:
-        return json.loads(message.value)["_id"]
-    except ValueError:
-        return str(bson.decode(message.value)["_id"])
+class ForwardingCase(ApplianceCase):
+    services = SERVICES
 
 
 class Delivery(ForwardingCase):
@@ -352,7 +194,7 @@ class Delivery(ForwardingCase):
         topics = sorted({topic for _, _, topic in plan})
         messages = self.read_kafka(topics, ids)
         self.assert_each_once(messages, ids, f"Kafka topics {topics}")
-        by_id = {_message_id(m): m for m in messages}
+        by_id = {message_id(m): m for m in messages}
         for id_, (type_, env, topic) in zip(ids, plan):
             self.assertEqual(by_id[id_].topic, topic, f"event type={type_} env={env!r}")
             self.assertEqual(by_id[id_].key, type_.encode())
@@ -463,200 +305,7 @@ class Delivery(ForwardingCase):
         self.stop(server)
 
 
-class Faults(ForwardingCase):
-    def feeder(self, tag, **kw):
-        feeder = HttpFeeder(self.port, f"{tag}-{self.uid}",
-                            make=lambda uid: {"type": "load", "topic": self.topic, "context": {"uid": uid}},
-                            **kw)
-        self.addCleanup(feeder.stop)  # idempotent
-        return feeder.start()
-
-    def wait_backing_off(self, name):
-        """Wait until /status shows forwarder `name` backing off with a lag; return the status."""
-        def backing_off():
-            status = self.status()
-            forwarder = status["forwarders"][name]
-            return status if forwarder["state"] == "backing_off" and forwarder["lag"] > 0 else None
-
-        return wait_until(backing_off, timeout=30, interval=0.1,
-                          message=f"the {name} forwarder backing off with a lag")
-
-    def assert_feeder_clean(self, feeder, stopped=False):
-        """No answer but 200, unless the server was `stopped` under the feeder: then 503
-        ("stopping") and connection errors are what a sender sees."""
-        self.assertEqual(feeder.bad, [], "answers other than 200/503")
-        if not stopped:
-            self.assertEqual(feeder.refused, 0, "503 answers: the journal must take events meanwhile")
-            self.assertEqual(feeder.errors, 0, "connection errors while the server was up")
-
-    def test_broker_stopped_under_load_then_started_again_every_event_arrives(self):
-        broker = start_broker(self.tmp.join("broker"))
-        self.addCleanup(broker.stop)
-        self.broker = broker
-        self.configure(kafka={}, mongo={})
-        server = self.serve()
-
-        first = self.feeder("before")
-        wait_until(lambda: len(first.acked) >= 200, message="200 events acknowledged")
-        # The broker keeps messages in memory only: quiesce and read everything before stopping it.
-        first.stop()
-        self.wait_delivered(["kafka", "mongo"])
-        before = self.read_kafka([self.topic], first.acked.values())
-        self.assert_each_once(before, first.acked.values(), "Kafka before the outage")
-        broker.stop()
-
-        during = self.feeder("during")
-        outage = self.wait_backing_off("kafka")
-        kafka = outage["forwarders"]["kafka"]
-        self.assertGreater(kafka["failed"], 0)
-        self.assertTrue(kafka["last_error"], kafka)
-        acked_at_outage = len(during.acked)
-        wait_until(lambda: len(during.acked) >= acked_at_outage + 200, timeout=30,
-                   message="200 more events acknowledged while the broker is down")
-        status = self.status()["forwarders"]
-        self.assertEqual(status["kafka"]["state"], "backing_off")
-        self.assertGreater(status["kafka"]["lag"], 200)
-        self.assertLess(status["mongo"]["lag"], status["kafka"]["lag"],
-                        "MongoDB delivery must not wait for Kafka")
-        self.assertGreater(status["mongo"]["delivered"], len(first.acked))
-
-        broker.start()
-        time.sleep(0.5)  # still under load as the broker comes back
-        during.stop()
-        self.assert_feeder_clean(first)
-        self.assert_feeder_clean(during)
-        status = self.wait_delivered(["kafka", "mongo"], timeout=90)
-        self.assertEqual(status["forwarders"]["kafka"]["state"], "running")
-
-        after = self.read_kafka([self.topic], during.acked.values())
-        arrived = {_message_id(m) for m in before} | {_message_id(m) for m in after}
-        acked = {**first.acked, **during.acked}
-        missing = sorted(uid for uid, id_ in acked.items() if id_ not in arrived)
-        self.assertEqual(missing, [], f"{len(missing)} of {len(acked)} acknowledged events never "
-                                      "reached Kafka")
-        extra = sorted(set(self.journal_ids().values()) ^ set(acked.values()))
-        self.assertEqual(extra, [], "the journal holds exactly the acknowledged events")
-        coll = self.collection()
-        self.assertEqual(coll.count_documents({}), len(acked))
-        self.assertEqual({str(d["_id"]) for d in coll.find({}, {"_id": 1})}, set(acked.values()))
-        self.stop(server)
-
-    def test_database_stopped_under_load_then_started_again_every_event_arrives_once(self):
-        mongo = start_mongo(self.tmp.join("mongo"))
-        self.addCleanup(mongo.stop)
-        self.mongo = mongo
-        self.configure(kafka={}, mongo={})
-        server = self.serve()
-
-        feeder = self.feeder("db")
-        wait_until(lambda: len(feeder.acked) >= 200, message="200 events acknowledged")
-        mongo.stop()
-        outage = self.wait_backing_off("mongo")
-        self.assertTrue(outage["forwarders"]["mongo"]["last_error"])
-        acked_at_outage = len(feeder.acked)
-        kafka_delivered = outage["forwarders"]["kafka"]["delivered"]
-        wait_until(lambda: len(feeder.acked) >= acked_at_outage + 200, timeout=30,
-                   message="200 more events acknowledged while the database is down")
-        status = self.status()["forwarders"]
-        self.assertEqual(status["mongo"]["state"], "backing_off")
-        self.assertGreater(status["mongo"]["lag"], 200)
-        self.assertGreater(status["kafka"]["delivered"], kafka_delivered,
-                           "Kafka delivery must go on while the database is down")
-
-        mongo.start()
-        time.sleep(0.5)
-        feeder.stop()
-        self.assert_feeder_clean(feeder)
-        self.wait_delivered(["kafka", "mongo"], timeout=90)
-
-        acked = set(feeder.acked.values())
-        self.assertEqual(set(self.journal_ids().values()), acked)
-        coll = self.collection()
-        ids = [str(d["_id"]) for d in coll.find({}, {"_id": 1})]
-        self.assertEqual(len(ids), len(set(ids)), "an _id appears twice")
-        self.assertEqual(len(ids), len(acked), "every acknowledged event exactly once")
-        self.assertEqual(set(ids), acked)
-        messages = self.read_kafka([self.topic], acked)
-        self.assert_each_once(messages, acked, "Kafka")
-        self.stop(server)
-
-    def test_sigkill_mid_stream_then_restart_every_acknowledged_event_arrives(self):
-        self.configure(kafka={}, mongo={})
-        server = self.serve()
-        feeder = self.feeder("kill", workers=4)
-        wait_until(lambda: len(feeder.acked) >= 600, timeout=30, message="600 events acknowledged")
-        busy = self.status()["forwarders"]
-        self.assertGreater(busy["kafka"]["cursor"], 0)
-        self.assertGreater(busy["mongo"]["cursor"], 0)
-        self.stop(server, signal.SIGKILL)
-        feeder.stop()
-        self.assert_feeder_clean(feeder, stopped=True)
-
-        server = self.serve()
-        self.wait_delivered(["kafka", "mongo"], timeout=90)
-        journal = self.journal_ids()
-        missing = [uid for uid, id_ in feeder.acked.items() if journal.get(uid) != id_]
-        self.assertEqual(missing, [], "acknowledged events missing from the journal")
-        ids = set(journal.values())  # acknowledged, and any journaled as the kill came
-
-        coll = self.collection()
-        docs = [str(d["_id"]) for d in coll.find({}, {"_id": 1})]
-        self.assertEqual(len(docs), len(set(docs)), "MongoDB holds an event twice")
-        self.assertEqual(set(docs), ids, "MongoDB must hold every journaled event")
-        self.assertEqual(coll.count_documents({}), len(ids))
-
-        messages = self.read_kafka([self.topic], ids)
-        counts = collections.Counter(_message_id(m) for m in messages)
-        self.assertEqual(ids - set(counts), set(), "journaled events missing in Kafka")
-        self.assertEqual(set(counts) - ids, set(), "Kafka holds events nobody sent")
-        duplicates = len(messages) - len(counts)
-        self.assertLessEqual(duplicates, BATCH, f"{duplicates} duplicates in Kafka: more than one "
-                                                f"batch ({BATCH}) was sent again after SIGKILL")
-        self.stop(server)
-
-    def test_sigterm_while_forwarders_are_busy_saves_the_cursors(self):
-        self.configure(kafka={}, mongo={})
-        server = self.serve()
-        feeder = self.feeder("term", workers=4)
-        wait_until(lambda: len(feeder.acked) >= 600, timeout=30, message="600 events acknowledged")
-        busy = self.status()["forwarders"]
-        self.assertGreater(busy["kafka"]["cursor"], 0)
-        self.assertGreater(busy["mongo"]["cursor"], 0)
-        self.stop(server, signal.SIGTERM)
-        feeder.stop()
-        self.assert_feeder_clean(feeder, stopped=True)
-        self.assertNotIn("Traceback", server.log())
-
-        saved = {}
-        for name in ("kafka", "mongo"):
-            with open(os.path.join(self.journal_dir, "cursors", name)) as f:
-                saved[name] = int(f.read())
-        journal = self.journal_ids()
-        total = len(journal)
-        for name in ("kafka", "mongo"):
-            self.assertGreaterEqual(saved[name], busy[name]["cursor"], f"{name} cursor went back")
-            self.assertLessEqual(saved[name], total)
-
-        server = self.serve()
-        started = self.status()["forwarders"]
-        for name in ("kafka", "mongo"):
-            self.assertGreaterEqual(started[name]["cursor"], saved[name],
-                                    f"{name}: a restart must resume at the saved cursor")
-        status = self.wait_delivered(["kafka", "mongo"])
-        for name in ("kafka", "mongo"):
-            self.assertEqual(status["forwarders"][name]["delivered"], total - saved[name],
-                             f"{name}: after the restart exactly the events past the saved cursor "
-                             "are sent")
-        ids = set(journal.values())
-        self.assertTrue(set(feeder.acked.values()) <= ids)
-        messages = self.read_kafka([self.topic], ids)
-        counts = collections.Counter(_message_id(m) for m in messages)
-        self.assertEqual(set(counts), ids)
-        self.assertLessEqual(len(messages) - len(counts), BATCH)
-        coll = self.collection()
-        self.assertEqual(coll.count_documents({}), total)
-        self.stop(server)
-
+class DeadLetter(ForwardingCase):
     def test_a_record_kafka_cannot_take_is_dead_lettered_and_the_stream_goes_on(self):
         self.configure(kafka={}, mongo={})
         server = self.serve()

@@ -1,19 +1,22 @@
 """The journal in one process: append, read, wait, cursors, segment roll, retention, size cap,
 recovery from damage, the lock, and stable event ids."""
 import datetime
+import errno
 import logging
 import os
 import time
 import unittest
+from unittest import mock
 
 import bson
 import gevent
 
 from zspark.journal import (Cursor, Journal, JournalClosed, JournalFull, JournalLocked, Reader,
-                            decode_event, encode_event, event_id, list_segments)
+                            TooLargeForJournal, decode_event, encode_event, event_id, list_segments)
 from zspark.journal import record
 from zspark.event import normalize
 from zspark.journal.codec import FrameEvent, encode_batch, encode_events, event_ids
+from zspark.journal.damage import Damage
 
 from .support import TempDir
 
@@ -226,6 +229,82 @@ class SizeCap(JournalCase):
         self.assertEqual(journal.append([b"after"]), [stored])
 
 
+    def test_a_full_journal_that_is_all_active_segment_frees_itself_once_consumers_passed(self):
+        # The cap below one segment: no write ever rolls it, since every write is refused.
+        journal = self.open(max_bytes=5000, retain_hours=0)
+        stored = 0
+        with self.assertRaises(JournalFull):
+            for i in range(100):
+                journal.append(payloads(1, i))
+                stored += 1
+        self.assertEqual(len(journal.segment_bases()), 1)
+        self.assertEqual(journal.apply_retention({"kafka": stored - 1}), [], "a record not yet passed stays")
+        self.assertEqual(journal.apply_retention({"kafka": stored}), [0])
+        self.assertEqual(journal.size_bytes, 0)
+        self.assertEqual(journal.append([b"after"]), [stored])
+        self.assertEqual([o for o, _ in journal.reader(0)], [stored])
+
+    def test_records_larger_than_the_whole_cap_are_refused_as_such(self):
+        journal = self.open(max_bytes=1000)
+        with self.assertRaises(TooLargeForJournal) as ctx:
+            journal.append(payloads(10))
+        self.assertIn("journal.max_bytes", str(ctx.exception))
+        self.assertIsInstance(ctx.exception, JournalFull)
+        self.assertEqual(journal.append(payloads(1)), [0], "nothing was taken, and smaller appends go in")
+
+
+class DiskFull(JournalCase):
+    def test_a_full_disk_refuses_the_batch_naming_the_directory_and_leaves_no_torn_record(self):
+        journal = self.open()
+        journal.append(payloads(3))
+        segment = os.path.join(self.dir, record.segment_name(0))
+        size = os.path.getsize(segment)
+        real_pwrite = os.pwrite
+        calls = []
+
+        def pwrite_until_full(fd, data, position):
+            calls.append(len(data))
+            if len(calls) == 1:  # the disk fills up in the middle of the write
+                return real_pwrite(fd, bytes(data[:len(data) // 2]), position)
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        with mock.patch.object(os, "pwrite", side_effect=pwrite_until_full), \
+                self.assertLogs("zspark.journal", logging.ERROR) as logs:
+            with self.assertRaises(JournalFull) as ctx:
+                journal.append(payloads(4, 3))
+        self.assertEqual(len(calls), 2)
+        self.assertEqual(os.path.getsize(segment), size, "the half-written batch is cut off again")
+        self.assertIn(f"no space left on the journal's disk ({journal.directory})", str(ctx.exception))
+        self.assertIn(journal.directory, logs.output[0])
+        self.assertEqual(journal.stats.write_errors, 1)
+        # Space again: appending goes on; the files hold only whole records.
+        offsets = journal.append(payloads(1, 7))
+        records, reader = self.read_all()
+        self.assertEqual([p for _, p in records], payloads(3) + payloads(1, 7))
+        self.assertEqual([o for o, _ in records], [0, 1, 2] + offsets)
+        self.assertEqual(reader.skipped_bytes, 0)
+
+
+    def test_a_reader_never_reads_the_bytes_of_a_write_in_progress(self):
+        journal = self.open()
+        journal.append(payloads(3))
+        reader = journal.reader(0)
+        self.addCleanup(reader.close)
+        segment = os.path.join(self.dir, record.segment_name(0))
+        size = os.path.getsize(segment)
+        # A write in progress: half a record in the file, not durable yet, as a reader reads
+        # the records before it...
+        with open(segment, "r+b") as f:
+            f.seek(size)
+            f.write(record.frame(3, b"x" * 300)[:150])
+        self.assertEqual(reader.read(), list(enumerate(payloads(3))))
+        # ...that fails (ENOSPC): cut off again, and the next records written in its place.
+        os.truncate(segment, size)
+        offsets = journal.append(payloads(2, 3))
+        self.assertEqual(reader.read(), list(zip(offsets, payloads(2, 3))), "a record was lost")
+        self.assertEqual(reader.skipped_bytes, 0)
+
+
 class Recovery(JournalCase):
     def segment_path(self, base=None):
         bases = list_segments(self.dir)
@@ -284,7 +363,55 @@ class Recovery(JournalCase):
         os.unlink(self.segment_path(bases[1]))
         journal = self.open()
         expected = [o for o in range(25) if not bases[1] <= o < bases[2]]
-        self.assertEqual([o for o, _ in journal.reader(0)], expected)
+        with self.assertLogs("zspark.journal", logging.WARNING) as logs:
+            self.assertEqual([o for o, _ in journal.reader(0)], expected)
+        self.assertIn(f"offsets {bases[1]}..{bases[2] - 1} are missing", logs.output[0])
+        # Reported once and counted, however many readers pass the gap.
+        with self.assertNoLogs("zspark.journal", logging.WARNING):
+            self.assertEqual([o for o, _ in journal.reader(0)], expected)
+        self.assertEqual(journal.damage.as_dict()["missing_offsets"], bases[2] - bases[1])
+
+    def test_damage_in_the_middle_reports_the_offsets_lost(self):
+        journal = Journal(self.dir).open()
+        journal.append(payloads(10))
+        journal.close()
+        frame_size = record.HEADER_SIZE + 200
+        with open(self.segment_path(), "r+b") as f:  # records 3 and 4
+            for victim in (3, 4):
+                f.seek(victim * frame_size + record.HEADER_SIZE + 20)
+                f.write(b"XXXX")
+        journal = self.open()
+        with self.assertLogs("zspark.journal", logging.WARNING) as logs:
+            self.assertEqual([o for o, _ in journal.reader(0)], [0, 1, 2, 5, 6, 7, 8, 9])
+        self.assertTrue(any("offsets 3..4 are missing" in line for line in logs.output), logs.output)
+        self.assertEqual(journal.damage.as_dict(), {
+            "cut_bytes": 0, "regions": 1, "bytes": 2 * frame_size, "missing_offsets": 2,
+            "last": journal.damage.last})
+
+    def test_missing_offsets_reported_twice_count_once(self):
+        damage = Damage()
+        with self.assertLogs("zspark.journal", logging.WARNING) as logs:
+            damage.missing(10, 20, "recovery: 10..19")
+            damage.missing(5, 20, "a reader: 5..19")  # 5 new ones
+            damage.missing(12, 15, "another reader: 12..14")  # nothing new: not logged
+        self.assertEqual(damage.missing_offsets, 15)
+        self.assertEqual(len(logs.output), 2)
+
+    def test_a_journal_cut_below_a_cursor_never_gives_those_offsets_out_again(self):
+        journal = Journal(self.dir, segment_bytes=1000).open()
+        for i in range(5):
+            journal.append(payloads(5, i * 5))
+        journal.cursor("mongo").commit(25)
+        journal.close()
+        bases = list_segments(self.dir)
+        os.unlink(self.segment_path(bases[-1]))  # the last segment lost
+        with self.assertLogs("zspark.journal", logging.WARNING) as logs:
+            journal = self.open()
+        self.assertTrue(any(f"offsets {bases[-1]}..24 are missing" in line for line in logs.output))
+        self.assertEqual(journal.end_offset, 25)
+        self.assertEqual(journal.append([b"new"]), [25], "new records come after the cursor")
+        self.assertEqual([p for _, p in journal.reader(25)], [b"new"])
+        self.assertEqual(journal.damage.missing_offsets, 25 - bases[-1])
 
     def test_a_second_writer_is_refused(self):
         self.open()

@@ -32,13 +32,15 @@ EVENT_KEYS = {"_id", "timestamp", "type", "source", "node"}
 
 class ZmqCase(unittest.TestCase):
     zmq_settings = {}
+    journal_settings = {}
 
     def setUp(self):
         tmp = TempDir()
         self.addCleanup(tmp.remove)
         data = config_data(tmp.path, http={"port": 0},
                            zmq={"bson_bind": "tcp://127.0.0.1:*", "json_bind": "tcp://127.0.0.1:*",
-                                **self.zmq_settings})
+                                **self.zmq_settings},
+                           journal=self.journal_settings)
         self.server = Server(from_dict(data))
         self.server.start()
         self.addCleanup(self.server.shutdown)
@@ -352,6 +354,30 @@ class BurstTest(ZmqCase):
         self.assertEqual({e["source"] for e in events if e["context"]["sender"] == "json-c"}, {"zmq_json"})
         self.wait_counts("zmq_bson", 2 * per_sender, 0)
         self.wait_counts("zmq_json", per_sender, 0)
+
+
+class FullJournalTest(ZmqCase):
+    journal_settings = {"max_bytes": 30000}
+
+    def test_a_burst_larger_than_the_whole_journal_goes_in_as_far_as_it_fits(self):
+        client = self.client(self.bson_addr)
+        for i in range(600):  # one burst, ~100 kB framed: three times the journal
+            client.event("burst", {"seq": i, "pad": "p" * 40})
+        self.wait_events(150)
+        wait_until(lambda: self.source_stats("zmq_bson")["refused"] > 0, 10,
+                   message="the rest of the burst held, waiting for room")
+        events = self.events()
+        self.assertEqual([e["context"]["seq"] for e in events], list(range(len(events))),
+                         "the part that fits goes in, in order")
+        self.assertGreater(self.server.journal.size_bytes, 30000 * 0.9)
+
+    def test_an_event_larger_than_the_whole_journal_is_rejected_with_the_reason(self):
+        client = self.client(self.bson_addr)
+        client.event("huge", {"pad": "p" * 40000})
+        client.event("after")
+        self.assertEqual([e["type"] for e in self.wait_events(1)], ["after"])
+        stats = self.wait_counts("zmq_bson", 1, 1)
+        self.assertIn("journal.max_bytes", stats["last_rejection"])
 
 
 def _pump(source, destination):

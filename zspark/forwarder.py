@@ -22,9 +22,10 @@ import time
 
 import gevent
 from gevent.event import Event
-from gevent.hub import get_hub
 
+from . import blocking
 from .journal import decode_event, event_to_json
+from .metrics import RateLimitedLog
 
 log = logging.getLogger("zspark.forwarder")
 
@@ -56,6 +57,7 @@ class Forwarder:
         # `events` an iterable of the delivered events (not those dead-lettered); see hours.py.
         self.on_delivered = None
         self.dead_letter_path = os.path.join(journal.directory, "dead-letter", f"{self.name}.jsonl")
+        self._warn = RateLimitedLog(log, logging.ERROR)
 
     @property
     def lag(self):
@@ -140,8 +142,7 @@ class Forwarder:
                 self.failed += 1
                 self.last_error = f"{type(e).__name__}: {e}"
                 self.last_error_time = time.time()
-                delay = min(self.backoff_max, self.backoff_initial * 2 ** min(attempt - 1, 20))
-                delay *= random.uniform(0.5, 1.0)
+                delay = self._backoff(attempt)
                 self.state = BACKING_OFF
                 (log.warning if attempt == 1 or attempt % 10 == 0 else log.debug)(
                     "forwarder %s: delivering offsets %d..%d failed (attempt %d), retrying in %.1fs: %s",
@@ -150,11 +151,11 @@ class Forwarder:
                     return  # stopping: the cursor is unchanged, the batch goes again at the next start
         if attempt:
             log.info("forwarder %s: delivered after %d failed attempt(s)", self.name, attempt)
-        self.state = RUNNING
         dead = undecodable + list(rejected)
-        if dead:
-            self._dead_letter(dead)
-        self.cursor.commit(records[-1][0] + 1)
+        if dead and not self._dead_letter(dead):
+            return  # stopping: the cursor is unchanged, the batch goes again at the next start
+        self.state = RUNNING
+        self._save_cursor(records[-1][0] + 1)
         self.delivered += len(items) - len(rejected)
         self.last_delivery_time = time.time()
         if self.on_delivered is not None:
@@ -162,15 +163,50 @@ class Forwarder:
             self.on_delivered(records[0][0], records[-1][0] + 1,
                               (event for offset, event in items if offset not in refused))
 
+    def _save_cursor(self, offset):
+        """Move the cursor past a delivered batch. If the file cannot be written (a full disk),
+        go on from the offset in memory and save it with a later batch: a restart before then
+        sends the batches since the last save again (at least once; MongoDB keeps one copy)."""
+        try:
+            self.cursor.commit(offset)
+        except OSError as e:
+            self.cursor.offset = offset
+            self.last_error = f"cannot save the cursor: {e}"
+            self.last_error_time = time.time()
+            self._warn("forwarder %s: cannot save its cursor in %s (%s); delivering on and saving "
+                       "it with a later batch", self.name, self.cursor.path, e)
+
     def _dead_letter(self, dead):
+        """Write refused records to the dead-letter file, retrying while it cannot be written
+        (a full disk): a record is passed over only once it is there. False if stopping first."""
         lines = []
         for offset, event, reason in dead:
             lines.append(json.dumps({"offset": offset, "sink": self.name, "reason": reason,
                                      "time": time.time(), "event": json.loads(event_to_json(event))}))
+        attempt = 0
+        while True:
+            try:
+                blocking.call(_append_lines, self.dead_letter_path, lines)
+                break
+            except OSError as e:
+                attempt += 1
+                self.failed += 1
+                self.last_error = f"cannot write the dead-letter file: {e}"
+                self.last_error_time = time.time()
+                self.state = BACKING_OFF
+                self._warn("forwarder %s: cannot write %d refused record(s) to %s (%s); retrying",
+                           self.name, len(dead), self.dead_letter_path, e)
+                if self._stop_requested.wait(self._backoff(attempt)):
+                    return False
+        for offset, _, reason in dead:
             log.error("forwarder %s: offset %d refused for good, written to %s: %s",
                       self.name, offset, self.dead_letter_path, reason)
-        get_hub().threadpool.apply(_append_lines, (self.dead_letter_path, lines))
         self.dead_lettered += len(dead)
+        return True
+
+    def _backoff(self, attempt):
+        delay = min(self.backoff_max, self.backoff_initial * 2 ** min(attempt - 1, 20))
+        return delay * random.uniform(0.5, 1.0)
 
 
 def _append_lines(path, lines):

@@ -292,5 +292,6 @@ class Server:
                     "max": round(j.stats.sync_seconds_max * 1000, 3),
                 },
                 "write_errors": j.stats.write_errors,
+                "damage": j.damage.as_dict(),  # cut at open, skipped and missing (journal/damage.py)
             },
         }

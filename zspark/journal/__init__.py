@@ -7,11 +7,13 @@ look at a journal directory for operators.
 """
 from .codec import decode_event, encode_event, event_id, event_to_json
 from .cursor import Cursor, list_cursors
-from .journal import Journal, JournalClosed, JournalError, JournalFull, JournalLocked, PendingAppend
+from .journal import (Journal, JournalClosed, JournalError, JournalFull, JournalLocked, PendingAppend,
+                      TooLargeForJournal)
 from .reader import Reader
 from .record import list_segments
 from .view import JournalView
 
 __all__ = ["Journal", "JournalError", "JournalFull", "JournalClosed", "JournalLocked", "PendingAppend",
+           "TooLargeForJournal",
            "Reader", "JournalView", "Cursor", "list_cursors", "list_segments", "encode_event", "decode_event",
            "event_id", "event_to_json"]

@@ -9,7 +9,7 @@ import os
 import re
 import threading
 
-from gevent.hub import get_hub
+from .. import blocking
 
 log = logging.getLogger("zspark.journal")
 
@@ -54,7 +54,7 @@ class Cursor:
 
     def commit(self, offset):
         """Durably record `offset` as the next one to deliver (cooperative: I/O in the thread pool)."""
-        get_hub().threadpool.apply(self._write, (offset,))
+        blocking.call(self._write, offset)
         self.offset = offset
 
     def _write(self, offset):

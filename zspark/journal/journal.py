@@ -24,10 +24,13 @@ import time
 
 import gevent
 from gevent.event import Event
-from gevent.hub import get_hub
+from gevent.lock import Semaphore
 
+from .. import blocking
+from ..metrics import RateLimitedLog
 from . import record
 from .cursor import Cursor, list_cursors
+from .damage import Damage
 from .reader import Reader
 
 log = logging.getLogger("zspark.journal")
@@ -41,6 +44,10 @@ class JournalError(Exception):
 
 class JournalFull(JournalError):
     """Taking the records would go over `max_bytes`; nothing old is dropped to make room."""
+
+
+class TooLargeForJournal(JournalFull):
+    """The records are larger than `max_bytes` itself: no waiting makes room for them."""
 
 
 class JournalClosed(JournalError):
@@ -93,7 +100,6 @@ class Stats:
         self.sync_seconds_max = 0.0
         self.records_appended = 0
         self.write_errors = 0
-        self.recovered_cut_bytes = 0
 
     def record_sync(self, seconds):
         self.syncs += 1
@@ -115,8 +121,9 @@ class Journal:
         self.max_bytes = max_bytes
         self.retain_hours = retain_hours
         self.stats = Stats()
+        self.damage = Damage()
+        self._log_write_error = RateLimitedLog(log, logging.ERROR)  # a full disk fails every write
         self._on_fatal = on_fatal
-        self._threadpool = get_hub().threadpool
         self._segments = []  # [base_offset, size_bytes], ascending; the last is active
         self._fd = None
         self._lock_fd = None
@@ -131,6 +138,8 @@ class Journal:
         self._failed = None
         self._flusher = None
         self._last_sync = 0.0
+        self._writing = Semaphore()  # the flusher's write or a retention roll, never both at once
+        self._refused = False  # records were refused for want of space since the last retention run
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -159,7 +168,7 @@ class Journal:
         if self._flusher is not None and not self._flusher.dead:
             self._flusher.join()
         if self._fd is not None:
-            self._threadpool.apply(os.fsync, (self._fd,))
+            blocking.call(os.fsync, self._fd)
             os.close(self._fd)
             self._fd = None
         self._unlock()
@@ -201,7 +210,12 @@ class Journal:
             return PendingAppend([], _done_batch())
         frames, nbytes = record.frame_all(first, payloads)
         offset = first + len(payloads)
+        if nbytes > self.max_bytes:
+            raise TooLargeForJournal(f"the journal is full for {nbytes} bytes of records at once: they "
+                                     f"can never fit in its {self.max_bytes} bytes (journal.max_bytes); "
+                                     "send fewer at once")
         if self.size_bytes + self._pending_bytes + nbytes > self.max_bytes:
+            self._refused = True
             raise JournalFull(f"the journal is full ({self.size_bytes + self._pending_bytes} of "
                               f"{self.max_bytes} bytes used)")
         batch = self._open_batch
@@ -230,18 +244,19 @@ class Journal:
                     return
                 continue
             self._open_batch = _Batch()
-            self._write_batch(batch)
+            with self._writing:
+                self._write_batch(batch)
             if self._closing:
                 self._wake.set()  # drain whatever came in meanwhile, then stop
 
     def _write_batch(self, batch):
         try:
             if self._segments[-1][1] >= self.segment_bytes:
-                self._roll(batch.first)
+                self._roll(self._end_offset)
             data = b"".join(batch.chunks)
             position = self._segments[-1][1]
             started = time.monotonic()
-            self._threadpool.apply(_write_at, (self._fd, data, position, self.sync != "never"))
+            blocking.call(_write_at, self._fd, data, position, self.sync != "never")
             if self.sync != "never":
                 # Pace fsyncs by when they start: one every sync_interval, not one every
                 # sync_interval plus however long the previous fsync took.
@@ -249,10 +264,14 @@ class Journal:
                 self.stats.record_sync(time.monotonic() - started)
         except OSError as e:
             self.stats.write_errors += 1
-            batch.error = JournalFull(f"no space left for the journal: {e}") if e.errno in (
-                errno.ENOSPC, errno.EDQUOT) else JournalError(f"journal write failed: {e}")
-            log.error("journal: write of offsets %d..%d failed, those records were refused: %s",
-                      batch.first, batch.last, e)
+            self._refused = self._refused or e.errno in (errno.ENOSPC, errno.EDQUOT)
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                batch.error = JournalFull(f"no space left on the journal's disk ({self.directory}): "
+                                          f"{e.strerror}; events are refused until space is freed there")
+            else:
+                batch.error = JournalError(f"journal write in {self.directory} failed: {e}")
+            self._log_write_error("journal %s: write of offsets %d..%d failed, those records were "
+                                  "refused: %s", self.directory, batch.first, batch.last, e)
         except BaseException as e:
             # Not a disk error: a bug or the flusher being killed. The records are not known to
             # be written, so their appenders must hear so; then the flusher dies loudly.
@@ -268,11 +287,14 @@ class Journal:
             batch.done.set()
 
     def _roll(self, base):
-        """Close the active segment (synced) and start a new one whose first record is `base`."""
-        new_fd = self._threadpool.apply(_create_segment, (self.directory, base))
+        """Close the active segment (synced) and start a new one named `base`: the end of the
+        journal, so that its first record is `base` or, after offsets refused by a failed write,
+        a later one. A segment's name then never leaves a gap after the one before it: a gap
+        between segments means records are missing (see reader.py)."""
+        new_fd = blocking.call(_create_segment, self.directory, base)
         old_fd, self._fd = self._fd, new_fd
         self._segments.append([base, 0])
-        self._threadpool.apply(_sync_and_close, (old_fd,))
+        blocking.call(_sync_and_close, old_fd)
         log.info("journal: rolled to segment %s", record.segment_name(base))
 
     def _flusher_died(self, greenlet):
@@ -301,6 +323,13 @@ class Journal:
     def segment_bases(self):
         return [base for base, _ in self._segments]
 
+    def durable_bytes(self, base):
+        """How many bytes of segment `base` hold durable records (0 for a segment not known)."""
+        for segment_base, size in reversed(self._segments):
+            if segment_base == base:
+                return size
+        return 0
+
     def reader(self, offset=0):
         return Reader(self.directory, offset, journal=self)
 
@@ -327,6 +356,14 @@ class Journal:
         cursors = consumers if isinstance(consumers, dict) else {
             name: Cursor(self.directory, name).offset for name in consumers}
         passed = min(cursors.values()) if cursors else self._end_offset
+        if self._refused and passed >= self._end_offset and self._segments[-1][1] > 0:
+            # Full, and every consumer has passed even the active segment: roll it, so that it
+            # can go too. Otherwise no write would come to roll it (all are refused), and a
+            # journal whose whole size is in its active segment would stay full for ever.
+            self._refused = False
+            with self._writing:
+                if self._segments[-1][1] > 0:
+                    self._roll(self._end_offset)
         deleted = []
         while len(self._segments) > 1:
             base, _ = self._segments[0]
@@ -334,10 +371,10 @@ class Journal:
             if next_base > passed:
                 break
             path = os.path.join(self.directory, record.segment_name(base))
-            mtime = self._threadpool.apply(_mtime, (path,))
+            mtime = blocking.call(_mtime, path)
             if mtime is not None and (now - mtime) / 3600.0 < self.retain_hours:
                 break
-            self._threadpool.apply(_unlink, (path,))
+            blocking.call(_unlink, path)
             self._segments.pop(0)
             deleted.append(base)
         if deleted:
@@ -373,9 +410,10 @@ class Journal:
     def _recover(self):
         bases = record.list_segments(self.directory)
         if not bases:
-            self._fd = _create_segment(self.directory, 0)
-            self._segments = [[0, 0]]
-            self._next_offset = self._end_offset = 0
+            start = self._past_every_cursor(0)
+            self._fd = _create_segment(self.directory, start)
+            self._segments = [[start, 0]]
+            self._next_offset = self._end_offset = start
             return
         self._segments = [[b, os.path.getsize(os.path.join(self.directory, record.segment_name(b)))]
                           for b in bases]
@@ -393,11 +431,24 @@ class Journal:
                         last_offset if last_offset is not None else "none")
             os.ftruncate(fd, valid_end)
             os.fsync(fd)
-            self.stats.recovered_cut_bytes += size - valid_end
+            self.damage.cut_bytes += size - valid_end
             self._segments[-1][1] = valid_end
         self._fd = fd
-        self._next_offset = max(last_base, last_offset + 1 if last_offset is not None else 0)
+        self._next_offset = self._past_every_cursor(max(last_base, last_offset + 1 if last_offset is not None else 0))
         self._end_offset = self._next_offset
+
+    def _past_every_cursor(self, end):
+        """The offset new records start at: `end`, the end of what is on disk, unless a cursor is
+        further on (the journal was cut short, or its last segments deleted). Offsets below a
+        cursor must never be given out again: that forwarder would pass over their records."""
+        ahead = max(self.cursors().values(), default=0)
+        if ahead <= end:
+            return end
+        self.damage.missing(end, ahead, f"journal recovery: the journal ends at offset {end} but a "
+                                        f"forwarder's saved cursor is at {ahead}: offsets {end}..{ahead - 1} "
+                                        f"are missing (the journal was cut short or segments deleted); "
+                                        f"new records start at offset {ahead}")
+        return ahead
 
 
 def last_offset_on_disk(directory):

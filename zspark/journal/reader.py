@@ -7,7 +7,9 @@ directory alone (`zcmd tail` beside a running or stopped server) it reads whatev
 the files and polls for more.
 
 Damage is skipped, never fatal: a record whose checksum fails is passed over to the next intact
-record, counted in `skipped_bytes` and logged.
+record, counted in `skipped_bytes` and logged. Offsets found missing after damage or between two
+segments (one deleted, or cut short) are logged too. A reader bound to a journal reports both
+to the journal's damage report (damage.py), which logs and counts each place once.
 """
 import logging
 import os
@@ -37,6 +39,7 @@ class Reader:
         self._buf = b""
         self._pos = 0  # parse position in self._buf
         self._stuck_at = None  # (segment, file position) of damage we are waiting behind
+        self._gap_after = None  # what was passed since the last record returned (damage, a segment end)
 
     # -- public -----------------------------------------------------------------------------
 
@@ -56,6 +59,10 @@ class Reader:
                 if limit is not None and rec_offset >= limit:
                     break
                 if rec_offset >= self.offset:
+                    if self._gap_after is not None:
+                        if rec_offset > self.offset:
+                            self._report_missing(rec_offset)
+                        self._gap_after = None
                     payload = self._buf[start:end]
                     out.append((rec_offset, payload))
                     size += len(payload)
@@ -83,6 +90,7 @@ class Reader:
     def seek(self, offset):
         self.close()
         self.offset = offset
+        self._gap_after = None
 
     def close(self):
         if self._fd is not None:
@@ -126,14 +134,22 @@ class Reader:
         return True
 
     def _fill(self):
-        """Read more of the open file into the buffer; False at end of file."""
+        """Read more of the open file into the buffer; False at end of file (or, bound to a
+        journal, at the end of what it has made durable there)."""
         if self._pos > 0:
             self._buf = self._buf[self._pos:]
             self._pos = 0
+        size = READ_CHUNK
+        if self._journal is not None:
+            # Never the bytes of a write in progress: if it fails they are cut off again and the
+            # next records written over them, which a buffer holding the old bytes would misread.
+            size = min(size, self._journal.durable_bytes(self._segment) - self._file_pos)
+            if size <= 0:
+                return False
         if self._threadpool is not None:
-            data = self._threadpool.apply(os.pread, (self._fd, READ_CHUNK, self._file_pos))
+            data = self._threadpool.apply(os.pread, (self._fd, size, self._file_pos))
         else:
-            data = os.pread(self._fd, READ_CHUNK, self._file_pos)
+            data = os.pread(self._fd, size, self._file_pos)
         if not data:
             return False
         self._file_pos += len(data)
@@ -145,7 +161,7 @@ class Reader:
         at = record.resync(self._buf, self._pos)
         if at is None:
             return False
-        self._report_skip(at - self._pos, f"byte {self._file_pos - len(self._buf) + self._pos}")
+        self._report_skip(at - self._pos)
         self._pos = at
         return True
 
@@ -156,16 +172,33 @@ class Reader:
             return False
         leftover = len(self._buf) - self._pos
         if leftover:
-            self._report_skip(leftover, "its end")
+            self._report_skip(leftover, at_end=True)
+        self._gap_after = self._gap_after or (f"segment {record.segment_name(self._segment)} ends before "
+                                              "them: a segment deleted or cut short")
         self._open(later[0])
         return True
 
-    def _report_skip(self, nbytes, where):
+    def _report_skip(self, nbytes, at_end=False):
         key = (self._segment, self._file_pos, self._pos)
         if self._stuck_at == key:
             return
         self._stuck_at = key
         self.skipped_bytes += nbytes
         self.skipped_regions += 1
-        log.warning("journal: skipped %d damaged bytes at %s of segment %s (reading from offset %d)",
-                    nbytes, where, record.segment_name(self._segment), self.offset)
+        position = self._file_pos - len(self._buf) + self._pos
+        name = record.segment_name(self._segment)
+        self._gap_after = f"damaged bytes skipped in segment {name}"
+        message = (f"journal: skipped {nbytes} damaged bytes at byte {position}"
+                   f"{' (its end)' if at_end else ''} of segment {name}, reading from offset {self.offset}")
+        if self._journal is not None:
+            self._journal.damage.skipped((self._segment, position), nbytes, message)
+        else:
+            log.warning("%s", message)
+
+    def _report_missing(self, resumed_at):
+        message = (f"journal: offsets {self.offset}..{resumed_at - 1} are missing ({self._gap_after}); "
+                   f"reading on at offset {resumed_at}")
+        if self._journal is not None:
+            self._journal.damage.missing(self.offset, resumed_at, message)
+        else:
+            log.warning("%s", message)

@@ -26,7 +26,7 @@ import zmq.green as zmq
 from zmq import Socket as _PlainSocket  # the plain class: see _receive
 
 from ..event import InvalidEvent
-from ..journal import JournalClosed, JournalError
+from ..journal import JournalClosed, JournalError, JournalFull, TooLargeForJournal
 from ..journal.codec import DECODE_OPTIONS
 from ..metrics import RateLimitedLog
 from .curve import make_server
@@ -98,24 +98,22 @@ class ZmqSource:
             self._socket = None
 
     def _run(self):
-        previous = None  # (pending append, its events): one burst in flight while we receive
+        previous = []  # [(pending append, its events)]: one burst in flight while we receive
         while True:
-            frames = self._receive(wait=previous is None)
+            frames = self._receive(wait=not previous)
             if frames is None:
                 break
             if not frames:
                 # Nothing more to receive now: finish the burst in flight before waiting for
                 # frames, so it is counted (and retried if its write failed) without delay.
-                self._wait_durable(*previous)
-                previous = None
+                self._wait_durable(previous)
+                previous = []
                 continue
             events = self._normalize(frames)
-            current = (self._hand_over(events), events) if events else None
-            if previous is not None:
-                self._wait_durable(*previous)
+            current = self._hand_over(events) if events else []
+            self._wait_durable(previous)
             previous = current
-        if previous is not None:
-            self._wait_durable(*previous)
+        self._wait_durable(previous)
 
     def _receive(self, wait):
         """A burst of frames: [] if none is there and not `wait`; None once stopping and the
@@ -196,24 +194,40 @@ class ZmqSource:
         self._warn("ZeroMQ %s: rejected a frame: %s", self.name, reason)
 
     def _hand_over(self, events):
-        """Give events to the journal; while it refuses them, hold on to them and retry."""
+        """Give events to the journal, in order; return the parts handed over as
+        [(pending append, its events)]. While the journal refuses them, hold on to them and
+        retry. A burst the journal has no room for goes in parts, each as soon as it fits: whole,
+        it might not fit even in an empty journal."""
         while True:
             try:
-                return self.ingest.append_nowait(events, self.name)
+                return [(self.ingest.append_nowait(events, self.name), events)]
+            except TooLargeForJournal as e:
+                if len(events) == 1:
+                    self._reject(str(e))
+                    return []
+                half = len(events) // 2
+                return self._hand_over(events[:half]) + self._hand_over(events[half:])
+            except JournalFull as e:
+                if len(events) > 1 and not self._stopping:
+                    half = len(events) // 2
+                    return self._hand_over(events[:half]) + self._hand_over(events[half:])
+                if not self._refused(events, e):
+                    return []
             except JournalError as e:
                 if not self._refused(events, e):
-                    return None
+                    return []
 
-    def _wait_durable(self, pending, events):
-        """Wait for a burst to be durable; if its write failed, hand it over again."""
-        while pending is not None:
+    def _wait_durable(self, handed):
+        """Wait for the parts handed over to be durable; a part whose write failed is handed
+        over again."""
+        handed = list(handed)
+        while handed:
+            pending, events = handed.pop(0)
             try:
                 pending.wait()
-                return
             except JournalError as e:
-                if not self._refused(events, e):
-                    return
-                pending = self._hand_over(events)
+                if self._refused(events, e):
+                    handed[:0] = self._hand_over(events)
 
     def _refused(self, events, error):
         """Wait a moment before trying again; False if there is no point (shutting down)."""
