@@ -12,8 +12,6 @@ import time
 import unittest
 import urllib.request
 
-import zmq
-
 from zspark.client import ZSparkClient
 
 from .support import (ServeProcess, TempDir, config_data, free_port, journal_events, request, wait_until,
@@ -142,11 +140,9 @@ class Curve(AccessCase):
         self.assertEqual(zcmd("keygen", self.tmp.join("clients"), "--name", "app1").returncode, 1)  # no overwrite
         server = self.serve(zmq={"curve_secret_key": server_secret,
                                  "curve_authorized_keys": self.tmp.join("clients")})
-        context = zmq.Context()
-        self.addCleanup(context.destroy, 0)
-
         def send(type_, **keys):
-            client = ZSparkClient(self.bson, context=context, **keys)
+            client = ZSparkClient(self.bson, **keys)
+            self.addCleanup(client.close, 0)  # linger 0: what a refused client holds is dropped
             client.event(type_, {})
             return client
 
