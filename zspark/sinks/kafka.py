@@ -45,6 +45,9 @@ PERMANENT_ERRORS = {
 }
 
 
+# Batches in a row that failed to be delivered before the producer is replaced (see send).
+RENEW_AFTER_FAILED_SENDS = 2
+
 # How often a batch waiting for its delivery reports looks for them: every millisecond at first,
 # then every tenth of the time waited so far (at most every 50 ms, as while a broker is down).
 REPORT_POLL_MIN_S = 0.001
@@ -72,6 +75,7 @@ class KafkaSink:
         settings.update(config.producer)
         self._settings = settings
         self._fatal = None
+        self._failed_sends = 0  # batches in a row with messages not delivered
         self._warn = RateLimitedLog(log, burst=5)
         self.producer = Producer(settings)
         self._fields = [f for _, f, _, _ in string.Formatter().parse(config.topic) if f]
@@ -97,6 +101,16 @@ class KafkaSink:
             # An idempotent producer that hit a fatal error refuses everything; start afresh.
             log.warning("Kafka: replacing the producer after a fatal error: %s", self._fatal)
             self._fatal = None
+            self._failed_sends = 0
+            self.producer = Producer(self._settings)
+        elif self._failed_sends >= RENEW_AFTER_FAILED_SENDS:
+            # A broker that lost this producer's id (restarted empty, or the id expired) refuses
+            # its batches for ever (UNKNOWN_PRODUCER_ID), which librdkafka reports only as
+            # timeouts and does not mend; a new producer gets a new id. While the broker is down
+            # this costs a new producer every few attempts: cheap beside message.timeout.ms.
+            self._warn("Kafka: replacing the producer after %d failed batches in a row",
+                       self._failed_sends)
+            self._failed_sends = 0
             self.producer = Producer(self._settings)
         reports = {}
         rejected = []
@@ -147,8 +161,10 @@ class KafkaSink:
                 if err.fatal() or err.code() == KafkaError._FATAL:
                     self._fatal = err.str()
         if failures:
+            self._failed_sends += 1
             # The ones that did arrive will arrive again on the retry: at-least-once, bounded by a batch.
             raise RuntimeError(f"{len(failures)} of {sent} message(s) not delivered: {failures[0].str()}")
+        self._failed_sends = 0
         return rejected
 
     def _produce(self, topic, value, key, callback):
