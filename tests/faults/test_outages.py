@@ -4,7 +4,9 @@ appliance's RSS stays under a ceiling while the backlog on disk grows past it) a
 restart. Each test runs its own broker or database so that it can stop it.
 
 Tansu keeps its data in memory, so a stopped broker loses its topics: what reached Kafka before
-the outage is read before the broker stops, and the rest after it came back."""
+the outage is read before the broker stops, and the rest after it came back. It also loses the
+producer ids it gave out, as a broker does when an idle producer's id expires: the broker is
+stopped once more while idle, and events sent after that must arrive too."""
 import collections
 import unittest
 
@@ -91,6 +93,14 @@ class Outages(FaultCase):
         mongo = self.mongo_ids()
         self.assertEqual(len(mongo), len(set(mongo)), "MongoDB holds an event twice")
         self.assertEqual(set(mongo), ids, "MongoDB holds exactly the journaled events")
+        if name == "kafka":
+            # Down again while idle and back empty: this producer's id is unknown to it now.
+            service.stop()
+            service.start()
+            later = self.post([{"type": "later", "topic": self.topic, "context": {"uid": f"later-{i}"}}
+                               for i in range(3)])
+            self.assert_each_once(self.read_kafka(topics, later, timeout=60), later,
+                                  "Kafka after a restart that lost the producer's state")
         self.stop(server)
         self.summary(sent=len(before.sent_uids() | during.sent_uids()), acknowledged=len(acknowledged),
                      delivered={"kafka": len(kafka), "mongo": len(set(mongo))},

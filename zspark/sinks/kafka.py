@@ -48,7 +48,7 @@ PERMANENT_ERRORS = {
 # How often a batch waiting for its delivery reports looks for them: every millisecond at first,
 # then every tenth of the time waited so far (at most every 50 ms, as while a broker is down).
 REPORT_POLL_MIN_S = 0.001
-RENEW_AFTER_TIMED_OUT_BATCHES = 3
+RENEW_AFTER_TIMED_OUT_BATCHES = 2
 REPORT_POLL_MAX_S = 0.05
 
 
@@ -100,8 +100,10 @@ class KafkaSink:
             log.warning("Kafka: replacing the producer after a fatal error: %s", self._fatal)
             self._replace_producer()
         elif self._timed_out_batches >= RENEW_AFTER_TIMED_OUT_BATCHES:
-            # Seen after a broker restarted without its data: the producer kept its old metadata and
-            # sequence state and every retry timed out, while a new producer delivers at once.
+            # A broker that lost this producer's id (restarted empty, or the id expired) refuses
+            # its batches for ever (UNKNOWN_PRODUCER_ID), which librdkafka reports only as
+            # timeouts and never mends; a new producer gets a new id. While the broker is really
+            # down this costs a new producer every few attempts: cheap beside message.timeout.ms.
             log.warning("Kafka: %d batches in a row timed out; replacing the producer",
                         self._timed_out_batches)
             self._replace_producer()
