@@ -88,7 +88,10 @@ class HttpCase(unittest.TestCase):
         return journal_events(self.journal_dir)
 
     def status(self):
-        status, _, body = self.call_json("GET", "/status")
+        """/status, with the first token when tokens are set (/status needs one then)."""
+        tokens = self.http_settings.get("status_tokens") or self.http_settings.get("tokens")
+        headers = {"Authorization": f"Bearer {tokens[0]}"} if tokens else None
+        status, _, body = self.call_json("GET", "/status", headers=headers)
         self.assertEqual(status, 200)
         return body
 

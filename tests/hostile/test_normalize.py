@@ -137,7 +137,8 @@ class NormalizeTest(unittest.TestCase):
         self.assert_within_limits(event, Limits(), False)
         self.assert_survives_the_journal(event, offset)
         if doc.keys() <= SPLICEABLE_FIELDS and None not in doc.values():
-            spliced = decode_event(encode_event(FrameEvent(dict(event), frame), offset))
+            spliced = decode_event(encode_event(FrameEvent(frame, event["timestamp"], event["source"], event["node"]),
+                                                offset))
             reencoded = decode_event(encode_event(dict(event), offset))
             self.assertEqual(spliced, reencoded)
 
