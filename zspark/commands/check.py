@@ -21,8 +21,7 @@ The URL and token come from the config as for `zcmd status`; --url overrides.
 
   zcmd -y /etc/zspark.yaml check --lag-warn 5000 --lag-crit 50000 --not-running critical
 """
-import argparse
-
+from . import argtypes
 from .running import BadAnswer, NoServer, add_server_arguments, fetch_status, journal_percent, status_url
 from .status import one_line
 
@@ -33,14 +32,14 @@ LEVELS = {"warning": WARNING, "critical": CRITICAL}
 
 def add_arguments(parser):
     add_server_arguments(parser, "UNKNOWN when no answer comes within this")
-    parser.add_argument("--lag-warn", type=_count, default=1000, metavar="RECORDS",
+    parser.add_argument("--lag-warn", type=argtypes.record_count, default=1000, metavar="RECORDS",
                         help="WARNING when a forwarder's lag is above this (default 1000)")
-    parser.add_argument("--lag-crit", type=_count, default=10000, metavar="RECORDS",
+    parser.add_argument("--lag-crit", type=argtypes.record_count, default=10000, metavar="RECORDS",
                         help="CRITICAL when a forwarder's lag is above this (default 10000)")
-    parser.add_argument("--full-warn", type=_percent, default=80.0, metavar="PERCENT",
+    parser.add_argument("--full-warn", type=argtypes.percent, default=80.0, metavar="PERCENT",
                         help="WARNING when the journal is fuller than this percent of "
                              "journal.max_bytes (default 80)")
-    parser.add_argument("--full-crit", type=_percent, default=90.0, metavar="PERCENT",
+    parser.add_argument("--full-crit", type=argtypes.percent, default=90.0, metavar="PERCENT",
                         help="CRITICAL above this percent (default 90)")
     parser.add_argument("--not-running", "--backing-off", dest="not_running", choices=sorted(LEVELS),
                         default="warning",
@@ -133,23 +132,3 @@ def _num(value, digits=2):
 def _clean(text):
     """One line without '|', which would start the performance data."""
     return " ".join(str(text).replace("|", "/").split())
-
-
-def _count(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number of records, 0 or more, not {text!r}")
-    return value
-
-
-def _percent(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"must be a percentage from 0 to 100, not {text!r}")
-    return value

@@ -63,6 +63,7 @@ import time
 
 import gevent
 
+from . import argtypes
 from ..journal import Reader, decode_event, event_to_json, list_segments
 from ..journal.journal import last_offset_on_disk
 
@@ -107,54 +108,14 @@ def parse_time(text, now=None):
         raise argparse.ArgumentTypeError(f"time out of range: {text!r}") from None
 
 
-def _offset(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an offset: {text!r} (a whole number, 0 or more)") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"not an offset: {text!r} (a whole number, 0 or more)")
-    return value
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of 1 or more, not {text!r}")
-    return value
-
-
-def _seconds(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text!r}")
-    return value
-
-
-def _non_negative_seconds(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more, not {text!r}")
-    return value
-
-
 def add_arguments(parser):
     parser.add_argument("--to", required=True, choices=TARGETS,
                         help="where to send: kafka, mongo, pub (the config's sections of those names, "
                              "enabled or not) or stdout (JSON lines)")
     sel = parser.add_argument_group("selecting records (all given conditions must hold)")
-    sel.add_argument("--from-offset", type=_offset, metavar="N",
+    sel.add_argument("--from-offset", type=argtypes.offset, metavar="N",
                      help="first journal offset, inclusive (default: the oldest on disk)")
-    sel.add_argument("--to-offset", type=_offset, metavar="M",
+    sel.add_argument("--to-offset", type=argtypes.offset, metavar="M",
                      help="last journal offset, INCLUSIVE (default: the last on disk at the start)")
     sel.add_argument("--since", type=parse_time, metavar="TIME",
                      help="event timestamp at or after TIME: ISO 8601 (no zone = UTC) or a time ago "
@@ -168,9 +129,9 @@ def add_arguments(parser):
     how = parser.add_argument_group("how")
     how.add_argument("--dry-run", action="store_true",
                      help="count what would be sent; connect to nothing, send nothing")
-    how.add_argument("--batch-size", type=_positive_int, metavar="N",
+    how.add_argument("--batch-size", type=argtypes.positive_int, metavar="N",
                      help="records per batch sent (default: forward.batch_size from the config)")
-    how.add_argument("--timeout", type=_seconds, default=30.0, metavar="SECONDS",
+    how.add_argument("--timeout", type=argtypes.seconds, default=30.0, metavar="SECONDS",
                      help="how long to try to reach the destination, and to retry a failing batch, "
                           "before giving up with exit status 1 (default 30)")
     bar = how.add_mutually_exclusive_group()
@@ -189,7 +150,7 @@ def add_arguments(parser):
     dest.add_argument("--pub-bind", metavar="ADDRESS",
                       help="pub: bind here instead of pub.bind (needed while the server's own PUB "
                            "socket holds that address)")
-    dest.add_argument("--pub-wait", type=_non_negative_seconds, default=1.0, metavar="SECONDS",
+    dest.add_argument("--pub-wait", type=argtypes.non_negative_seconds, default=1.0, metavar="SECONDS",
                       help="pub: wait this long for subscribers to connect before sending, and for "
                            "the last messages to leave after (default 1)")
 

@@ -3,13 +3,14 @@
 Not a command itself (it is not in COMMANDS). A server bound to every interface (`0.0.0.0`, `*`,
 `::`) is reached on the loopback address of the same family.
 """
-import argparse
 import json
 import re
 import socket
 import ssl
 import urllib.error
 import urllib.request
+
+from . import argtypes
 
 DEFAULT_TIMEOUT_S = 5.0
 _ANY = {"0.0.0.0": "127.0.0.1", "*": "127.0.0.1", "": "127.0.0.1", "::": "::1", "[::]": "[::1]"}
@@ -27,18 +28,8 @@ class BadAnswer(Exception):
 def add_server_arguments(parser, timeout_help):
     """--url and --timeout, as `zcmd status` and `zcmd check` take them."""
     parser.add_argument("--url", help="the /status URL (default: from http.host, http.port and http.root)")
-    parser.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+    parser.add_argument("--timeout", type=argtypes.seconds, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
                         help=f"{timeout_help} (default {DEFAULT_TIMEOUT_S:g})")
-
-
-def _seconds(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text!r}")
-    return value
 
 
 def server_url(config, path):

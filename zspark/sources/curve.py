@@ -12,6 +12,7 @@ import logging
 import os
 
 import gevent
+from gevent.hub import get_hub
 import zmq.green as zmq
 from zmq.auth import load_certificate, load_certificates
 from zmq.utils import z85
@@ -58,6 +59,14 @@ def authorized_keys(directory):
     except (OSError, ValueError) as e:
         raise CurveError(f"cannot read the authorized client keys in {directory} "
                          f"(config key zmq.curve_authorized_keys): {e}") from None
+
+
+def _keys_or_error(directory):
+    """authorized_keys() for the thread pool: an error comes back as a value, not a traceback."""
+    try:
+        return authorized_keys(directory)
+    except CurveError as e:
+        return e
 
 
 def make_server(sock, public, secret):
@@ -110,11 +119,10 @@ class ZapHandler:
         if mechanism != b"CURVE" or len(key) != 32:
             return self._refuse(request_id, who, f"mechanism {mechanism.decode('ascii', 'replace')}")
         public = z85.encode(key)
-        try:
-            allowed = public in authorized_keys(self.directory)
-        except CurveError as e:
-            log.error("%s", e)
-            allowed = False
+        keys = get_hub().threadpool.apply(_keys_or_error, (self.directory,))  # disk: off the loop
+        if isinstance(keys, CurveError):
+            log.error("%s", keys)
+        allowed = not isinstance(keys, CurveError) and public in keys
         if not allowed:
             return self._refuse(request_id, who, f"key {public.decode()} is not in {self.directory}")
         return [version, request_id, b"200", b"OK", public, b""]
