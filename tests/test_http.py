@@ -4,12 +4,14 @@ Every test asserts what a sender sees (status, JSON body, headers) and what land
 (fields, types, ids), never how long anything took.
 """
 import datetime
+import email.utils
 import gzip
 import http.client
 import json
 import os
 import random
 import socket
+import time
 import unittest
 import urllib.parse
 from unittest import mock
@@ -659,6 +661,9 @@ class KeepAliveTest(HttpCase):
                 body = resp.read()
                 expected = {0: 200, 1: 200, 2: 200, 3: 400, 4: 404, 5: 200}[kind]
                 self.assertEqual(resp.status, expected, body)
+                dates = [value for name, value in resp.getheaders() if name.lower() == "date"]
+                self.assertEqual(len(dates), 1, resp.getheaders())
+                self.assertLess(abs(email.utils.parsedate_to_datetime(dates[0]).timestamp() - time.time()), 5)
                 if kind in (0, 1):
                     ids += json.loads(body)["ids"]
                 sock = sock or conn.sock
