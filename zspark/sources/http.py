@@ -36,6 +36,7 @@ from ..ingest import BatchRejected
 from ..journal import JournalError, JournalFull
 from ..metrics import RateLimitedLog
 from . import fastjson
+from .httpheaders import read_headers
 from .tap import TailStream
 
 log = logging.getLogger("zspark.http")
@@ -520,6 +521,9 @@ class _NoDelayHandler(WSGIHandler):
         head = (f"HTTP/1.1 {_STATUS_LINES[code]}\r\nContent-Type: application/json\r\n"
                 f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n").encode()
         return result[0], head if self.command == "HEAD" else head + body
+
+    def MessageClass(self, fp, *args):
+        return read_headers(fp)  # plain header blocks without the email parser (httpheaders.py)
 
     def read_request(self, raw_requestline):
         # Python's header parser takes a line that is not "Name: value" as the end of the
