@@ -25,6 +25,7 @@ from tests.support import ROOT, TempDir, config_data, journal_events, request, w
 from zspark.client import ZarkovClient, ZSparkClient
 from zspark.config import from_dict
 from zspark.server import Server
+from zspark.sources.zmq import ZmqSource
 
 UTC = datetime.timezone.utc
 EVENT_KEYS = {"_id", "timestamp", "type", "source", "node"}
@@ -354,6 +355,25 @@ class BurstTest(ZmqCase):
         self.assertEqual({e["source"] for e in events if e["context"]["sender"] == "json-c"}, {"zmq_json"})
         self.wait_counts("zmq_bson", 2 * per_sender, 0)
         self.wait_counts("zmq_json", per_sender, 0)
+
+
+    def test_frames_that_cut_documents_elsewhere_are_rejected_each(self):
+        # Joined, these three frames are three whole documents, but not the frames' own: the
+        # first frame holds a document and the head of the second. A burst must not be decoded
+        # as joined frames then, or the bytes journaled would not be the documents validated.
+        first, second, third = (bson.encode({"type": t, "context": {"k": "v"}}) for t in ("first", "second", "third"))
+        frames = [first + second[:7], second[7:], third]
+        self.assertIsNone(ZmqSource._decode_burst(frames))
+        self.assertEqual([d["type"] for d in ZmqSource._decode_burst([first, second, third])],
+                         ["first", "second", "third"])
+        sock = self.push(self.bson_addr)
+        for frame in frames:
+            sock.send(frame)
+        sock.send(bson.encode({"type": "sentinel"}))
+        events = self.wait_events(2)
+        self.assertEqual([e["type"] for e in events], ["third", "sentinel"])
+        self.assertEqual(events[0]["context"], {"k": "v"})
+        self.wait_counts("zmq_bson", 2, 2)
 
 
 class FullJournalTest(ZmqCase):
