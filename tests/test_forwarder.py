@@ -89,8 +89,7 @@ class ForwarderCase(unittest.TestCase):
         path = os.path.join(self.dir, "cursors", name)
         if not os.path.exists(path):
             return None
-        with open(path) as f:
-            return int(f.read())
+        return cursor_module.read_cursor(self.dir, name)
 
     def dead_letters(self, name="fake"):
         path = os.path.join(self.dir, "dead-letter", f"{name}.jsonl")
@@ -308,7 +307,8 @@ class FullDisk(ForwarderCase):
     def setUp(self):
         super().setUp()
         self.full = True
-        for module, name in ((cursor_module, "write_atomically"), (forwarder_module, "_append_lines")):
+        for module, name in ((cursor_module, "write_atomically"), (cursor_module, "_write_slot"),
+                             (forwarder_module, "_append_lines")):
             patcher = mock.patch.object(module, name, side_effect=self.enospc(getattr(module, name)))
             patcher.start()
             self.addCleanup(patcher.stop)
