@@ -5,6 +5,8 @@ only after `append` returned; the test kills it with SIGKILL at a random moment 
 the journal here: every acknowledged record must be there, intact, once, and appending must go
 on after them. Then damage made by hand: a torn last record (cut at many points), a corrupt
 record in the middle (every header field and the payload), in the last or an older segment.
+Cursors the same way: a child (tests/cursor_writer.py) commits offset after offset and is killed;
+the cursor must read as the last commit that returned or the one in flight, never anything else.
 """
 import contextlib
 import logging
@@ -18,7 +20,7 @@ import threading
 import time
 import unittest
 
-from zspark.journal import Journal, Reader, list_segments
+from zspark.journal import Journal, Reader, list_segments, read_cursor
 
 from .journal_writer import payload_for, uid_of
 from .support import ROOT, TempDir
@@ -192,6 +194,64 @@ class SigkillMidStream(CrashCase):
         reader.close()
         self.assertEqual(offsets, list(range(len(offsets))))
         self.assertEqual(reader.skipped_regions, 0)
+
+
+class SigkillCursor(CrashCase):
+    def commit_and_kill(self, journal_dir, min_commits, timeout=20):
+        """Start the committer, read commits until a random count past `min_commits`, SIGKILL.
+        Return (the offset it opened at, the last offset whose commit returned)."""
+        args = [sys.executable, "-m", "tests.cursor_writer", journal_dir, "kafka"]
+        err_path = self.tmp.join("cursor-writer.err")
+        with open(err_path, "wb") as err:
+            proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, cwd=ROOT)
+        watchdog = threading.Timer(timeout, proc.kill)
+        watchdog.start()
+        try:
+            first = proc.stdout.readline().decode()
+            self.assertTrue(first.startswith("OPEN "),
+                            f"committer did not open: {first!r}\n{_read(err_path)}")
+            opened = last = int(first.split()[1])
+            for _ in range(RNG.randint(min_commits, 2 * min_commits)):
+                line = proc.stdout.readline().decode()
+                self.assertTrue(line.startswith("C "), f"committer stopped: {line!r}\n{_read(err_path)}")
+                last = int(line.split()[1])
+            time.sleep(RNG.uniform(0, 0.002))
+            os.kill(proc.pid, signal.SIGKILL)
+            rest = proc.stdout.read()
+            returncode = proc.wait()
+        finally:
+            watchdog.cancel()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+        for line in rest.split(b"\n")[:-1]:
+            last = int(line.split()[1])
+        self.assertEqual(returncode, -signal.SIGKILL, "the committer must have died of SIGKILL")
+        return opened, last
+
+    def test_a_killed_commit_leaves_the_last_committed_offset_or_the_one_in_flight(self):
+        journal_dir = self.tmp.join("journal")
+        cursor_file = os.path.join(journal_dir, "cursors", "kafka")
+        expected = 0
+        for round_ in range(12):
+            if round_ in (0, 6):  # a new file, and an old-format file converted, killed early
+                min_commits = RNG.randint(0, 3)
+                if round_ == 6:
+                    with open(cursor_file, "w") as f:
+                        f.write(f"{expected + 1000}\n")
+                    expected += 1000
+            else:
+                min_commits = RNG.randint(20, 400)
+            opened, last = self.commit_and_kill(journal_dir, min_commits)
+            self.assertEqual(opened, expected, f"round {round_}: the committer opened elsewhere")
+            with captured_logs("zspark.journal") as logs:
+                saved = read_cursor(journal_dir, "kafka")
+            self.assertEqual([r.getMessage() for r in logs], [],
+                             f"round {round_}: the cursor read with complaints")
+            self.assertIn(saved, (last, last + 1), f"round {round_}: the last commit that returned "
+                                                   f"was {last}; the cursor reads {saved}")
+            expected = saved
 
 
 class DamageOnDisk(CrashCase):

@@ -89,8 +89,7 @@ class ForwarderCase(unittest.TestCase):
         path = os.path.join(self.dir, "cursors", name)
         if not os.path.exists(path):
             return None
-        with open(path) as f:
-            return int(f.read())
+        return cursor_module.read_cursor(self.dir, name)
 
     def dead_letters(self, name="fake"):
         path = os.path.join(self.dir, "dead-letter", f"{name}.jsonl")
@@ -308,7 +307,8 @@ class FullDisk(ForwarderCase):
     def setUp(self):
         super().setUp()
         self.full = True
-        for module, name in ((cursor_module, "write_atomically"), (forwarder_module, "_append_lines")):
+        for module, name in ((cursor_module, "write_atomically"), (cursor_module, "_write_slot"),
+                             (forwarder_module, "_append_lines")):
             patcher = mock.patch.object(module, name, side_effect=self.enospc(getattr(module, name)))
             patcher.start()
             self.addCleanup(patcher.stop)
@@ -334,6 +334,23 @@ class FullDisk(ForwarderCase):
         self.append(2, 10)
         wait_until(lambda: self.cursor_file() == 12, message="the cursor saved once there is space")
         self.assertEqual(forwarder.state, RUNNING)
+
+    def test_a_cursor_file_that_exists_but_cannot_be_written_keeps_its_last_saved_offset(self):
+        self.full = False
+        sink = FakeSink()
+        forwarder = self.forwarder(sink, batch_size=4)
+        self.append(4)
+        wait_until(lambda: self.cursor_file() == 4, message="the cursor saved while there is space")
+        self.full = True
+        with self.assertLogs("zspark.forwarder", "ERROR") as logs:
+            self.append(6, 4)
+            wait_until(lambda: forwarder.cursor.offset == 10, message="all 10 delivered")
+        self.assertIn("cannot save its cursor", logs.output[0])
+        self.assertEqual(self.cursor_file(), 4, "the file keeps the last offset saved")
+        self.full = False
+        self.append(2, 10)
+        wait_until(lambda: self.cursor_file() == 12, message="the cursor saved once there is space")
+        self.assertEqual([o for o, _ in sink.delivered], list(range(12)), "each event once, in order")
 
     def test_a_refused_record_is_passed_over_only_once_dead_lettered(self):
         sink = FakeSink(refuse={1: "too large"})

@@ -4,15 +4,20 @@ import datetime
 import errno
 import logging
 import os
+import random
+import struct
 import time
 import unittest
+import zlib
 from unittest import mock
 
 import bson
 import gevent
 
-from zspark.journal import (Cursor, Journal, JournalClosed, JournalFull, JournalLocked, Reader,
-                            TooLargeForJournal, decode_event, encode_event, event_id, list_segments)
+from zspark.journal import (Cursor, Journal, JournalClosed, JournalFull, JournalLocked, JournalView,
+                            Reader, TooLargeForJournal, decode_event, encode_event, event_id,
+                            list_segments, read_cursor)
+from zspark.journal import cursor as cursor_module
 from zspark.journal import record
 from zspark.event import normalize
 from zspark.journal.codec import FrameEvent, encode_batch, encode_events, event_ids
@@ -167,6 +172,185 @@ class Cursors(JournalCase):
     def test_cursor_names_are_checked(self):
         with self.assertRaises(ValueError):
             Cursor(self.dir, "../escape")
+        with self.assertRaises(ValueError):
+            read_cursor(self.dir, "../escape")
+
+
+# The cursor file's layout, as zspark/journal/cursor.py documents it, read here independently.
+CURSOR_FILE_SIZE = 8192
+SLOT_AT = (0, 4096)
+SLOT_RECORD = struct.Struct("<8sQQI")  # magic, sequence, offset, CRC-32 of the first 24 bytes
+
+
+def cursor_slots(path):
+    """[(sequence, offset) or None for a slot that is not intact, per slot]."""
+    with open(path, "rb") as f:
+        data = f.read()
+    slots = []
+    for at in SLOT_AT:
+        raw = data[at:at + SLOT_RECORD.size]
+        if len(raw) < SLOT_RECORD.size:
+            slots.append(None)
+            continue
+        magic, sequence, offset, crc = SLOT_RECORD.unpack(raw)
+        intact = magic == b"zsCurs01" and crc == zlib.crc32(raw[:24])
+        slots.append((sequence, offset) if intact else None)
+    return slots
+
+
+class CursorSlots(JournalCase):
+    """A commit is one write into one of two checksummed slots of a file that never changes size;
+    a damaged slot falls back to the other; the old decimal format is read and converted."""
+
+    def setUp(self):
+        super().setUp()
+        self.path = os.path.join(self.dir, "cursors", "kafka")
+
+    def cursor(self):
+        cursor = Cursor(self.dir, "kafka")
+        self.addCleanup(cursor.close)
+        return cursor
+
+    def overwrite(self, at, data):
+        with open(self.path, "r+b") as f:
+            f.seek(at)
+            f.write(data)
+
+    def test_commits_alternate_slots_in_a_file_that_never_changes_size_or_inode(self):
+        cursor = self.cursor()
+        cursor.commit(5)
+        self.assertEqual(os.path.getsize(self.path), CURSOR_FILE_SIZE)
+        self.assertEqual(cursor_slots(self.path), [(1, 5), None])
+        inode = os.stat(self.path).st_ino
+        for n in range(2, 201):
+            cursor.commit(n * 10)
+            self.assertEqual(read_cursor(self.dir, "kafka"), n * 10)
+            self.assertEqual(Cursor(self.dir, "kafka").offset, n * 10)
+            slots = cursor_slots(self.path)
+            self.assertEqual(slots[(n - 1) % 2], (n, n * 10), "the new record goes to the other slot")
+            self.assertEqual(slots[n % 2], (n - 1, (n - 1) * 10 if n > 2 else 5),
+                             "the previous record stays intact")
+            st = os.stat(self.path)
+            self.assertEqual((st.st_size, st.st_ino), (CURSOR_FILE_SIZE, inode), "rewritten in place")
+        self.assertEqual(sorted(os.listdir(os.path.dirname(self.path))), ["kafka"])
+
+    def test_the_file_is_created_with_real_bytes_not_a_hole(self):
+        self.cursor().commit(1)
+        self.assertGreaterEqual(os.stat(self.path).st_blocks * 512, CURSOR_FILE_SIZE)
+
+    def test_a_torn_newest_slot_reads_as_the_previous_offset(self):
+        rng = random.Random(7)
+        damages = [lambda at: self.overwrite(at, bytes(rng.randrange(256) for _ in range(4096))),
+                   lambda at: self.overwrite(at + rng.randrange(24), bytes([rng.randrange(1, 256)])),
+                   lambda at: self.overwrite(at, b"\0" * 64)]
+        for commits in (2, 3):  # the newest record in slot 1, then in slot 0
+            for damage in damages:
+                with self.subTest(commits=commits, damage=damages.index(damage)):
+                    if os.path.exists(self.path):
+                        os.unlink(self.path)
+                    cursor = self.cursor()
+                    for i in range(commits):
+                        cursor.commit(100 + i)
+                    damage(SLOT_AT[(commits - 1) % 2])
+                    # Zeros beside sequence 1 look like a new file's blank slot: nothing to say.
+                    blank = commits == 2 and damage is damages[2]
+                    expect = self.assertNoLogs if blank else self.assertLogs
+                    with expect("zspark.journal", logging.WARNING):
+                        self.assertEqual(read_cursor(self.dir, "kafka"), 100 + commits - 2)
+                    reopened = self.cursor()
+                    self.assertEqual(reopened.offset, 100 + commits - 2)
+                    reopened.commit(500)  # into the damaged slot, the intact one untouched
+                    self.assertEqual(read_cursor(self.dir, "kafka"), 500)
+                    self.assertIn((commits - 1, 100 + commits - 2), cursor_slots(self.path))
+                    cursor.close()
+
+    def test_a_truncated_file_reads_as_the_surviving_slot_and_is_rewritten_whole(self):
+        cursor = self.cursor()
+        cursor.commit(10)
+        cursor.commit(20)  # slot 1
+        os.truncate(self.path, SLOT_AT[1] + 10)
+        self.assertEqual(read_cursor(self.dir, "kafka"), 10)
+        reopened = self.cursor()
+        reopened.commit(30)
+        self.assertEqual(os.path.getsize(self.path), CURSOR_FILE_SIZE)
+        self.assertEqual(read_cursor(self.dir, "kafka"), 30)
+        reopened.commit(40)
+        self.assertEqual(read_cursor(self.dir, "kafka"), 40)
+
+    def test_both_slots_damaged_starts_from_zero_and_says_so(self):
+        for damage in ("garbage", "truncated"):
+            with self.subTest(damage):
+                cursor = self.cursor()
+                cursor.commit(10)
+                cursor.commit(20)
+                if damage == "garbage":
+                    self.overwrite(SLOT_AT[0] + 12, b"\xff")
+                    self.overwrite(SLOT_AT[1] + 3, b"\xff")
+                else:
+                    os.truncate(self.path, 20)
+                with self.assertLogs("zspark.journal", logging.ERROR) as logs:
+                    self.assertEqual(read_cursor(self.dir, "kafka"), 0)
+                self.assertIn("re-sent", logs.output[0])
+                with self.assertLogs("zspark.journal", logging.ERROR):
+                    reopened = self.cursor()
+                self.assertEqual(reopened.offset, 0)
+                reopened.commit(7)
+                self.assertEqual(cursor_slots(self.path), [(1, 7), None], "rewritten whole")
+                cursor.close()
+                os.unlink(self.path)
+
+    def test_the_old_decimal_format_is_read_and_converted_on_the_first_commit(self):
+        os.makedirs(os.path.dirname(self.path))
+        with open(self.path, "w") as f:
+            f.write("123\n")
+        journal = self.open()
+        self.assertEqual(journal.cursors(), {"kafka": 123})
+        self.assertEqual(JournalView(self.dir).cursors(), {"kafka": 123})
+        self.assertEqual(read_cursor(self.dir, "kafka"), 123)
+        with open(self.path) as f:
+            self.assertEqual(f.read(), "123\n", "reading never converts")
+        cursor = journal.cursor("kafka")
+        self.addCleanup(cursor.close)
+        self.assertEqual(cursor.offset, 123)
+        cursor.commit(130)
+        self.assertEqual(os.path.getsize(self.path), CURSOR_FILE_SIZE)
+        self.assertEqual(cursor_slots(self.path), [(1, 130), None])
+        cursor.commit(131)
+        self.assertEqual(journal.cursors(), {"kafka": 131})
+        self.assertEqual(sorted(os.listdir(os.path.dirname(self.path))), ["kafka"])
+
+    def test_failed_commits_never_touch_the_newest_intact_record(self):
+        cursor = self.cursor()
+        cursor.commit(10)
+        cursor.commit(11)  # the newest: slot 1
+
+        def torn_then_failed(fd, record, position):  # a write cut short, then the sync failing
+            os.pwrite(fd, b"\xee" * len(record), position)
+            raise OSError(errno.EIO, "Input/output error")
+        with mock.patch.object(cursor_module, "_write_slot", torn_then_failed):
+            for attempt in range(3):
+                with self.assertRaises(OSError):
+                    cursor.commit(12 + attempt)
+        with self.assertLogs("zspark.journal", logging.WARNING):
+            self.assertEqual(read_cursor(self.dir, "kafka"), 11)
+        cursor.commit(20)
+        self.assertEqual(cursor_slots(self.path), [(3, 20), (2, 11)])
+
+    def test_close_releases_the_file_and_a_later_commit_reopens_it(self):
+        def open_on_path():
+            return sum(os.readlink(f"/proc/self/fd/{fd}") == self.path
+                       for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}"))
+        cursor = self.cursor()
+        cursor.commit(1)
+        cursor.commit(2)
+        self.assertEqual(open_on_path(), 1, "kept open between commits")
+        cursor.close()
+        self.assertEqual(open_on_path(), 0)
+        cursor.commit(3)
+        self.assertEqual(read_cursor(self.dir, "kafka"), 3)
+        cursor.close()
+        cursor.close()
+        self.assertEqual(open_on_path(), 0)
 
 
 class SegmentsAndRetention(JournalCase):

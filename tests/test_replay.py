@@ -16,6 +16,7 @@ import uuid
 import gevent
 import zmq.green as zmq_green
 
+from zspark.journal import read_cursor
 from zspark.localservices import Broker, Mongo
 
 from .support import (ROOT, ServeProcess, TempDir, config_data, free_port, request, wait_until, write_config,
@@ -273,7 +274,7 @@ def cursor_state(journal_dir):
     for name in sorted(os.listdir(directory)):
         path = os.path.join(directory, name)
         st = os.stat(path)
-        with open(path) as f:
+        with open(path, "rb") as f:
             state[name] = (f.read(), st.st_ino, st.st_mtime_ns, st.st_size)
     return state
 
@@ -337,15 +338,8 @@ class ToMongo(ServicesCase):
         batch = [{"type": "signup", "topic": "web", "context": {"n": n}} for n in range(40)]
         status, _, body = request(data["http"]["port"], "POST", "/log", batch)
         self.assertEqual(status, 200, body)
-        cursor = os.path.join(self.journal_dir, "cursors", "mongo")
-
-        def delivered():
-            try:
-                with open(cursor) as f:
-                    return f.read().strip() == "40"
-            except FileNotFoundError:
-                return False
-        wait_until(delivered, timeout=20, message="the mongo forwarder to deliver 40 events")
+        wait_until(lambda: read_cursor(self.journal_dir, "mongo") == 40, timeout=20,
+                   message="the mongo forwarder to deliver 40 events")
         before = cursor_state(self.journal_dir)
         names_before = sorted(os.listdir(self.journal_dir))
 
@@ -359,7 +353,7 @@ class ToMongo(ServicesCase):
         self.assertEqual(cursor_state(self.journal_dir), before)
         self.assertEqual(sorted(os.listdir(self.journal_dir)), names_before)
         self.assertEqual(server.stop(), 0, server.log())
-        self.assertEqual(cursor_state(self.journal_dir)["mongo"][0].strip(), "40")
+        self.assertEqual(read_cursor(self.journal_dir, "mongo"), 40)
 
 
 class ToKafka(ServicesCase):

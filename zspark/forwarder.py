@@ -89,6 +89,10 @@ class Forwarder:
                 self._greenlet.kill()
         self.state = STOPPED
         try:
+            self.cursor.close()
+        except OSError as e:
+            log.warning("forwarder %s: closing its cursor file failed: %s", self.name, e)
+        try:
             self.sink.close()
         except Exception as e:  # a sink that cannot close cleanly must not block the shutdown
             log.warning("forwarder %s: closing the sink failed: %s", self.name, e)

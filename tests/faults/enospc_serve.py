@@ -28,6 +28,7 @@ def main():
     flag = os.environ["ZSPARK_TEST_ENOSPC_FLAG"]
     journal._write_at = failing_while(flag, journal._write_at)
     cursor.write_atomically = failing_while(flag, cursor.write_atomically)
+    cursor._write_slot = failing_while(flag, cursor._write_slot)
     forwarder._append_lines = failing_while(flag, forwarder._append_lines)
     return cli.main()
 

@@ -2,9 +2,10 @@
 delivery had got to (never behind what /status showed), and a restart sends exactly the events
 past them: every acknowledged event once in MongoDB, in Kafka at most one batch again."""
 import collections
-import os
 import signal
 import unittest
+
+from zspark.journal import read_cursor
 
 from ..appliance import BATCH, Services, message_id
 from ..support import wait_until
@@ -46,8 +47,7 @@ class Sigterm(FaultCase):
 
         saved = {}
         for name in ("kafka", "mongo"):
-            with open(os.path.join(self.journal_dir, "cursors", name)) as f:
-                saved[name] = int(f.read())
+            saved[name] = read_cursor(self.journal_dir, name)
         journal = self.journal_ids()
         acknowledged = load.acknowledged() | {e["context"]["uid"] for e in burst}
         self.assertFalse(acknowledged - set(journal), "acknowledged events missing in the journal")

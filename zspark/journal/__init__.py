@@ -2,11 +2,11 @@
 
 `Journal` appends (group-committed, durable per sync policy), recovers at open and applies the
 size cap and retention; `Reader` iterates records from any offset; `Cursor` remembers how far a
-consumer got; `codec` turns events into records with stable ids; `JournalView` is a read-only
-look at a journal directory for operators.
+consumer got (`read_cursor`, `read_cursors` read one, read-only); `codec` turns events into records
+with stable ids; `JournalView` is a read-only look at a journal directory for operators.
 """
 from .codec import decode_event, encode_event, event_id, event_to_json
-from .cursor import Cursor, list_cursors
+from .cursor import Cursor, list_cursors, read_cursor, read_cursors
 from .journal import (Journal, JournalClosed, JournalError, JournalFull, JournalLocked, PendingAppend,
                       TooLargeForJournal)
 from .reader import Reader
@@ -15,5 +15,6 @@ from .view import JournalView
 
 __all__ = ["Journal", "JournalError", "JournalFull", "JournalClosed", "JournalLocked", "PendingAppend",
            "TooLargeForJournal",
-           "Reader", "JournalView", "Cursor", "list_cursors", "list_segments", "encode_event", "decode_event",
+           "Reader", "JournalView", "Cursor", "list_cursors", "read_cursor",
+           "read_cursors", "list_segments", "encode_event", "decode_event",
            "event_id", "event_to_json"]

@@ -29,7 +29,7 @@ from gevent.lock import Semaphore
 from .. import blocking
 from ..metrics import RateLimitedLog
 from . import record
-from .cursor import Cursor, list_cursors
+from .cursor import Cursor, read_cursor, read_cursors
 from .damage import Damage
 from .reader import Reader
 
@@ -354,7 +354,7 @@ class Journal:
         cursor files are read. Return the deleted segments' base offsets."""
         now = time.time() if now is None else now
         cursors = consumers if isinstance(consumers, dict) else {
-            name: Cursor(self.directory, name).offset for name in consumers}
+            name: read_cursor(self.directory, name) for name in consumers}
         passed = min(cursors.values()) if cursors else self._end_offset
         if self._refused and passed >= self._end_offset and self._segments[-1][1] > 0:
             # Full, and every consumer has passed even the active segment: roll it, so that it
@@ -384,7 +384,7 @@ class Journal:
         return deleted
 
     def cursors(self):
-        return {name: Cursor(self.directory, name).offset for name in list_cursors(self.directory)}
+        return read_cursors(self.directory)
 
     # -- open: lock and recovery --------------------------------------------------------------
 

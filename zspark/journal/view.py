@@ -19,7 +19,7 @@ import os
 
 from . import record
 from .codec import decode_event
-from .cursor import Cursor, list_cursors
+from .cursor import read_cursors
 from .journal import last_offset_on_disk
 from .reader import Reader
 
@@ -95,7 +95,7 @@ class JournalView:
         return list(self.events(self.start_of_last(n)))
 
     def cursors(self):
-        return {name: Cursor(self.directory, name).offset for name in list_cursors(self.directory)}
+        return read_cursors(self.directory)
 
     def __repr__(self):
         if not self.exists():
