@@ -4,7 +4,9 @@ value an event can hold, read back from the real local broker (Tansu, started on
 this module); topics and keys as the templates say. And how the sink reads its delivery reports
 (one callback for the whole batch), with a scripted producer: a batch is confirmed only when
 every report came back without error, a message refused for good is matched to its event for the
-dead-letter file, and a refusal that cannot be matched fails the batch rather than pass it over."""
+dead-letter file, and a refusal that cannot be matched fails the batch rather than pass it over.
+Also the forwarder's batch decoder (codec.decode_events): the events decode_event gives, or an
+error whenever any payload is not exactly one document."""
 import datetime
 import json
 import unittest
@@ -14,7 +16,7 @@ from bson import Binary, Int64, ObjectId
 from confluent_kafka import KafkaError
 
 from zspark.config import KafkaConfig
-from zspark.journal.codec import decode_event, encode_event, event_json_bytes, event_to_json
+from zspark.journal.codec import decode_event, decode_events, encode_event, event_json_bytes, event_to_json
 from zspark.sinks.kafka import KafkaSink
 
 from .support import TempDir, kafka_read, start_broker
@@ -83,6 +85,23 @@ class Encoding(unittest.TestCase):
             expected(event)
         with self.assertRaises(UnicodeEncodeError):
             event_json_bytes(event)
+
+
+class DecodeEvents(unittest.TestCase):
+    def test_a_batch_decodes_to_what_each_record_decodes_to(self):
+        payloads = [encode_event({"timestamp": NOW, "type": "t", "node": "n", "context": {name: value}}, offset)
+                    for offset, (name, value) in enumerate(VALUES.items())]
+        self.assertEqual(decode_events(payloads), [decode_event(p) for p in payloads])
+        self.assertEqual(decode_events([]), [])
+
+    def test_a_payload_that_is_not_exactly_one_document_fails_the_batch(self):
+        a, b = bson.encode({"a": 1}), bson.encode({"b": "x"})
+        for name, payloads in {"trailing bytes": [a + b"\x00", b], "two documents in one": [a + b, b],
+                               "cut short": [a[:-1], b], "shorter than a size field": [b"\x05\x00", a],
+                               "not BSON": [b"\x06\x00\x00\x00\x01\x00", a]}.items():
+            with self.subTest(name):
+                with self.assertRaises(Exception):
+                    decode_events(payloads)
 
 
 def _deep(depth):

@@ -176,7 +176,8 @@ class KafkaSink:
                 if err.fatal() or err.code() == KafkaError._FATAL:
                     self._fatal = err.str()
         if refused:
-            rejected += self._refused(items, refused)
+            already = {offset for offset, _, _ in rejected}
+            rejected += self._refused([item for item in items if item[0] not in already], refused)
             unmatched = [err for errors in refused.values() for err in errors]
             if unmatched:  # cannot say which event it was: never pass one over unrecorded
                 failures += unmatched
