@@ -144,7 +144,7 @@ class HourTracker:
             ts = event.get("timestamp")
             if ts is None:
                 continue
-            if ts is not last_ts:  # a request's events share one timestamp object
+            if ts != last_ts:  # a request's events share one timestamp (equal once read back, not the same object)
                 last_ts, last_hour = ts, int(ts.timestamp()) // HOUR * HOUR
             if last_hour < self.next_hour:
                 self.late += 1

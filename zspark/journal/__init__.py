@@ -5,7 +5,7 @@ size cap and retention; `Reader` iterates records from any offset; `Cursor` reme
 consumer got (`read_cursor`, `read_cursors` read one, read-only); `codec` turns events into records
 with stable ids; `JournalView` is a read-only look at a journal directory for operators.
 """
-from .codec import decode_event, encode_event, event_id, event_to_json
+from .codec import decode_event, decode_events, encode_event, event_id, event_to_json
 from .cursor import Cursor, list_cursors, read_cursor, read_cursors
 from .journal import (Journal, JournalClosed, JournalError, JournalFull, JournalLocked, PendingAppend,
                       TooLargeForJournal)
@@ -17,4 +17,4 @@ __all__ = ["Journal", "JournalError", "JournalFull", "JournalClosed", "JournalLo
            "TooLargeForJournal",
            "Reader", "JournalView", "Cursor", "list_cursors", "read_cursor",
            "read_cursors", "list_segments", "encode_event", "decode_event",
-           "event_id", "event_to_json"]
+           "decode_events", "event_id", "event_to_json"]

@@ -27,8 +27,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from gevent.hub import get_hub
 
 from ..event import NOTICE_SOURCE
-from ..journal import event_to_json
-from ..journal.codec import to_json_value
+from ..journal.codec import event_json_bytes, to_json_value
 from ..metrics import RateLimitedLog
 
 log = logging.getLogger("zspark.sinks.kafka")
@@ -77,8 +76,12 @@ class KafkaSink:
         self._warn = RateLimitedLog(log, burst=5)
         self.producer = Producer(settings)
         self._fields = [f for _, f, _, _ in string.Formatter().parse(config.topic) if f]
+        # A template that is one field, as the default "{topic}": that field's text is the topic.
+        only = self._fields[0] if len(self._fields) == 1 else ""
+        self._field = only if only.isidentifier() and config.topic == "{" + only + "}" else None
+        self._legal_topics = set()  # topic names seen legal lately (the same few come again and again)
         self._threadpool = get_hub().threadpool
-        self.encode = {"json": _as_json, "bson": bson.encode, "plain": self._as_plain}[config.format]
+        self.encode = {"json": event_json_bytes, "bson": bson.encode, "plain": self._as_plain}[config.format]
 
     def describe(self):
         return f"Kafka {self.config.brokers}"
@@ -86,6 +89,10 @@ class KafkaSink:
     def topic_for(self, event):
         if event.get("source") == NOTICE_SOURCE:
             return self.config.notice_topic
+        if self._field is not None:
+            value = event.get(self._field)
+            if type(value) is str and value:
+                return value
         values = {}
         for name in self._fields:
             value = event.get(name)
@@ -107,31 +114,48 @@ class KafkaSink:
             log.warning("Kafka: %d batches in a row timed out; replacing the producer",
                         self._timed_out_batches)
             self._replace_producer()
-        reports = {}
         rejected = []
+        # One callback for every message of the batch (a callable per message costs more than
+        # producing it): it counts the reports and keeps those with an error. Which item a
+        # failed message was is worked out only for permanent errors (_refused).
+        reported = [0]
+        failed = []
 
-        def on_delivery(err, msg, offset=None):
-            reports[offset] = err
+        def on_delivery(err, msg):
+            reported[0] += 1
+            if err is not None:
+                failed.append((err, msg))
 
+        produce = self.producer.produce
+        legal = self._legal_topics
+        encode, topic_for, key_for = self.encode, self.topic_for, self._key
         sent = 0
         try:
             for offset, event in items:
-                topic = self.topic_for(event)
-                if not _LEGAL_TOPIC.match(topic):
-                    rejected.append((offset, event, f"not a legal Kafka topic name: {topic[:60]!r}"))
-                    continue
-                key = self._key(event)
-                try:
-                    self._produce(topic, self.encode(event), key,
-                                  lambda err, msg, offset=offset: on_delivery(err, msg, offset))
-                    sent += 1
-                except KafkaException as e:
-                    err = e.args[0]
-                    if err.code() in PERMANENT_ERRORS:
+                topic = topic_for(event)
+                if topic not in legal:
+                    if not _LEGAL_TOPIC.match(topic):
+                        rejected.append((offset, event, f"not a legal Kafka topic name: {topic[:60]!r}"))
+                        continue
+                    if len(legal) >= 1000:
+                        legal.clear()
+                    legal.add(topic)
+                value, key = encode(event), key_for(event)
+                while True:
+                    try:
+                        produce(topic, value, key, on_delivery=on_delivery)
+                        sent += 1
+                        break
+                    except BufferError:  # the local queue is full: let deliveries drain it
+                        self.producer.poll(0)
+                        gevent.sleep(0.05)
+                    except KafkaException as e:
+                        err = e.args[0]
+                        if err.code() not in PERMANENT_ERRORS:
+                            raise
                         rejected.append((offset, event, f"Kafka refused it: {err.str()}"))
-                    else:
-                        raise
-            self._wait_for_reports(reports, sent)
+                        break
+            self._wait_for_reports(reported, sent)
         except Exception as e:
             # A fatal error (the idempotent producer's state lost, e.g. a broker that restarted
             # empty) comes out of produce/flush as an exception, not through error_cb: this
@@ -143,24 +167,37 @@ class KafkaSink:
             raise RuntimeError(f"Kafka producer fatal error (a new producer is made for the "
                                f"retry): {fatal}") from e
         failures = []
-        for offset, event in items:
-            if offset not in reports:
-                continue
-            err = reports[offset]
-            if err is None:
-                continue
+        refused = {}  # (topic, key, value) -> permanent errors of the messages that were these
+        for err, msg in failed:
             if err.code() in PERMANENT_ERRORS:
-                rejected.append((offset, event, f"Kafka refused it: {err.str()}"))
+                refused.setdefault((msg.topic(), msg.key(), msg.value()), []).append(err)
             else:
                 failures.append(err)
                 if err.fatal() or err.code() == KafkaError._FATAL:
                     self._fatal = err.str()
+        if refused:
+            already = {offset for offset, _, _ in rejected}
+            rejected += self._refused([item for item in items if item[0] not in already], refused)
+            unmatched = [err for errors in refused.values() for err in errors]
+            if unmatched:  # cannot say which event it was: never pass one over unrecorded
+                failures += unmatched
         timed_out = failures and all(err.code() == KafkaError._MSG_TIMED_OUT for err in failures)
         self._timed_out_batches = self._timed_out_batches + 1 if timed_out else 0
         if failures:
             # The ones that did arrive will arrive again on the retry: at-least-once, bounded by a batch.
             raise RuntimeError(f"{len(failures)} of {sent} message(s) not delivered: {failures[0].str()}")
         return rejected
+
+    def _refused(self, items, refused):
+        """The items (offset, event, reason) whose messages came back with a permanent error:
+        `refused` maps (topic, key, value) to those errors, and an error is taken from it for
+        each item matched (the encodings are deterministic; identical messages are matched by count)."""
+        out = []
+        for offset, event in items:
+            errors = refused.get((self.topic_for(event), self._key(event), self.encode(event)))
+            if errors:
+                out.append((offset, event, f"Kafka refused it: {errors.pop().str()}"))
+        return out
 
     def _replace_producer(self):
         old, self.producer = self.producer, Producer(self._settings)
@@ -171,27 +208,18 @@ class KafkaSink:
         old.purge()
         self._threadpool.spawn(old.flush, 1.0)
 
-    def _produce(self, topic, value, key, callback):
-        while True:
-            try:
-                self.producer.produce(topic, value=value, key=key, on_delivery=callback)
-                return
-            except BufferError:  # the local queue is full: let deliveries drain it
-                self.producer.poll(0)
-                gevent.sleep(0.05)
-
-    def _wait_for_reports(self, reports, expected):
+    def _wait_for_reports(self, reported, expected):
         # A report for every message comes at the latest after message.timeout.ms.
         deadline_s = self.config.message_timeout_ms / 1000.0 + 30
         started = time.monotonic()
         poll = self.producer.poll
         while True:
             poll(0)  # serves the reports already in, here in the event loop's thread; never blocks
-            if len(reports) >= expected:
+            if reported[0] >= expected:
                 return
             waited = time.monotonic() - started
             if waited > deadline_s:
-                raise RuntimeError(f"no delivery report for {expected - len(reports)} message(s) "
+                raise RuntimeError(f"no delivery report for {expected - reported[0]} message(s) "
                                    f"after {deadline_s:.0f}s")
             gevent.sleep(min(REPORT_POLL_MAX_S, max(REPORT_POLL_MIN_S, waited / 10)))
 
@@ -257,6 +285,3 @@ def _fatal_error(exc):
         exc = exc.__cause__ or exc.__context__
     return None
 
-
-def _as_json(event):
-    return event_to_json(event).encode("utf-8")
