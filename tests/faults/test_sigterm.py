@@ -11,7 +11,9 @@ from ..appliance import BATCH, Services, message_id
 from ..support import wait_until
 from .faultcase import FaultCase, scaled
 
-BURST = 1000  # events posted in one request just before SIGTERM
+# Events posted in one request just before SIGTERM: many batches, more than the forwarders
+# deliver in the moments a stop takes before it stops them (MongoDB takes seconds for these).
+BURST = 6000
 
 SERVICES = Services()
 setUpModule, tearDownModule = SERVICES.start, SERVICES.stop
