@@ -79,16 +79,9 @@ class CrashCase(unittest.TestCase):
                     self.fail(f"writer stopped after {len(acked)} acks (exit {proc.poll()}):\n"
                               f"{_read(err_path)}")
                 self._parse_ack(line, acked)
-            time.sleep(RNG.uniform(0, 0.004))  # a random moment, not right after a line
-            os.kill(proc.pid, signal.SIGKILL)
-            rest = proc.stdout.read()
-            returncode = proc.wait()
+            rest, returncode = _sigkill(proc, RNG.uniform(0, 0.004))  # a random moment, not right after a line
         finally:
-            watchdog.cancel()
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            proc.stdout.close()
+            _reap(proc, watchdog)
         for line in rest.split(b"\n")[:-1]:  # the last piece is a partial line or empty
             self._parse_ack(line + b"\n", acked)
         self.assertEqual(returncode, -signal.SIGKILL, "the writer must have died of SIGKILL, not by itself")
@@ -215,16 +208,9 @@ class SigkillCursor(CrashCase):
                 line = proc.stdout.readline().decode()
                 self.assertTrue(line.startswith("C "), f"committer stopped: {line!r}\n{_read(err_path)}")
                 last = int(line.split()[1])
-            time.sleep(RNG.uniform(0, 0.002))
-            os.kill(proc.pid, signal.SIGKILL)
-            rest = proc.stdout.read()
-            returncode = proc.wait()
+            rest, returncode = _sigkill(proc, RNG.uniform(0, 0.002))
         finally:
-            watchdog.cancel()
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            proc.stdout.close()
+            _reap(proc, watchdog)
         for line in rest.split(b"\n")[:-1]:
             last = int(line.split()[1])
         self.assertEqual(returncode, -signal.SIGKILL, "the committer must have died of SIGKILL")
@@ -478,6 +464,21 @@ def _read(path):
             return f.read()
     except FileNotFoundError:
         return ""
+
+
+def _sigkill(proc, pause):
+    """SIGKILL `proc` after `pause` seconds; what it still wrote to stdout, and its return code."""
+    time.sleep(pause)
+    os.kill(proc.pid, signal.SIGKILL)
+    return proc.stdout.read(), proc.wait()
+
+
+def _reap(proc, watchdog):
+    watchdog.cancel()
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    proc.stdout.close()
 
 
 if __name__ == "__main__":
