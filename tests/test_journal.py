@@ -336,6 +336,23 @@ class CursorSlots(JournalCase):
         cursor.commit(20)
         self.assertEqual(cursor_slots(self.path), [(3, 20), (2, 11)])
 
+    def test_a_cursor_file_deleted_or_replaced_while_open_is_written_anew(self):
+        cursor = self.cursor()
+        cursor.commit(1)
+        cursor.commit(2)  # the file is now held open
+        os.unlink(self.path)
+        cursor.commit(3)
+        self.assertEqual(read_cursor(self.dir, "kafka"), 3, "a deleted cursor file comes back")
+        cursor.commit(4)
+        with open(self.path + ".new", "w") as f:  # an operator puts an old-format file in place
+            f.write("1\n")
+        os.replace(self.path + ".new", self.path)
+        cursor.commit(5)
+        self.assertEqual(read_cursor(self.dir, "kafka"), 5)
+        self.assertEqual(os.path.getsize(self.path), CURSOR_FILE_SIZE)
+        cursor.commit(6)
+        self.assertEqual(read_cursor(self.dir, "kafka"), 6)
+
     def test_close_releases_the_file_and_a_later_commit_reopens_it(self):
         def open_on_path():
             return sum(os.readlink(f"/proc/self/fd/{fd}") == self.path

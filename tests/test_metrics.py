@@ -8,6 +8,7 @@ after, and ZeroMQ keeps one sender's frames in order, so once a socket's good ev
 as accepted its bad ones have been counted too.
 """
 import json
+import os
 import signal
 import time
 import unittest
@@ -144,6 +145,12 @@ class Counters(MetricsCase):
                             ("zspark_journal_write_errors_total", "write_errors")):
             with self.subTest(metric=metric):
                 self.assertEqual(m(metric), journal[key])
+        for metric, key in (("zspark_journal_damaged_regions_total", "regions"),
+                            ("zspark_journal_damaged_bytes_total", "bytes"),
+                            ("zspark_journal_cut_bytes_total", "cut_bytes"),
+                            ("zspark_journal_missing_records_total", "missing_offsets")):
+            with self.subTest(metric=metric):
+                self.assertEqual(m(metric), journal["damage"][key])
         self.assertGreater(m("zspark_journal_bytes"), 0)
         # One latency observation per group commit, in cumulative buckets.
         fsyncs = m("zspark_journal_fsyncs_total")
@@ -179,14 +186,34 @@ class Counters(MetricsCase):
 
     def test_refused_when_the_journal_is_full(self):
         self.serve(journal={"max_bytes": 4096})
-        self.assertEqual(request(self.port, "POST", "/log", {"type": "small"})[0], 200)
-        status, _, body = request(self.port, "POST", "/log", {"type": "big", "context": {"s": "x" * 8000}})
+        for _ in range(6):
+            self.assertEqual(request(self.port, "POST", "/log", {"type": "small"})[0], 200)
+        # Would fit the empty journal (else it is a 413), not beside the six.
+        status, _, body = request(self.port, "POST", "/log", {"type": "big", "context": {"s": "x" * 3500}})
         self.assertEqual(status, 503, body)
         m = self.scrape()
-        self.assertEqual(m("zspark_events_accepted_total", source="http"), 1)
+        self.assertEqual(m("zspark_events_accepted_total", source="http"), 6)
         self.assertEqual(m("zspark_events_refused_total", source="http"), 1)
         self.assertEqual(m("zspark_events_rejected_total", source="http"), 0)
         self.assertEqual(m("zspark_journal_max_bytes"), 4096)
+
+
+    def test_damage_found_at_start(self):
+        # A journal whose last record was torn by a crash: the cut shows in /metrics as in /status.
+        tmp = TempDir()
+        self.addCleanup(tmp.remove)
+        directory = config_data(tmp.path)["journal"]["dir"]
+        with Journal(directory) as journal:
+            journal.append([b"a" * 100, b"b" * 100])
+        segment = os.path.join(directory, sorted(n for n in os.listdir(directory) if n.endswith(".log"))[-1])
+        with open(segment, "r+b") as f:
+            f.truncate(os.path.getsize(segment) - 30)
+        self.serve(journal={"dir": directory})
+        m = self.scrape()
+        cut = self.status()["journal"]["damage"]["cut_bytes"]
+        self.assertGreater(cut, 0)
+        self.assertEqual(m("zspark_journal_cut_bytes_total"), cut)
+        self.assertEqual(m("zspark_journal_end_offset"), 1)
 
 
 class Forwarders(MetricsCase):

@@ -72,6 +72,15 @@ class ZsparkCollector(Collector):
                                   value=stats.syncs)
         yield CounterMetricFamily("zspark_journal_write_errors", "Journal writes or fsyncs that failed "
                                   "(their events were refused).", value=stats.write_errors)
+        damage = j.damage
+        for name, doc, value in (
+                ("zspark_journal_damaged_regions", "Damaged places in the journal readers skipped.", damage.regions),
+                ("zspark_journal_damaged_bytes", "Bytes of damaged journal records readers skipped.", damage.bytes),
+                ("zspark_journal_cut_bytes", "Bytes of a torn record cut off the journal's end at start.",
+                 damage.cut_bytes),
+                ("zspark_journal_missing_records", "Offsets whose records are gone (damaged or in a deleted "
+                 "segment): events lost to damage.", damage.missing_offsets)):
+            yield CounterMetricFamily(name, doc, value=value)
         cumulative, buckets = 0, []
         for bound, count in zip((*map(str, SYNC_BUCKETS), "+Inf"), stats.sync_bucket_counts):
             cumulative += count

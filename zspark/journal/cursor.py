@@ -91,15 +91,19 @@ def _load(path):
         log.error("cursor %s unreadable (%s): starting it from offset 0, events will be re-sent",
                   path, e)
         return _Loaded()
-    valid = []
-    for slot in (0, 1):
-        found = _parse_slot(data[slot * SLOT_SPACING:slot * SLOT_SPACING + RECORD_SIZE])
-        if found is not None:
-            valid.append((found[0], slot, found[1]))
+    valid = _valid_slots(data)
+    if _one_slot_damaged(data, valid):
+        # Perhaps a commit was writing that slot just then (a reader beside a running server):
+        # look again before calling it damaged.
+        try:
+            with open(path, "rb") as f:
+                data = f.read(FILE_SIZE + 1)
+            valid = _valid_slots(data)
+        except OSError:
+            pass
     if valid:
         sequence, slot, offset = max(valid)
-        other = data[(1 - slot) * SLOT_SPACING:(2 - slot) * SLOT_SPACING]
-        if len(valid) == 1 and (sequence > 1 or other.strip(b"\0")):  # not a new file's blank slot
+        if _one_slot_damaged(data, valid):
             log.warning("cursor %s: one of its two slots is damaged (a write cut short by a crash?); "
                         "using the other: offset %d", path, offset)
         return _Loaded(offset, sequence, slot, len(data) == FILE_SIZE)
@@ -108,6 +112,24 @@ def _load(path):
     log.error("cursor %s holds %r, not an offset: starting it from offset 0, events will be re-sent",
               path, data[:40])
     return _Loaded()
+
+
+def _valid_slots(data):
+    """[(sequence, slot, offset)] of the intact slot records in a cursor file's `data`."""
+    valid = []
+    for slot in (0, 1):
+        found = _parse_slot(data[slot * SLOT_SPACING:slot * SLOT_SPACING + RECORD_SIZE])
+        if found is not None:
+            valid.append((found[0], slot, found[1]))
+    return valid
+
+
+def _one_slot_damaged(data, valid):
+    """True if one slot is intact and the other is not the blank slot of a new file."""
+    if len(valid) != 1:
+        return False
+    sequence, slot, _ = valid[0]
+    return sequence > 1 or bool(data[(1 - slot) * SLOT_SPACING:(2 - slot) * SLOT_SPACING].strip(b"\0"))
 
 
 def _parse_slot(raw):
@@ -148,16 +170,25 @@ class Cursor:
     def _write(self, offset):
         with self._lock:
             state = self._state
-            if self._fd is None and not state.in_place:
-                # No file yet, the old format, or a damaged one: create it whole, atomically, its
-                # record in slot 0 and the other slot blank.
+            if self._fd is not None and not _same_file(self._fd, self.path):
+                # Deleted or replaced while held open (an operator restoring a backup): writing
+                # on into the old file would leave no cursor on disk. Write the file anew.
+                os.close(self._fd)
+                self._fd = None
+                state.in_place = False
+            if self._fd is None and state.in_place:
+                try:
+                    self._fd = os.open(self.path, os.O_RDWR)
+                except FileNotFoundError:
+                    state.in_place = False
+            if not state.in_place:
+                # No file yet, the old format, a damaged or a replaced one: create it whole,
+                # atomically, its record in slot 0 and the other slot blank.
                 sequence, slot = 1, 0
                 write_atomically(self.path, _slot_record(sequence, offset).ljust(FILE_SIZE, b"\0"))
                 state.in_place = True
             else:
                 sequence, slot = state.sequence + 1, 1 - state.slot
-                if self._fd is None:
-                    self._fd = os.open(self.path, os.O_RDWR)
                 # On failure the state is unchanged: the next commit writes this slot again and
                 # the other, the newest intact record, is never touched meanwhile.
                 _write_slot(self._fd, _slot_record(sequence, offset), slot * SLOT_SPACING)
@@ -168,6 +199,16 @@ class Cursor:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+
+
+def _same_file(fd, path):
+    """True if `path` still names the file open as `fd`."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
 
 def _write_slot(fd, record, position):

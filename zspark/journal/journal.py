@@ -211,9 +211,9 @@ class Journal:
         frames, nbytes = record.frame_all(first, payloads)
         offset = first + len(payloads)
         if nbytes > self.max_bytes:
-            raise TooLargeForJournal(f"the journal is full for {nbytes} bytes of records at once: they "
-                                     f"can never fit in its {self.max_bytes} bytes (journal.max_bytes); "
-                                     "send fewer at once")
+            raise TooLargeForJournal(f"{nbytes} bytes of records at once can never fit in the journal, "
+                                     f"{self.max_bytes} bytes at most (journal.max_bytes): send fewer "
+                                     "at once")
         if self.size_bytes + self._pending_bytes + nbytes > self.max_bytes:
             self._refused = True
             raise JournalFull(f"the journal is full ({self.size_bytes + self._pending_bytes} of "

@@ -33,7 +33,7 @@ from gevent.pool import Pool
 from gevent.pywsgi import MAX_REQUEST_LINE, WSGIHandler, WSGIServer, format_date_time
 
 from ..ingest import BatchRejected
-from ..journal import JournalError, JournalFull
+from ..journal import JournalError, JournalFull, TooLargeForJournal
 from ..metrics import RateLimitedLog
 from . import fastjson
 from .httpheaders import read_headers
@@ -236,6 +236,8 @@ class HttpSource:
             received = self.ingest.normalize_all(raws, SOURCE)
             try:
                 ids = self.ingest.append(received)
+            except TooLargeForJournal as e:  # no retry would ever fit it: not a 503
+                raise Refusal(413, str(e)) from None
             except JournalFull as e:
                 raise Refusal(503, str(e), {"Retry-After": str(self.config.retry_after_s)}) from None
             except JournalError as e:
