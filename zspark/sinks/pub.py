@@ -9,7 +9,7 @@ that are absent or too slow miss it. It is a live view, not a delivery guarantee
 """
 import zmq.green as zmq
 
-from ..journal import event_to_json
+from ..journal.codec import event_json_bytes
 
 
 class PubSink:
@@ -28,7 +28,7 @@ class PubSink:
     def send(self, items):
         for _, event in items:
             topic = event.get("topic") or event.get("type") or ""
-            self._socket.send_multipart([topic.encode("utf-8"), event_to_json(event).encode("utf-8")])
+            self._socket.send_multipart([topic.encode("utf-8"), event_json_bytes(event)])
         return []
 
     def close(self):
