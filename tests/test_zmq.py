@@ -275,6 +275,10 @@ class GarbageTest(ZmqCase):
             b'{"$command":"event_noval","type":"x","k":"\\ud800"}',
             b'{"$command":"nope","type":"x"}',
             b'{"type":"x"}{"type":"y"}',
+            # JSON frames are UTF-8 without a byte order mark, as over HTTP.
+            '{"type":"utf16"}'.encode("utf-16"),
+            '{"type":"utf32"}'.encode("utf-32-le"),
+            b'\xef\xbb\xbf{"type":"bom"}',
         ]
 
     def check_garbage(self, addr, name, frames):
@@ -302,6 +306,10 @@ class GarbageTest(ZmqCase):
 
     def test_bson_frames_on_the_json_socket_and_back(self):
         self.check_garbage(self.json_addr, "zmq_json", [bson.encode({"type": "wrong-socket"})])
+
+    def test_a_json_frame_that_is_not_utf8_is_refused_saying_so(self):
+        self.check_garbage(self.json_addr, "zmq_json", ['{"type":"utf16"}'.encode("utf-16")])
+        self.assertIn("not UTF-8 text (byte 0xff at 0)", self.source_stats("zmq_json")["last_rejection"])
 
 
 class OversizeTest(ZmqCase):
