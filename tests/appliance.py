@@ -97,13 +97,8 @@ class ApplianceCase(unittest.TestCase):
     def serve(self, **kw):
         """Start `zcmd serve` (keyword arguments go to ServeProcess) and wait for /imok."""
         server = ServeProcess(self.config, self.port, self.tmp.join("serve.log"), **kw)
-        self.addCleanup(self._kill, server)
+        self.addCleanup(server.kill)
         return server.start(timeout=30)
-
-    def _kill(self, server):
-        if server.proc is not None and server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait()
 
     def stop(self, server, sig=signal.SIGTERM):
         code = server.stop(sig, timeout=60)

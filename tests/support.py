@@ -117,6 +117,12 @@ class ServeProcess:
         self.proc.send_signal(sig)
         return self.proc.wait(timeout)
 
+    def kill(self):
+        """SIGKILL the process if it still runs (a test's cleanup, whatever happened)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
     def log(self):
         try:
             with open(self.log_path, errors="replace") as f:

@@ -87,9 +87,7 @@ def _stop(server):
         try:
             server.stop(signal.SIGTERM, timeout=30)
         finally:
-            if server.proc.poll() is None:
-                server.proc.kill()
-                server.proc.wait()
+            server.kill()
 
 
 class Counters(MetricsCase):

@@ -49,13 +49,8 @@ class ServeCase(unittest.TestCase):
 
     def serve(self):
         server = ServeProcess(self.config, self.port, self.tmp.join("serve.log"))
-        self.addCleanup(self._kill, server)
+        self.addCleanup(server.kill)
         return server.start()
-
-    def _kill(self, server):
-        if server.proc is not None and server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait()
 
     def stop(self, server, sig=signal.SIGTERM):
         code = server.stop(sig, timeout=30)
@@ -290,7 +285,7 @@ class RefusedStarts(ServeCase):
                 data["zmq"]["json_bind"] = f"tcp://127.0.0.1:{free_port()}"
                 config = write_config(self.tmp.path, data, f"{key}.yaml")
                 server = ServeProcess(config, data["http"]["port"], self.tmp.join(f"{key}.log"))
-                self.addCleanup(self._kill, server)
+                self.addCleanup(server.kill)
                 server.start()
                 self.assertEqual(server.stop(), 0)
 

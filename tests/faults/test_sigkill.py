@@ -24,7 +24,7 @@ class RepeatedSigkill(FaultCase):
     def kill_during_start(self):
         """Start the server and kill it before it answers: recovery, forwarders resuming."""
         server = ServeProcess(self.config, self.port, self.tmp.join("serve.log")).spawn()
-        self.addCleanup(self._kill, server)
+        self.addCleanup(server.kill)
         time.sleep(self.rng.uniform(0.05, 1.0))
         server.proc.kill()
         return server.proc.wait()
