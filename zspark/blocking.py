@@ -4,7 +4,12 @@
 OSError in the calling greenlet. gevent's hub prints a traceback for every exception a pool task
 raises; a failing disk (a full one fails every write) would flood the log with them, so an
 OSError travels back as a value instead and is raised here.
+
+`fsync_dir(directory)` is a blocking call of its own (run it through `call`): it makes a file
+created, renamed or removed in `directory` durable.
 """
+import os
+
 from gevent.hub import get_hub
 
 
@@ -20,6 +25,14 @@ def _catching(func, args):
         return func(*args)
     except OSError as e:
         return _Raised(e)
+
+
+def fsync_dir(directory):
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def call(func, *args):

@@ -33,6 +33,8 @@ from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
 from gevent.hub import get_hub
 
+from ..blocking import fsync_dir
+
 DEFAULT_KEEP = 7
 EXIT_OK, EXIT_FAILED = 0, 1
 WRITE_CHUNK = 1024 * 1024
@@ -180,7 +182,7 @@ def dump(collection, dump_dir):
         raise RotateFailed(f"dumping {collection.full_name} read {count} documents but it holds "
                            f"{expected}; not dropped")
     pool.apply(os.rename, (part, path))
-    pool.apply(_fsync_dir, (dump_dir,))
+    pool.apply(fsync_dir, (dump_dir,))
     return count, path
 
 
@@ -214,14 +216,6 @@ class _DumpFile:
     def abort(self):
         self.file.close()
         os.unlink(self.path)
-
-
-def _fsync_dir(directory):
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _ours(name, base):

@@ -232,8 +232,4 @@ def write_atomically(path, data):
     finally:
         os.close(fd)
     os.rename(tmp, path)
-    dfd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    blocking.fsync_dir(directory)

@@ -528,16 +528,8 @@ def _sync_and_close(fd):
 def _create_segment(directory, base):
     fd = os.open(os.path.join(directory, record.segment_name(base)),
                  os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    _fsync_dir(directory)
+    blocking.fsync_dir(directory)
     return fd
-
-
-def _fsync_dir(directory):
-    dfd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def _done_batch():
