@@ -367,6 +367,38 @@ class FullDisk(ForwarderCase):
         self.assertEqual((forwarder.dead_lettered, forwarder.state), (1, RUNNING))
 
 
+
+class OutOfDescriptors(ForwarderCase):
+    """EMFILE (or any OS error) while reading the journal is not fatal: the forwarder backs off,
+    reads again from its cursor and delivers each event once."""
+
+    def test_a_segment_that_cannot_be_opened_is_retried_and_nothing_is_lost(self):
+        from zspark.journal import reader as reader_module, record
+
+        real_open = os.open
+        failures = [0]
+
+        def open_while_exhausted(path, *args, **kw):
+            if failures[0] < 5 and str(path).endswith(record.SEGMENT_SUFFIX):
+                failures[0] += 1
+                raise OSError(errno.EMFILE, "Too many open files")
+            return real_open(path, *args, **kw)
+
+        self.append(3)
+        sink = FakeSink()
+        with mock.patch.object(reader_module.os, "open", open_while_exhausted):
+            with self.assertLogs("zspark.forwarder", "WARNING") as logs:
+                forwarder = self.forwarder(sink, batch_size=2)
+                wait_until(lambda: failures[0] >= 5, message="the segment refused five times")
+                self.append(4, 3)
+                wait_until(lambda: forwarder.cursor.offset == 7, message="all 7 delivered")
+        self.assertFalse(forwarder._greenlet.dead, "the forwarder died of EMFILE")
+        self.assertEqual([o for o, _ in sink.delivered], list(range(7)), "each event once, in order")
+        self.assertIn("Too many open files", "\n".join(logs.output))
+        self.assertIn("cannot read the journal", forwarder.last_error)
+        self.assertEqual(forwarder.state, RUNNING)
+
+
 class Lag(ForwarderCase):
     def test_lag_counts_durable_records_not_yet_confirmed(self):
         gate = Event()

@@ -105,15 +105,37 @@ class Forwarder:
 
     def _run(self):
         self.state = RUNNING
-        reader = self.journal.reader(self.cursor.offset)
         log.info("forwarder %s: starting at offset %d (lag %d)", self.name, self.cursor.offset, self.lag)
+        reader = None
+        attempt = 0
         try:
             while not self._stopping:
-                records = self._next_batch(reader)
+                try:
+                    if reader is None:
+                        reader = self.journal.reader(self.cursor.offset)
+                    records = self._next_batch(reader)
+                except OSError as e:
+                    # Out of descriptors (EMFILE), an I/O error: the records are still on disk.
+                    # Read them again from the cursor once the error has passed.
+                    if reader is not None:
+                        reader.close()
+                        reader = None
+                    attempt += 1
+                    delay = self._failed_attempt(f"cannot read the journal: {e}", attempt)
+                    (log.warning if attempt == 1 or attempt % 10 == 0 else log.debug)(
+                        "forwarder %s: reading the journal at offset %d failed (attempt %d), "
+                        "retrying in %.1fs: %s", self.name, self.cursor.offset, attempt, delay, e)
+                    self._stop_requested.wait(delay)
+                    continue
+                if attempt:
+                    attempt = 0
+                    self.state = RUNNING
+                    log.info("forwarder %s: reading the journal again", self.name)
                 if records:
                     self._deliver(records)
         finally:
-            reader.close()
+            if reader is not None:
+                reader.close()
             self.state = STOPPED
 
     def _next_batch(self, reader):
@@ -147,11 +169,7 @@ class Forwarder:
                 if self._stopping:
                     return  # cursor unchanged: the batch goes again at the next start
                 attempt += 1
-                self.failed += 1
-                self.last_error = f"{type(e).__name__}: {e}"
-                self.last_error_time = time.time()
-                delay = self._backoff(attempt)
-                self.state = BACKING_OFF
+                delay = self._failed_attempt(f"{type(e).__name__}: {e}", attempt)
                 (log.warning if attempt == 1 or attempt % 10 == 0 else log.debug)(
                     "forwarder %s: delivering offsets %d..%d failed (attempt %d), retrying in %.1fs: %s",
                     self.name, records[0][0], records[-1][0], attempt, delay, self.last_error)
@@ -198,19 +216,24 @@ class Forwarder:
                 break
             except OSError as e:
                 attempt += 1
-                self.failed += 1
-                self.last_error = f"cannot write the dead-letter file: {e}"
-                self.last_error_time = time.time()
-                self.state = BACKING_OFF
+                delay = self._failed_attempt(f"cannot write the dead-letter file: {e}", attempt)
                 self._warn("forwarder %s: cannot write %d refused record(s) to %s (%s); retrying",
                            self.name, len(dead), self.dead_letter_path, e)
-                if self._stop_requested.wait(self._backoff(attempt)):
+                if self._stop_requested.wait(delay):
                     return False
         for offset, _, reason in dead:
             log.error("forwarder %s: offset %d refused for good, written to %s: %s",
                       self.name, offset, self.dead_letter_path, reason)
         self.dead_lettered += len(dead)
         return True
+
+    def _failed_attempt(self, error, attempt):
+        """Note a failed attempt in /status; return how long to back off before the next."""
+        self.failed += 1
+        self.last_error = error
+        self.last_error_time = time.time()
+        self.state = BACKING_OFF
+        return self._backoff(attempt)
 
     def _backoff(self, attempt):
         delay = min(self.backoff_max, self.backoff_initial * 2 ** min(attempt - 1, 20))

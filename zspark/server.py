@@ -16,7 +16,7 @@ import gevent
 import zmq.green as zmq_green
 from gevent.event import Event
 
-from . import __version__
+from . import __version__, descriptors
 from .event import Limits
 from .forwarder import Forwarder
 from .hours import HourTracker, clock_from_environment
@@ -81,6 +81,7 @@ class Server:
     # -- start ----------------------------------------------------------------------------------
 
     def start(self):
+        self.descriptor_limit = descriptors.raise_limit()
         try:
             self.journal.open()
         except (OSError, JournalError) as e:
