@@ -1,0 +1,111 @@
+"""Running out of descriptors: a server started under `ulimit -n 1024` (soft and hard, so it
+cannot raise its own limit) while 1,100 idle connections are held to its HTTP port, or to a
+ZeroMQ port, stays up, answers /imok and new requests, and delivers every acknowledged event to
+Kafka and MongoDB; its PUB forwarder keeps running. Journal segments are small so that the
+forwarders open new ones while descriptors are scarce.
+
+(Found by a probe: 1,100 idle connections plus one event stopped the whole process, because the
+PUB forwarder could not open a segment, died of EMFILE, and took the server with it.)"""
+import resource
+import socket
+import unittest
+
+import gevent
+from gevent.pool import Pool
+
+from ..appliance import Services
+from ..support import request, wait_until
+from .faultcase import FaultCase, report
+
+SERVICES = Services()
+setUpModule, tearDownModule = SERVICES.start, SERVICES.stop
+
+NOFILE = 1024
+IDLE = 1100
+EVENTS = 300  # acknowledged over HTTP while the idle connections are held
+
+
+def hold_connections(port, count):
+    """Open `count` TCP connections to `port` that send nothing; return the sockets that
+    connected (the server may close or refuse some: that is its right)."""
+    held = []
+
+    def connect(_):
+        try:
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        except OSError:
+            pass
+
+    Pool(100).map(connect, range(count))
+    return held
+
+
+def release(sockets):
+    for s in sockets:
+        s.close()
+
+
+class Descriptors(FaultCase):
+    services = SERVICES
+
+    def setUp(self):
+        super().setUp()
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < 4 * IDLE:  # this process holds the idle connections
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8 * IDLE), hard))
+            self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
+
+    def serve_limited(self, **sections):
+        self.configure(kafka={}, mongo={}, pub={}, journal={"segment_bytes": 64 * 1024}, **sections)
+        return self.serve(module="tests.faults.limited_serve", env={"ZSPARK_TEST_NOFILE": str(NOFILE)})
+
+    def imok(self):
+        try:
+            return request(self.port, "GET", "/imok", timeout=2)[0] == 200
+        except OSError:
+            return False
+
+    def deliver_under_pressure(self, server, held):
+        """With `held` idle connections open: the server answers, takes events over HTTP and
+        ZeroMQ, and delivers every one it acknowledged; it never stops."""
+        wait_until(self.imok, timeout=60, interval=0.2, message="/imok answering with the connections held")
+        load = self.load("fd", workers=2, zmq_pause=0.05)
+        wait_until(lambda: len(load.http.acked) >= EVENTS, timeout=120, interval=0.1,
+                   message=f"{EVENTS} events acknowledged over HTTP")
+        load.finish(timeout=60)
+        self.assertIsNone(server.proc.poll(), f"the server stopped:\n{server.log()[-3000:]}")
+        status = self.wait_delivered(["kafka", "mongo", "pub"], timeout=120)
+        self.assertEqual({f["state"] for f in status["forwarders"].values()}, {"running"}, status["forwarders"])
+        release(held)
+
+        acknowledged = load.acknowledged()
+        journal = self.journal_ids()
+        self.assertFalse(acknowledged - set(journal), "acknowledged events missing in the journal")
+        ids = {journal[uid] for uid in acknowledged}
+        messages = self.read_kafka([self.topic, self.default_topic], ids)
+        self.assertFalse(ids - {m for m in map(_message_id, messages)}, "acknowledged events missing in Kafka")
+        mongo = self.mongo_ids()
+        self.assertFalse(ids - set(mongo), "acknowledged events missing in MongoDB")
+        self.assertEqual(len(mongo), len(set(mongo)), "MongoDB holds an event twice")
+        self.assertIsNone(server.proc.poll(), "the server stopped")
+        self.assertNotIn("died unexpectedly", server.log())
+        self.stop(server)
+        return acknowledged, load
+
+    def test_idle_http_connections_do_not_stop_the_server(self):
+        server = self.serve_limited()
+        held = hold_connections(self.port, IDLE)
+        report(f"{self.name}: {len(held)} of {IDLE} idle HTTP connections connected")
+        acknowledged, load = self.deliver_under_pressure(server, held)
+        self.summary(sent=len(load.sent_uids()), acknowledged=len(acknowledged),
+                     delivered=len(acknowledged), duplicated=0, rejected=load.rejected, held=len(held))
+
+
+def _message_id(message):
+    from ..appliance import message_id
+
+    return message_id(message)
+
+
+if __name__ == "__main__":
+    unittest.main()
