@@ -14,7 +14,7 @@ from unittest import mock
 import bson
 import gevent
 
-from zspark.journal import (Cursor, Journal, JournalClosed, JournalFull, JournalLocked, JournalView,
+from zspark.journal import (Cursor, Journal, JournalClosed, JournalError, JournalFull, JournalLocked, JournalView,
                             Reader, TooLargeForJournal, decode_event, encode_event, event_id,
                             list_segments, read_cursor)
 from zspark.journal import cursor as cursor_module
@@ -484,6 +484,34 @@ class DiskFull(JournalCase):
         self.assertEqual([p for _, p in records], payloads(3) + payloads(1, 7))
         self.assertEqual([o for o, _ in records], [0, 1, 2] + offsets)
         self.assertEqual(reader.skipped_bytes, 0)
+
+
+    def test_offsets_refused_while_a_new_segment_could_not_be_created_are_not_reported_missing(self):
+        # Out of descriptors (or space) at a roll: the batches are refused, their offsets never
+        # used; the segment made once it works starts past them. Nothing acknowledged is missing.
+        from zspark.journal import journal as journal_module
+
+        journal = self.open(segment_bytes=100)
+        journal.append(payloads(3))  # fills the first segment
+        real_create = journal_module._create_segment
+
+        def create_while_exhausted(*args):
+            raise OSError(errno.EMFILE, "Too many open files")
+
+        with mock.patch.object(journal_module, "_create_segment", create_while_exhausted), \
+                self.assertLogs("zspark.journal", logging.ERROR):
+            for start in (3, 5):
+                with self.assertRaises(JournalError):
+                    journal.append(payloads(2, start))
+        self.assertIs(journal_module._create_segment, real_create)
+        offsets = journal.append(payloads(2, 7))
+        records, reader = self.read_all()
+        self.assertEqual([p for _, p in records], payloads(3) + payloads(2, 7))
+        self.assertEqual([o for o, _ in records], [0, 1, 2] + offsets)
+        bound = journal.reader(0)
+        self.addCleanup(bound.close)
+        self.assertEqual([o for o, _ in bound.read()], [0, 1, 2] + offsets)
+        self.assertEqual(journal.damage.as_dict()["missing_offsets"], 0, journal.damage.as_dict())
 
 
     def test_a_reader_never_reads_the_bytes_of_a_write_in_progress(self):

@@ -173,8 +173,12 @@ class Reader:
         leftover = len(self._buf) - self._pos
         if leftover:
             self._report_skip(leftover, at_end=True)
-        self._gap_after = self._gap_after or (f"segment {record.segment_name(self._segment)} ends before "
-                                              "them: a segment deleted or cut short")
+        if later[0] > self.offset:
+            # A segment is named by the journal's end when it is made: a name past the offset
+            # expected next means records in between are gone. (A name at it, then a first
+            # record past it: offsets refused by a failed write, never acknowledged.)
+            self._gap_after = self._gap_after or (f"segment {record.segment_name(self._segment)} ends "
+                                                  "before them: a segment deleted or cut short")
         self._open(later[0])
         return True
 
