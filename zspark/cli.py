@@ -11,11 +11,10 @@ monkey.patch_all()  # before anything imports socket, threading or pymongo
 
 import argparse  # noqa: E402
 import importlib  # noqa: E402
-import logging  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 
-from . import __version__, config as config_module  # noqa: E402
+from . import __version__, config as config_module, logsetup  # noqa: E402
 from .commands import COMMANDS  # noqa: E402
 
 EXIT_CONFIG = 2
@@ -56,11 +55,6 @@ def build_parser():
     return parser
 
 
-def setup_logging(level):
-    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-
-
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -74,7 +68,7 @@ def main(argv=None):
             return args.usage_error(f"bad config: {e}")
         print(f"zcmd: bad config: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    setup_logging(config.log.level)
+    logsetup.setup(config.log.level)  # one line per record, whatever a sender put in it
     return args.run(args, config)
 
 

@@ -13,6 +13,8 @@ import math
 
 from bson import ObjectId
 
+from .safetext import one_line
+
 UTC = datetime.timezone.utc
 
 STRING_FIELDS = ("type", "level", "topic", "env", "version", "ip", "referrer", "user_agent")
@@ -31,7 +33,13 @@ NOTICE_SOURCE = "notice"
 
 
 class InvalidEvent(ValueError):
-    """The event cannot be accepted; str() is the reason to give the sender."""
+    """The event cannot be accepted; str() is the reason to give the sender.
+
+    The reason names the sender's own keys and values, so it is made one safe line here, once
+    for every message: it goes to the log, to /status and to `zcmd status` as it is."""
+
+    def __init__(self, reason):
+        super().__init__(one_line(reason))
 
 
 class Limits:

@@ -12,6 +12,8 @@ import collections
 import logging
 import time
 
+from .safetext import one_line
+
 RATE_WINDOW_S = 60  # the rate covers this many seconds (less just after the start)
 
 
@@ -37,7 +39,7 @@ class SourceStats:
 
     def reject(self, reason, count=1):
         self.rejected += count
-        self.last_rejection = reason
+        self.last_rejection = one_line(reason)  # may quote the sender: shown in /status and zcmd status
 
     def as_dict(self):
         return {"accepted": self.accepted, "rejected": self.rejected, "refused": self.refused,

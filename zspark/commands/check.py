@@ -21,6 +21,7 @@ The URL and token come from the config as for `zcmd status`; --url overrides.
 
   zcmd -y /etc/zspark.yaml check --lag-warn 5000 --lag-crit 50000 --not-running critical
 """
+from ..safetext import one_line as safe
 from . import argtypes
 from .running import BadAnswer, NoServer, add_server_arguments, fetch_status, journal_percent, status_url
 from .status import one_line
@@ -116,6 +117,7 @@ def _report(code, text, perfdata):
 
 
 def _perf(label, value, uom, warn, crit, minimum=None, maximum=None):
+    label = safe(label)  # a forwarder's or source's name, as the server gave it
     if any(c in label for c in " '="):
         label = "'" + label.replace("'", "''") + "'"
     fields = [f"{_num(value)}{uom}"] + ["" if v is None else _num(v) for v in (warn, crit, minimum, maximum)]
@@ -130,5 +132,5 @@ def _num(value, digits=2):
 
 
 def _clean(text):
-    """One line without '|', which would start the performance data."""
-    return " ".join(str(text).replace("|", "/").split())
+    """One safe line without '|', which would start the performance data."""
+    return safe(" ".join(str(text).replace("|", "/").split()))

@@ -66,6 +66,7 @@ import gevent
 from . import argtypes
 from ..journal import Reader, decode_event, event_to_json, list_segments
 from ..journal.journal import last_offset_on_disk
+from ..safetext import json_line, one_line
 
 UTC = datetime.timezone.utc
 TARGETS = ("kafka", "mongo", "pub", "stdout")
@@ -206,7 +207,8 @@ class StdoutTarget:
         return "stdout"
 
     def send(self, items):
-        lines = [event_to_json(e, _offset=o) if self.with_offsets else event_to_json(e) for o, e in items]
+        lines = [json_line(event_to_json(e, _offset=o) if self.with_offsets else event_to_json(e))
+                 for o, e in items]
         if lines:
             self.out.write("\n".join(lines) + "\n")
             self.out.flush()
@@ -334,6 +336,9 @@ _bar = None  # the progress bar while it shows: messages must go around it
 
 
 def _say(message):
+    """A message to stderr (around the progress bar): one line, as it may quote an event or a
+    destination's error."""
+    message = one_line(message)
     if _bar is not None:
         _bar.write(message, file=sys.stderr)
     else:
@@ -358,7 +363,7 @@ def run(args, config):
     try:
         plan = _plan(args, config)
     except UsageError as e:
-        print(f"zcmd replay: {e}", file=sys.stderr)
+        _say(f"zcmd replay: {e}")
         return EXIT_USAGE
     directory, start, end = plan  # records start..end-1
     selection = Selection(args)
@@ -383,7 +388,7 @@ def run(args, config):
                 stack.enter_context(logging_redirect_tqdm())
             _replay(directory, start, end, selection, batch_size, target, args, counts, bar)
     except UsageError as e:
-        print(f"zcmd replay: {e}", file=sys.stderr)
+        _say(f"zcmd replay: {e}")
         return EXIT_USAGE
     except DeliveryFailed as e:
         problem = str(e)
@@ -522,7 +527,7 @@ def _close(target, args, abandon=False):
                 sock.setsockopt(zmq.LINGER, int(args.pub_wait * 1000))
         target.close()
     except Exception as e:
-        print(f"zcmd replay: closing {target.describe()} failed: {_first_line(e)}", file=sys.stderr)
+        _say(f"zcmd replay: closing {target.describe()} failed: {_first_line(e)}")
 
 
 def _summary(args, counts, start, end, target, seconds, problem):
@@ -540,9 +545,9 @@ def _summary(args, counts, start, end, target, seconds, problem):
     if counts.undecodable:
         parts.append(f"{counts.undecodable} undecodable record(s)")
     if problem:
-        print(f"zcmd replay: {problem}", file=sys.stderr)
-    print(f"zcmd replay: {', '.join(parts)}; {where} to {dest} in {seconds:.1f}s"
-          + (" (stopped early)" if problem else ""), file=sys.stderr)
+        _say(f"zcmd replay: {problem}")
+    _say(f"zcmd replay: {', '.join(parts)}; {where} to {dest} in {seconds:.1f}s"
+         + (" (stopped early)" if problem else ""))
 
 
 def _iso(moment):

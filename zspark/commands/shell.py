@@ -24,6 +24,7 @@ import traceback
 from .. import __version__
 from ..client import ZSparkClient
 from ..journal import JournalView
+from ..safetext import one_line
 from .running import bson_address
 
 CLIENT_LINGER_MS = 2000  # at exit, how long queued client events may take to go out
@@ -78,7 +79,7 @@ def banner(config, address, mongo_uri):
                   "           client.event('page_view', {'user': 'rick'})"]
     else:
         lines.append("  client   None: zmq.bson_bind is empty, the BSON socket is off")
-    return "\n".join(lines)
+    return "\n".join(one_line(line) for line in lines)  # paths, URIs, names: nothing moves the cursor
 
 
 def _run_code(source, namespace):

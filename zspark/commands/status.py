@@ -16,6 +16,7 @@ import json
 import sys
 import time
 
+from ..safetext import one_line as safe, shorten
 from .running import BadAnswer, NoServer, add_server_arguments, fetch_status, journal_percent, status_url
 
 EXIT_OK, EXIT_NO_SERVER, EXIT_BAD_ANSWER = 0, 3, 4
@@ -31,11 +32,11 @@ def run(args, config):
     try:
         status = fetch_status(url, config, args.timeout)
     except NoServer as e:
-        print(f"zcmd status: {e}; is it running? Start it with `zcmd -y CONFIG serve`, or give "
+        print(f"zcmd status: {safe(e)}; is it running? Start it with `zcmd -y CONFIG serve`, or give "
               "its address with --url", file=sys.stderr)
         return EXIT_NO_SERVER
     except BadAnswer as e:
-        print(f"zcmd status: {e}", file=sys.stderr)
+        print(f"zcmd status: {safe(e)}", file=sys.stderr)
         return EXIT_BAD_ANSWER
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True))
@@ -86,12 +87,12 @@ def summary(status, url):
     if j.get("write_errors"):
         rows.append(["  errors", f"{j['write_errors']} failed writes (see the server's log)"])
     lines += table(rows, "ll")
-    return "\n".join(lines)
+    return "\n".join(safe(line) for line in lines)  # all of it came from the server
 
 
 def table(rows, align):
     """Rows of cells as aligned text lines; `align` has one 'l' or 'r' per column."""
-    cells = [[str(c) for c in row] for row in rows]
+    cells = [[safe(c) for c in row] for row in rows]  # escaped before they are measured
     widths = [max(len(row[i]) for row in cells if i < len(row)) for i in range(len(align))]
     out = []
     for row in cells:
@@ -101,8 +102,9 @@ def table(rows, align):
 
 
 def one_line(text, limit):
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    """`text` (a reason, an error: from a sender or a destination) on one safe line of at most
+    `limit` characters: runs of whitespace become one space, other control characters escapes."""
+    return shorten(" ".join(str(text).split()), limit)
 
 
 def duration(seconds):

@@ -20,6 +20,7 @@ import sys
 import urllib.parse
 
 from ..journal import JournalView, Reader, decode_event, event_to_json
+from ..safetext import json_line, one_line
 from .running import BadAnswer, NoServer, open_url, server_url
 
 STREAM_TIMEOUT_S = 30.0  # the server sends a keep-alive every few seconds; this long without one: gone
@@ -69,11 +70,11 @@ def run(args, config):
                 try:
                     event = decode_event(payload)
                 except Exception as e:  # an intact record that is not BSON: say so, go on
-                    print(f"zcmd tail: offset {offset}: not an event: {e}", file=sys.stderr)
+                    print(f"zcmd tail: offset {offset}: not an event: {one_line(e)}", file=sys.stderr)
                     continue
                 if not wanted(event):
                     continue
-                out.write(event_to_json(event, _offset=offset) if args.offsets else event_to_json(event))
+                out.write(json_line(event_to_json(event, _offset=offset) if args.offsets else event_to_json(event)))
                 out.write("\n")
             if batch:
                 out.flush()
@@ -102,10 +103,10 @@ def _follow_server(args, config):
     try:
         stream = open_url(url, config, timeout=STREAM_TIMEOUT_S, accept="application/x-ndjson")
     except NoServer as e:
-        print(f"zcmd tail: {e}; is `zcmd serve` running?", file=sys.stderr)
+        print(f"zcmd tail: {one_line(e)}; is `zcmd serve` running?", file=sys.stderr)
         return 3
     except BadAnswer as e:
-        print(f"zcmd tail: {e}", file=sys.stderr)
+        print(f"zcmd tail: {one_line(e)}", file=sys.stderr)
         return 1
     print(f"zcmd tail: following {url.split('?')[0]}", file=sys.stderr, flush=True)
     out = sys.stdout
@@ -113,7 +114,9 @@ def _follow_server(args, config):
         with stream:
             for line in stream:
                 if line.strip():  # empty lines are the server's keep-alives
-                    out.write(line.decode("utf-8"))
+                    # The same JSON, with what a terminal would act on escaped: the server's text
+                    # (its events and whatever else it sends) is not trusted with the terminal.
+                    out.write(json_line(line.decode("utf-8", "replace").rstrip("\r\n")) + "\n")
                     out.flush()
     except KeyboardInterrupt:
         return 0
@@ -121,7 +124,7 @@ def _follow_server(args, config):
         sys.stderr.close()
         return 0
     except (OSError, socket.timeout) as e:
-        print(f"zcmd tail: the stream from the server broke off: {e}", file=sys.stderr)
+        print(f"zcmd tail: the stream from the server broke off: {one_line(e)}", file=sys.stderr)
         return 1
     print("zcmd tail: the server ended the stream (it is stopping)", file=sys.stderr)
     return 0

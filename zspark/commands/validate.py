@@ -5,6 +5,7 @@ Exits 0 if the config is usable, 2 with a message naming the key and the file if
 import json
 
 from ..config import describe
+from ..safetext import one_line
 
 
 def add_arguments(parser):
@@ -13,6 +14,6 @@ def add_arguments(parser):
 
 def run(args, config):
     if not args.quiet:
-        print(f"{config.source}: OK")
+        print(f"{one_line(config.source)}: OK")  # the settings below: JSON, escaped (ensure_ascii)
         print(json.dumps(describe(config), indent=2, sort_keys=True))
     return 0

@@ -186,8 +186,9 @@ class HttpSource:
         return page
 
     def _internal_error(self, error):
-        log.error("HTTP handler failed on %s %s: %s\n%s", bottle.request.method, bottle.request.path,
-                  error.exception, error.traceback)
+        exc = error.exception
+        log.error("HTTP handler failed on %s %s: %s", bottle.request.method, bottle.request.path, exc,
+                  exc_info=(type(exc), exc, exc.__traceback__) if isinstance(exc, BaseException) else None)
         bottle.response.content_type = "application/json"
         return json.dumps({"ok": False, "error": "internal error"})
 

@@ -14,6 +14,7 @@ import time
 import urllib.parse
 
 from ..journal import decode_event, event_to_json
+from ..safetext import json_line
 
 KEEPALIVE_S = 5.0
 WAIT_S = 0.5  # how often a quiet stream looks whether the server is stopping
@@ -58,7 +59,7 @@ class TailStream:
                         continue
                     if (types and event.get("type") not in types) or (topics and event.get("topic") not in topics):
                         continue
-                    lines.append(event_to_json(event))
+                    lines.append(json_line(event_to_json(event)))  # shown on terminals (curl)
                 if lines:
                     said = time.monotonic()
                     yield ("\n".join(lines) + "\n").encode("utf-8")

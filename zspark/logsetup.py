@@ -1,0 +1,82 @@
+"""How zspark's log is written: one line per record, whoever logged it and whatever it holds.
+
+A record is one line, `2026-11-23 13:00:00,123 WARNING zspark.http: message`: its message (after
+%-formatting, so also the arguments, which may be a sender's text) goes through
+`safetext.one_line`, so no newline, CR, escape sequence or line separator in it can start a line
+of its own or reach the operator's terminal. A traceback or stack (exc_info, stack_info) follows
+its record on continuation lines, each starting with CONTINUATION ("  | ") and escaped the same
+way: a line that starts with a date is a record zspark wrote, any other line belongs to the record
+above it.
+
+`setup(level)` installs this on the root logger, so it holds for every library too, and routes
+what would otherwise bypass logging and be written to stderr raw into it: gevent's hub (an
+exception a greenlet or a thread pool task did not catch) and Python warnings.
+"""
+import logging
+import sys
+
+from .safetext import one_line
+
+RECORD_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+CONTINUATION = "  | "
+
+
+class OneLineFormatter(logging.Formatter):
+    """A Formatter whose output is one escaped line, plus continuation lines for a traceback."""
+
+    def __init__(self, fmt=RECORD_FORMAT, datefmt=None):
+        super().__init__(fmt, datefmt)
+
+    def format(self, record):
+        try:
+            record.message = record.getMessage()
+        except Exception as e:  # a caller's format and arguments do not match: still one record
+            record.message = f"unformattable log message {record.msg!r} % {record.args!r}: {e!r}"
+        if self.usesTime():
+            record.asctime = self.formatTime(record, self.datefmt)
+        lines = [one_line(self.formatMessage(record))]
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        for block in (record.exc_text, record.stack_info and self.formatStack(record.stack_info)):
+            if block:
+                lines.extend(CONTINUATION + one_line(line) for line in block.split("\n"))
+        return "\n".join(lines)
+
+
+def setup(level, stream=None):
+    """Log records of `level` ("info", "debug", ...) and above to `stream` (stderr) as one line
+    each (unless the root logger is configured already, as logging.basicConfig does)."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(OneLineFormatter())
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
+    logging.captureWarnings(True)  # warnings.warn() texts through the formatter, not raw to stderr
+    _route_gevent_errors()
+
+
+def _route_gevent_errors():
+    """gevent's hub prints an exception no greenlet caught straight to stderr, its message and
+    all; make it a log record (logger `gevent.hub`) instead. Set on the class, so that the hubs of
+    thread pool threads do the same."""
+    import gevent.hub
+
+    hub_class = gevent.hub.Hub
+    if getattr(hub_class.print_exception, "_zspark", False):
+        return
+    original = hub_class.print_exception
+
+    def print_exception(hub, context, type_, value, tb):
+        try:
+            if context is not None and not isinstance(context, str):
+                try:
+                    context = hub.format_context(context)
+                except Exception:
+                    context = object.__repr__(context)
+            exc_info = (type_, value, tb) if isinstance(value, BaseException) else None
+            logging.getLogger("gevent.hub").error(
+                "%s failed with %s%s", context or "the event loop", getattr(type_, "__name__", type_),
+                "" if exc_info else f": {value}", exc_info=exc_info)
+        except Exception:  # must not raise (gevent's contract): fall back to gevent's own printing
+            original(hub, context, type_, value, tb)
+
+    print_exception._zspark = True
+    hub_class.print_exception = print_exception
