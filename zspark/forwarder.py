@@ -26,6 +26,7 @@ from gevent.event import Event
 from . import blocking
 from .journal import decode_event, decode_events, event_to_json
 from .metrics import RateLimitedLog
+from .redact import redact
 
 log = logging.getLogger("zspark.forwarder")
 
@@ -148,7 +149,7 @@ class Forwarder:
                     return  # cursor unchanged: the batch goes again at the next start
                 attempt += 1
                 self.failed += 1
-                self.last_error = f"{type(e).__name__}: {e}"
+                self.last_error = redact(f"{type(e).__name__}: {e}")  # a driver may quote its URI
                 self.last_error_time = time.time()
                 delay = self._backoff(attempt)
                 self.state = BACKING_OFF
