@@ -88,7 +88,10 @@ def _public_key_file(path, st):
         raise ValueError("not a regular file")  # a FIFO would block the reading thread
     if st.st_size > MAX_KEY_FILE_BYTES:
         raise ValueError(f"{st.st_size} bytes, not a key file")
-    public, _ = load_certificate(path)
+    try:
+        public, _ = load_certificate(path)
+    except ValueError:
+        raise ValueError("no public-key line: not a certificate from `zcmd keygen`") from None
     try:
         if len(public) != 40 or len(z85.decode(public)) != 32:
             raise ValueError
