@@ -95,10 +95,11 @@ class ZmqConfig:
     json_bind: ZmqAddress = ZmqAddress("tcp://127.0.0.1:6544")
     max_message_bytes: ByteSize = ByteSize(1024**2)  # larger frames: counted rejections
     receive_batch: int = 1000
-    # What one peer can hold (sources/zmq.py): frames queued per connection (libzmq's default is
-    # 1000; 100 costs little throughput and bounds a stalled source's memory tenfold), the time
-    # to complete the ZMTP handshake, and heartbeats that close a connection whose peer is gone.
-    receive_hwm: int = 100
+    # What one peer can hold (sources/zmq.py): frames queued per connection (libzmq's default;
+    # 100 held scripts/bench's single sender to 0.6x the events/s: smaller bursts, more fsyncs),
+    # the time to complete the ZMTP handshake, and heartbeats that close a connection whose peer
+    # is gone.
+    receive_hwm: int = 1000
     handshake_timeout_s: float = 10.0
     heartbeat_s: float = 30.0  # 0 = no heartbeats
     heartbeat_timeout_s: float = 60.0

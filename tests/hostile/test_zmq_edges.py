@@ -102,7 +102,8 @@ class OversizeFrames(ZmqCase):
 
 
 class IdlePeers(ZmqCase):
-    zmq_settings = {"handshake_timeout_s": 0.5, "heartbeat_s": 0.2, "heartbeat_timeout_s": 0.6}
+    zmq_settings = {"handshake_timeout_s": 0.5, "heartbeat_s": 0.2, "heartbeat_timeout_s": 0.6,
+                    "receive_hwm": 50}
 
     def raw(self, address=None):
         sock = socket.create_connection(("127.0.0.1", zmtp_port(address or self.bson_addr)))
@@ -126,6 +127,10 @@ class IdlePeers(ZmqCase):
         sock = self.raw()
         sock.sendall(GREETING + READY)  # a complete handshake, then never a PONG
         self.assertTrue(read_until_closed(sock, 10), "the silent peer's connection is still open")
+
+    def test_each_peer_queues_at_most_receive_hwm_frames(self):
+        for source in self.server.zmq_sources:
+            self.assertEqual(source._socket.getsockopt(zmq_green.RCVHWM), 50)
 
     def test_many_idle_connections_do_not_keep_a_real_sender_out(self):
         idle = [self.raw() for _ in range(200)]
