@@ -323,12 +323,16 @@ class OversizeTest(ZmqCase):
         self.assertEqual(len(frame), size)
         return frame
 
-    def test_oversize_frame_is_dropped_and_the_source_keeps_serving(self):
+    def test_oversize_frame_is_rejected_and_past_the_hard_limit_dropped_and_the_source_keeps_serving(self):
         sender = self.push(self.bson_addr)
         monitor = sender.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         self.addCleanup(monitor.close, 0)
         sender.send(self.frame_of(self.LIMIT, "at-the-limit"))
-        sender.send(self.frame_of(self.LIMIT + 1, "too-big"))
+        sender.send(self.frame_of(self.LIMIT + 1, "too-big"))  # counted; the connection is kept
+        sender.send(bson.encode({"type": "behind-too-big"}))
+        self.wait_counts("zmq_bson", 2, 1)
+        # libzmq drops the connection itself past 4 x zmq.max_message_bytes.
+        sender.send(self.frame_of(4 * self.LIMIT + 1, "far-too-big"))
 
         def disconnected():
             while monitor.poll(50):
@@ -339,10 +343,11 @@ class OversizeTest(ZmqCase):
         # A new sender is served, and so is the old one once its PUSH socket has reconnected.
         self.client(self.bson_addr).event("new-sender")
         sender.send(bson.encode({"type": "old-sender-again"}))
-        events = self.wait_events(3)
-        self.assertEqual(sorted(e["type"] for e in events), ["at-the-limit", "new-sender", "old-sender-again"])
+        events = self.wait_events(4)
+        self.assertEqual(sorted(e["type"] for e in events),
+                         ["at-the-limit", "behind-too-big", "new-sender", "old-sender-again"])
         self.assertEqual(self.events(), events)
-        self.wait_counts("zmq_bson", 3, 0)
+        self.wait_counts("zmq_bson", 4, 1)
 
 
 class BurstTest(ZmqCase):

@@ -15,6 +15,8 @@ from typing import get_args, get_origin
 
 import yaml
 
+from .redact import is_secret_name, redact_data
+
 
 class ConfigError(Exception):
     """A config value that cannot be used; the message names the key and the file."""
@@ -91,8 +93,16 @@ class HttpConfig:
 class ZmqConfig:
     bson_bind: ZmqAddress = ZmqAddress("tcp://127.0.0.1:6543")
     json_bind: ZmqAddress = ZmqAddress("tcp://127.0.0.1:6544")
-    max_message_bytes: ByteSize = ByteSize(1024**2)
+    max_message_bytes: ByteSize = ByteSize(1024**2)  # larger frames: counted rejections
     receive_batch: int = 1000
+    # What one peer can hold (sources/zmq.py): frames queued per connection (libzmq's default;
+    # 100 held scripts/bench's single sender to 0.6x the events/s: smaller bursts, more fsyncs),
+    # the time to complete the ZMTP handshake, and heartbeats that close a connection whose peer
+    # is gone.
+    receive_hwm: int = 1000
+    handshake_timeout_s: float = 10.0
+    heartbeat_s: float = 30.0  # 0 = no heartbeats
+    heartbeat_timeout_s: float = 60.0
     # CURVE (both set): this server's secret key file (`zcmd keygen`), and a directory of the
     # public key files of the clients allowed to send.
     curve_secret_key: Path = Path("")
@@ -226,7 +236,20 @@ def from_dict(data, source="<dict>", base_dir=None) -> Config:
     config = _build(Config, data, "", ctx)
     config.source = source
     _check_pairs(config)
+    _check_positive(config)
     return config
+
+
+def _check_positive(config):
+    """Settings where 0 would mean "no limit" to the library underneath."""
+    for section, name in (("zmq", "receive_hwm"), ("zmq", "handshake_timeout_s"),
+                          ("zmq", "max_message_bytes")):
+        if not getattr(getattr(config, section), name):
+            raise ConfigError(f"{config.source}: key '{section}.{name}': must be more than 0")
+    zc = config.zmq
+    if zc.heartbeat_s and not zc.heartbeat_timeout_s:
+        raise ConfigError(f"{config.source}: key 'zmq.heartbeat_timeout_s': must be more than 0 "
+                          f"while zmq.heartbeat_s is set (0 turns heartbeats off)")
 
 
 def _check_pairs(config):
@@ -405,9 +428,9 @@ def describe(config: Config) -> dict:
     data = dataclasses.asdict(config)
     data.pop("source", None)
     for name in list(data["kafka"]["producer"]):
-        if any(word in name for word in ("password", "secret", "key")):
+        if is_secret_name(name):
             data["kafka"]["producer"][name] = "<hidden>"
     for name in ("tokens", "status_tokens"):
         if data["http"][name]:
             data["http"][name] = [f"<{len(data['http'][name])} configured>"]
-    return data
+    return redact_data(data)  # URIs (mongo.uri...) shown with their passwords masked

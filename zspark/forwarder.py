@@ -26,6 +26,7 @@ from gevent.event import Event
 from . import blocking
 from .journal import decode_event, decode_events, event_to_json
 from .metrics import RateLimitedLog
+from .redact import redact
 
 log = logging.getLogger("zspark.forwarder")
 
@@ -230,7 +231,7 @@ class Forwarder:
     def _failed_attempt(self, error, attempt):
         """Note a failed attempt in /status; return how long to back off before the next."""
         self.failed += 1
-        self.last_error = error
+        self.last_error = redact(error)  # a driver may quote its URI, password and all
         self.last_error_time = time.time()
         self.state = BACKING_OFF
         return self._backoff(attempt)

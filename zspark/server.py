@@ -276,7 +276,8 @@ class Server:
             "time": time.time(),
             "stopping": self._stopping,
             "sources": {name: s.as_dict() for name, s in self.metrics.sources.items()},
-            "forwarders": {f.name: f.as_dict() for f in self.forwarders},
+            "forwarders": {f.name: {**f.as_dict(), "destination": f.sink.describe()}  # URIs redacted
+                           for f in self.forwarders},
             "hour_complete": self.hours.as_dict() if self.hours is not None else None,
             "journal": {
                 "dir": j.directory,

@@ -66,6 +66,7 @@ import gevent
 from . import argtypes
 from ..journal import Reader, decode_event, event_to_json, list_segments
 from ..journal.journal import last_offset_on_disk
+from ..redact import redact
 from ..safetext import json_line, one_line
 
 UTC = datetime.timezone.utc
@@ -281,7 +282,7 @@ def check_reachable(sink, kind, timeout):
             if time.monotonic() >= deadline:
                 break
             gevent.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
-        raise DeliveryFailed(f"cannot reach MongoDB at {_redact(sink.config.uri)} (config mongo.uri) "
+        raise DeliveryFailed(f"cannot reach MongoDB at {redact(sink.config.uri)} (config mongo.uri) "
                              f"within {timeout:g}s: {_first_line(last)}")
 
 
@@ -293,10 +294,6 @@ def _kafka_reason(e):
 def _first_line(e):
     text = str(e) or type(e).__name__
     return text.splitlines()[0][:300]
-
-
-def _redact(uri):
-    return re.sub(r"//[^@/]*@", "//<credentials>@", uri)
 
 
 def deliver(sink, items, timeout):

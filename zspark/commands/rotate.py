@@ -34,6 +34,7 @@ from bson.raw_bson import RawBSONDocument
 from gevent.hub import get_hub
 
 from ..blocking import fsync_dir
+from ..redact import redact
 
 DEFAULT_KEEP = 7
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -55,7 +56,7 @@ def add_arguments(parser):
 def run(args, config):
     from pymongo.errors import ConnectionFailure, PyMongoError
 
-    from ..sinks.mongo import connect, safe_uri
+    from ..sinks.mongo import connect
 
     mc = config.mongo
     dump_dir = args.dump_dir or os.path.join(os.path.dirname(config.journal.dir), "dumps")
@@ -66,11 +67,11 @@ def run(args, config):
             client.admin.command("ping")
             plan = make_plan(db.list_collection_names(), mc.collection, args.keep)
         except ConnectionFailure as e:  # ServerSelectionTimeoutError included
-            print(f"zcmd rotate: cannot reach MongoDB at {safe_uri(mc.uri)} (config key mongo.uri) "
+            print(f"zcmd rotate: cannot reach MongoDB at {redact(mc.uri)} (config key mongo.uri) "
                   f"within {mc.timeout_ms / 1000:g}s: {e}", file=sys.stderr)
             return EXIT_FAILED
         except PyMongoError as e:  # authentication, permissions
-            print(f"zcmd rotate: MongoDB at {safe_uri(mc.uri)} refused to list the collections of "
+            print(f"zcmd rotate: MongoDB at {redact(mc.uri)} refused to list the collections of "
                   f"{mc.database!r}: {e}", file=sys.stderr)
             return EXIT_FAILED
         if plan is None:

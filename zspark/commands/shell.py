@@ -24,6 +24,7 @@ import traceback
 from .. import __version__
 from ..client import ZSparkClient
 from ..journal import JournalView
+from ..redact import redact
 from ..safetext import one_line
 from .running import bson_address
 
@@ -38,7 +39,7 @@ def add_arguments(parser):
 
 
 def run(args, config):
-    from ..sinks.mongo import connect, safe_uri  # pymongo's import is slow; only needed here
+    from ..sinks.mongo import connect  # pymongo's import is slow; only needed here
 
     mongo = connect(config.mongo, socketTimeoutMS=None)  # no time limit on a long query
     address = bson_address(config)
@@ -48,7 +49,7 @@ def run(args, config):
     try:
         if args.code is not None:
             return _run_code(args.code, namespace)
-        _interact(namespace, banner(config, address, safe_uri(config.mongo.uri)), args.plain)
+        _interact(namespace, banner(config, address, redact(config.mongo.uri)), args.plain)
         return 0
     finally:
         if client is not None:

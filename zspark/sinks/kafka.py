@@ -29,6 +29,7 @@ from gevent.hub import get_hub
 from ..event import NOTICE_SOURCE
 from ..journal.codec import event_json_bytes, to_json_value
 from ..metrics import RateLimitedLog
+from ..redact import redact
 
 log = logging.getLogger("zspark.sinks.kafka")
 
@@ -84,7 +85,7 @@ class KafkaSink:
         self.encode = {"json": event_json_bytes, "bson": bson.encode, "plain": self._as_plain}[config.format]
 
     def describe(self):
-        return f"Kafka {self.config.brokers}"
+        return f"Kafka {redact(self.config.brokers)}"
 
     def topic_for(self, event):
         if event.get("source") == NOTICE_SOURCE:

@@ -13,13 +13,13 @@ pymongo is cooperative under gevent only once `gevent.monkey.patch_all()` ran, w
 does before anything else; this module refuses to load otherwise.
 """
 import logging
-import re
 
 import gevent.monkey
 import pymongo
 from pymongo.errors import BulkWriteError, DocumentTooLarge, OperationFailure
 
 from ..event import NOTICE_SOURCE
+from ..redact import redact
 
 log = logging.getLogger("zspark.sinks.mongo")
 
@@ -52,7 +52,7 @@ class MongoSink:
         self._indexed = False
 
     def describe(self):
-        return f"MongoDB {self.config.database}.{self.config.collection}"
+        return f"MongoDB {self.config.database}.{self.config.collection} at {redact(self.config.uri)}"
 
     def send(self, items):
         if not self._indexed:
@@ -122,11 +122,6 @@ def connect(config, **options):
     options = {"serverSelectionTimeoutMS": timeout, "connectTimeoutMS": timeout,
                "socketTimeoutMS": timeout, **options}
     return pymongo.MongoClient(config.uri, tz_aware=True, connect=False, **options)
-
-
-def safe_uri(uri):
-    """The URI with its password masked, for messages."""
-    return re.sub(r"(//[^:/@]+:)[^@/]*@", r"\1***@", uri)
 
 
 def create_indexes(collection, ttl_days):

@@ -6,15 +6,21 @@ Keys are pyzmq certificate files, as `zcmd keygen` writes them: `NAME.key` holds
 (RFC 27: a REP socket at inproc://zeromq.zap.01 in the sockets' own context) about every new
 connection; this one is a greenlet, and it reads the authorized directory at each request, so a
 key added or removed there counts from the client's next connection, without a restart. A client
-that is refused gets no connection at all: nothing it sends arrives.
+that is refused gets no connection at all: nothing it sends arrives; the refusal is logged
+(rate-limited) with the peer's address and counted by the socket's monitor (sources/zmqwatch.py).
+
+A file in that directory that holds no usable public key (not a certificate, a torn copy, a key
+that is not 40 characters of Z85, not a regular file) is skipped with a warning naming it, once
+for each version of the file, and the other keys go on admitting their clients.
 """
 import logging
 import os
+import stat
 
 import gevent
 from gevent.hub import get_hub
 import zmq.green as zmq
-from zmq.auth import load_certificate, load_certificates
+from zmq.auth import load_certificate
 from zmq.utils import z85
 
 from ..metrics import RateLimitedLog
@@ -23,6 +29,8 @@ log = logging.getLogger("zspark.zmq")
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 DOMAIN = "zspark"
+KEY_SUFFIX = ".key"  # the public key files of the authorized directory (as czmq and pyzmq do)
+MAX_KEY_FILE_BYTES = 64 * 1024  # a certificate is a few hundred bytes
 
 
 class CurveError(Exception):
@@ -53,12 +61,43 @@ def load_public_key(value):
 
 
 def authorized_keys(directory):
-    """The z85 public keys of the certificate files in `directory`."""
+    """(keys, problems): the z85 public keys of the `*.key` files in `directory`, and for each
+    file that holds none, (path, its stat signature, why). CurveError if the directory itself
+    cannot be read."""
     try:
-        return set(load_certificates(directory))
-    except (OSError, ValueError) as e:
+        names = sorted(name for name in os.listdir(directory) if name.endswith(KEY_SUFFIX))
+    except OSError as e:
         raise CurveError(f"cannot read the authorized client keys in {directory} "
-                         f"(config key zmq.curve_authorized_keys): {e}") from None
+                         f"(config key zmq.curve_authorized_keys): {e.strerror or e}") from None
+    keys, problems = set(), []
+    for name in names:
+        path = os.path.join(directory, name)
+        signature = None
+        try:
+            st = os.stat(path)
+            signature = (st.st_ino, st.st_size, st.st_mtime_ns)
+            keys.add(_public_key_file(path, st))
+        except (OSError, ValueError) as e:
+            problems.append((path, signature, getattr(e, "strerror", None) or str(e)))
+    return keys, problems
+
+
+def _public_key_file(path, st):
+    """The z85 public key in the certificate file at `path`; ValueError if it holds none."""
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError("not a regular file")  # a FIFO would block the reading thread
+    if st.st_size > MAX_KEY_FILE_BYTES:
+        raise ValueError(f"{st.st_size} bytes, not a key file")
+    try:
+        public, _ = load_certificate(path)
+    except ValueError:
+        raise ValueError("no public-key line: not a certificate from `zcmd keygen`") from None
+    try:
+        if len(public) != 40 or len(z85.decode(public)) != 32:
+            raise ValueError
+    except Exception:  # z85.decode of bytes outside its alphabet raises more than ValueError
+        raise ValueError("its public-key is not a 40-character Z85 CURVE key") from None
+    return public
 
 
 def _keys_or_error(directory):
@@ -69,12 +108,13 @@ def _keys_or_error(directory):
         return e
 
 
-def make_server(sock, public, secret):
-    """Make `sock` (before it binds) a CURVE server that consults the ZAP handler."""
+def make_server(sock, public, secret, domain=DOMAIN):
+    """Make `sock` (before it binds) a CURVE server that consults the ZAP handler; `domain` (the
+    source's name) names it in the handler's log lines."""
     sock.curve_server = True
     sock.curve_publickey = public
     sock.curve_secretkey = secret
-    sock.zap_domain = DOMAIN.encode()
+    sock.zap_domain = domain.encode()
 
 
 def make_client(sock, server_public, client_public, client_secret):
@@ -93,7 +133,9 @@ class ZapHandler:
         self._socket.linger = 0
         self._greenlet = None
         self._warn = RateLimitedLog(log)
-        authorized_keys(directory)  # fail at start, not at the first connection
+        self._error = RateLimitedLog(log, level=logging.ERROR)
+        self._reported = set()  # (path, stat signature) of bad key files already warned about
+        self._note_problems(authorized_keys(directory)[1])  # an unreadable directory fails the start
 
     def start(self):
         self._socket.bind(ZAP_ENDPOINT)
@@ -113,21 +155,33 @@ class ZapHandler:
     def _answer(self, request):
         if len(request) < 6:
             return [b"1.0", request[1] if len(request) > 1 else b"", b"400", b"malformed ZAP request", b"", b""]
-        version, request_id, _domain, address, _identity, mechanism = request[:6]
+        version, request_id, domain, address, _identity, mechanism = request[:6]
         key = request[6] if len(request) > 6 else b""
+        where = domain.decode("ascii", "replace")
         who = address.decode("ascii", "replace")
         if mechanism != b"CURVE" or len(key) != 32:
-            return self._refuse(request_id, who, f"mechanism {mechanism.decode('ascii', 'replace')}")
+            return self._refuse(request_id, where, who, f"mechanism {mechanism.decode('ascii', 'replace')}")
         public = z85.encode(key)
-        keys = get_hub().threadpool.apply(_keys_or_error, (self.directory,))  # disk: off the loop
-        if isinstance(keys, CurveError):
-            log.error("%s", keys)
-        allowed = not isinstance(keys, CurveError) and public in keys
-        if not allowed:
-            return self._refuse(request_id, who, f"key {public.decode()} is not in {self.directory}")
+        found = get_hub().threadpool.apply(_keys_or_error, (self.directory,))  # disk: off the loop
+        if isinstance(found, CurveError):
+            self._error("%s", found)
+            return self._refuse(request_id, where, who, "the authorized keys cannot be read")
+        keys, problems = found
+        self._note_problems(problems)
+        if public not in keys:
+            return self._refuse(request_id, where, who, f"key {public.decode()} is not in {self.directory}")
         return [version, request_id, b"200", b"OK", public, b""]
 
-    def _refuse(self, request_id, who, why):
+    def _note_problems(self, problems):
+        """Warn once about each bad key file (again if it changes), rate-limited."""
+        for path, signature, why in problems:
+            if (path, signature) not in self._reported:
+                if len(self._reported) > 10000:  # a directory churning bad files: forget, warn anew
+                    self._reported.clear()
+                self._reported.add((path, signature))
+                self._warn("ZeroMQ: skipping %s in zmq.curve_authorized_keys: %s", path, why)
+
+    def _refuse(self, request_id, where, who, why):
         self.refused += 1
-        self._warn("ZeroMQ: refused a connection from %s: %s", who, why)
+        self._warn("ZeroMQ %s: refused a connection from %s: %s", where, who, why)
         return [b"1.0", request_id, b"400", b"not authorized", b"", b""]

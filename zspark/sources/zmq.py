@@ -8,8 +8,15 @@ A frame is a document; its `$command` key selects what to do with it:
 Frames are received in bursts (up to `receive_batch` at a time), normalized one by one and
 journaled together; while one burst waits for its fsync the next is being received. An
 undecodable or invalid frame is counted and logged (rate-limited) and the socket keeps serving.
-Frames over `max_message_bytes` are refused by libzmq itself (ZMQ_MAXMSGSIZE), which drops the
-sending connection; the sender's PUSH socket reconnects.
+
+Limits on what a peer can hold (see `apply_limits`): a frame over `max_message_bytes` is a counted
+rejection like any bad frame, and the frames behind it on the same connection are taken. libzmq
+itself (ZMQ_MAXMSGSIZE) drops a connection only for a frame over HARD_LIMIT_FACTOR times that, so
+that a sender announcing a 2 GiB frame cannot make it allocate one; the sender's PUSH socket
+reconnects, the frames it had queued on that connection are lost, and the drop is seen only as
+a closed connection (sources/zmqwatch.py). A connection that does not complete the ZMTP handshake
+within `handshake_timeout_s` is closed; heartbeats close one whose peer went silent; each peer's
+queue holds at most `receive_hwm` frames (then ZeroMQ stops reading it: TCP pushes back).
 
 PUSH has no acknowledgement, so when the journal cannot take events (full disk or size cap) this
 source holds its burst and stops receiving until it can: senders queue up to their high-water
@@ -31,6 +38,7 @@ from ..journal.codec import DECODE_OPTIONS, decode_events
 from ..metrics import RateLimitedLog
 from . import fastjson
 from .curve import make_server
+from .zmqwatch import ConnectionCounts, ConnectionWatch
 
 log = logging.getLogger("zspark.zmq")
 
@@ -39,6 +47,9 @@ _NO_COMMAND = object()
 # Fields normalize keeps exactly as sent (a timestamp or stimestamp may be converted).
 SPLICEABLE_FIELDS = frozenset(("type", "level", "topic", "env", "version", "ip", "referrer",
                                "user_agent", "cookies", "context", "extra"))
+# The hard limit, as a multiple of max_message_bytes: frames a little too big (the usual mistake)
+# are counted and skipped, while what one frame can make libzmq allocate stays a few MiB.
+HARD_LIMIT_FACTOR = 4
 RETRY_SECONDS = 1.0
 DRAIN_SECONDS = 2.0  # at stop, frames still arriving this long after it are no longer taken
 
@@ -62,12 +73,29 @@ def decode_json(frame):
     return json.loads(text)
 
 
+def apply_limits(sock, zc):
+    """Bound what one peer of `sock` can hold (config `zc`, a ZmqConfig); before bind."""
+    sock.setsockopt(zmq.MAXMSGSIZE, HARD_LIMIT_FACTOR * zc.max_message_bytes)
+    sock.setsockopt(zmq.RCVHWM, zc.receive_hwm)
+    sock.setsockopt(zmq.HANDSHAKE_IVL, _ms(zc.handshake_timeout_s))
+    if zc.heartbeat_s:
+        sock.setsockopt(zmq.HEARTBEAT_IVL, _ms(zc.heartbeat_s))
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, _ms(zc.heartbeat_timeout_s))
+        # What the peer is told: drop the connection if this side goes silent (deciseconds, 16 bits).
+        sock.setsockopt(zmq.HEARTBEAT_TTL, min(_ms(zc.heartbeat_timeout_s), 6553500))
+
+
+def _ms(seconds):
+    return max(1, round(seconds * 1000))
+
+
 class ZmqSource:
     def __init__(self, name, address, decode, ingest, config, context=None, curve=None):
         self.name = name  # also the source name recorded in events: zmq_bson / zmq_json
         self.address = address
         self.decode = decode
         self.ingest = ingest
+        self.zmq_config = config.zmq
         self.max_message_bytes = config.zmq.max_message_bytes
         self.receive_batch = max(1, config.zmq.receive_batch)
         self.stats = ingest.metrics.source(name)
@@ -80,16 +108,26 @@ class ZmqSource:
         self._drain_seconds = self._drain_deadline = None
         self._unbound = False
         self._warn = RateLimitedLog(log)
+        self._watch = None
+        if self.stats.connections is None:
+            self.stats.connections = ConnectionCounts()
 
     def start(self):
         sock = self._context.socket(zmq.PULL)
-        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+        apply_limits(sock, self.zmq_config)
         sock.setsockopt(zmq.LINGER, 0)
         if self.curve is not None:
-            make_server(sock, *self.curve)
-        sock.bind(self.address)
+            make_server(sock, *self.curve, domain=self.name)
+        self._watch = ConnectionWatch(self.name, sock, self.stats.connections)
+        try:
+            sock.bind(self.address)
+        except zmq.ZMQError:
+            self._watch.stop()
+            sock.close()
+            raise
         self._socket = sock
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._watch.start()
         self._greenlet = gevent.spawn(self._run)
         log.info("ZeroMQ %s listening on %s", self.name, self.endpoint)
         return self._greenlet
@@ -105,6 +143,9 @@ class ZmqSource:
         self._stopping = True
         if self._greenlet is not None:
             self._greenlet.join()
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
         if self._socket is not None:
             self._socket.close()
             self._socket = None
@@ -166,6 +207,7 @@ class ZmqSource:
         return True
 
     def _normalize(self, frames):
+        frames = self._within_limit(frames)
         events = []
         now = datetime.datetime.now(datetime.timezone.utc)  # one burst, one receive time
         docs = self._decode_burst(frames) if self.splice else None
@@ -204,6 +246,19 @@ class ZmqSource:
                 continue
             events.append(event)
         return events
+
+    def _within_limit(self, frames):
+        """The frames of at most max_message_bytes; each larger one is a counted rejection."""
+        limit = self.max_message_bytes
+        if all(len(frame) <= limit for frame in frames):
+            return frames
+        kept = []
+        for frame in frames:
+            if len(frame) <= limit:
+                kept.append(frame)
+            else:
+                self._reject(f"a frame of {len(frame)} bytes is over zmq.max_message_bytes ({limit})")
+        return kept
 
     @staticmethod
     def _decode_burst(frames):
