@@ -85,6 +85,13 @@ class HttpConfig:
     stop_timeout_s: float = 10.0
     certfile: Path = Path("")  # both set: serve HTTPS
     keyfile: Path = Path("")
+    # Connections (zspark/sources/httpserver.py). Deadlines for a whole request head and a TLS
+    # handshake, so a sender trickling bytes cannot hold a connection; an idle keep-alive waits
+    # longer than the usual 60 s of load balancers, so that they, not zspark, close first.
+    header_timeout_s: float = 10.0
+    idle_timeout_s: float = 75.0
+    tls_handshake_timeout_s: float = 10.0
+    max_connections: int = 10000
 
 
 @dataclass
@@ -226,7 +233,15 @@ def from_dict(data, source="<dict>", base_dir=None) -> Config:
     config = _build(Config, data, "", ctx)
     config.source = source
     _check_pairs(config)
+    _check_http(config)
     return config
+
+
+def _check_http(config):
+    """Connection limits that 0 would turn into "refuse everything"."""
+    for name in ("header_timeout_s", "idle_timeout_s", "tls_handshake_timeout_s", "max_connections"):
+        if not getattr(config.http, name) > 0:
+            raise ConfigError(f"{config.source}: key 'http.{name}' must be greater than 0")
 
 
 def _check_pairs(config):

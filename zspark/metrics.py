@@ -22,6 +22,7 @@ class SourceStats:
         self.rejected = 0
         self.refused = 0  # valid events the journal could not take (full, write error, stopping)
         self.last_rejection = None
+        self.details = None  # () -> more counters for as_dict (the HTTP source's connections)
         self._samples = collections.deque(maxlen=RATE_WINDOW_S)  # (monotonic time, accepted)
 
     def sample(self, now):
@@ -41,7 +42,8 @@ class SourceStats:
 
     def as_dict(self):
         return {"accepted": self.accepted, "rejected": self.rejected, "refused": self.refused,
-                "last_rejection": self.last_rejection, "rate": round(self.rate(), 3)}
+                "last_rejection": self.last_rejection, "rate": round(self.rate(), 3),
+                **(self.details() if self.details else {})}
 
 
 class Metrics:
