@@ -64,13 +64,13 @@ def parse_head(head):
     """The `Head` of `head` (bytes ending with CRLF CRLF), or FramingError naming the rule broken."""
     if len(head) > MAX_HEAD_BYTES:
         raise FramingError(431, f"the request head is larger than {MAX_HEAD_BYTES} bytes")
-    if not head.endswith(b"\r\n\r\n"):
-        raise FramingError(400, "the request head does not end with an empty line (CRLF CRLF)")
     crlfs = head.count(b"\r\n")
     if head.count(b"\r") != crlfs:
         raise FramingError(400, "a bare CR (not followed by LF) in the request head")
     if head.count(b"\n") != crlfs:
         raise FramingError(400, "a bare LF (not preceded by CR) in the request head")
+    if not head.endswith(b"\r\n\r\n"):
+        raise FramingError(400, "the request head does not end with an empty line (CRLF CRLF)")
     lines = head[:-4].split(b"\r\n")
     method, target, version = _request_line(lines[0])
     if len(lines) - 1 > MAX_HEADERS:
