@@ -18,8 +18,9 @@ about framing and bounded in what a connection can hold.
   connections that have sent nothing yet: RFC 9112 §9.8 lets a server close those at any time)
   is closed to make room. When none is idle, up to OVERFLOW_CONNECTIONS more are taken for
   OVERFLOW_DEADLINE_S each, to answer one request: `GET /imok` as usual (a load balancer must
-  see the node alive while it is busy), anything else a 503 with Retry-After; beyond that a new
-  connection is closed at once. Refusals are counted and logged at most 10 a minute.
+  see the node alive while it is busy), anything else a 503 with Retry-After; when those are all
+  taken, the oldest of them is closed for the new one, so connections held open cannot keep
+  /imok out for long. Refusals are counted and logged at most 10 a minute.
 - **TLS.** A handshake that fails (plain HTTP on the HTTPS port, no shared protocol...) or does
   not finish in time is counted and logged as one rate-limited line with the peer's address,
   never a traceback.
@@ -34,7 +35,7 @@ import time
 from collections import OrderedDict
 from http import HTTPStatus
 
-from gevent import Timeout, getcurrent
+from gevent import GreenletExit, Timeout, get_hub, getcurrent
 from gevent.pywsgi import WSGIHandler, WSGIServer, format_date_time
 
 from ..metrics import RateLimitedLog
@@ -225,6 +226,10 @@ class _HeadTimeout(Exception):
         self.reason = reason
 
 
+class _Closed(GreenletExit):
+    """Thrown into the greenlet of a connection closed to make room (a GreenletExit: no traceback)."""
+
+
 class Server(WSGIServer):
     """pywsgi's server with the connection cap, the timeouts and quiet TLS failures."""
 
@@ -241,9 +246,10 @@ class Server(WSGIServer):
         self.retry_after_s = retry_after_s
         self.on_malformed = on_malformed  # (address, status, reason): a refused request head
         self.counts = dict.fromkeys(COUNTERS, 0)
-        self._connections = {}  # greenlet -> accepted socket: those counted against the cap
-        self._idle = OrderedDict()  # the same, of those waiting for a request; longest first
-        self._overflow = 0  # connections being served beyond the cap
+        # The greenlets serving connections (dict keys, in insertion order: oldest first).
+        self._connections = {}  # those counted against the cap
+        self._idle = OrderedDict()  # of those, the ones waiting for a request; longest first
+        self._overflow = OrderedDict()  # those served beyond the cap
         self._warn = RateLimitedLog(log)
 
     def connection_stats(self):
@@ -254,27 +260,28 @@ class Server(WSGIServer):
     def do_handle(self, sock, address):
         """Called by the accept loop for each new connection: serve it, make room, or refuse it."""
         overflow = len(self._connections) >= self.max_connections and not self._evict_idle()
-        if overflow and self._overflow >= OVERFLOW_CONNECTIONS:
-            self._refused(address, "closed at once")
-            sock.close()
-            return
+        if overflow and len(self._overflow) >= OVERFLOW_CONNECTIONS:
+            # The oldest makes room, so that connections held open cannot keep /imok out.
+            oldest, _ = self._overflow.popitem(last=False)
+            self._refused(address, "an unanswered connection beyond the cap closed")
+            oldest.kill(_Closed, block=False)  # (it may not have started: kill() handles that)
         greenlet = self._spawn(self._serve, sock, address, overflow)
-        if overflow:
-            self._overflow += 1
-        else:
-            self._connections[greenlet] = sock
+        (self._overflow if overflow else self._connections)[greenlet] = None
 
     def _evict_idle(self):
         """Close the connection that has waited longest for a request; False if none waits."""
         if not self._idle:
             return False
-        greenlet, sock = self._idle.popitem(last=False)
+        greenlet, _ = self._idle.popitem(last=False)
         self._connections.pop(greenlet, None)
         self.counts["connections_evicted"] += 1
-        try:
-            sock.shutdown(socket.SHUT_RDWR)  # its handler reads the end of the stream and closes
-        except OSError:
-            pass
+        # It is suspended in wait_for_request (nowhere else is it idle), so the exception lands
+        # there and nowhere in a request. The accept loop runs in the hub, which may switch to it
+        # at once; from anywhere else, the same through the hub.
+        if getcurrent() is get_hub():
+            greenlet.throw(_Closed)
+        else:
+            get_hub().loop.run_callback(greenlet.throw, _Closed)
         return True
 
     def _serve(self, sock, address, overflow):
@@ -284,14 +291,14 @@ class Server(WSGIServer):
                     self._serve_connection(sock, address, overflow)
             else:
                 self._serve_connection(sock, address, overflow)
+        except _Closed:
+            pass  # evicted
         finally:
             sock.close()
-            if overflow:
-                self._overflow -= 1
-            else:
-                me = getcurrent()
-                self._connections.pop(me, None)
-                self._idle.pop(me, None)
+            me = getcurrent()
+            self._overflow.pop(me, None)
+            self._connections.pop(me, None)
+            self._idle.pop(me, None)
 
     def _serve_connection(self, sock, address, overflow):
         conn = sock if self.ssl_args is None else self._handshake(sock, address)
@@ -308,12 +315,16 @@ class Server(WSGIServer):
 
     def _handshake(self, sock, address):
         """The TLS socket, or None (counted and logged) if the handshake fails or takes too long."""
+        # The TLS socket takes over the descriptor from `sock`: it is the one to close.
+        tls = self.wrap_socket(sock, do_handshake_on_connect=False, **self.ssl_args)
         timer = Timeout(self.tls_handshake_timeout)
         try:
             with timer:
-                return self.wrap_socket(sock, **self.ssl_args)
+                tls.do_handshake()
+            return tls
         except Timeout as e:
             if e is not timer:
+                tls.close()
                 raise
             self.counts["timeouts"] += 1
             self._warn("HTTPS %s: the TLS handshake did not finish within %gs (http.tls_handshake_timeout_s); "
@@ -324,6 +335,10 @@ class Server(WSGIServer):
             reason = ("plain HTTP on the HTTPS port" if reason == "HTTP_REQUEST"
                       else reason or getattr(e, "strerror", None) or type(e).__name__)
             self._warn("HTTPS %s: TLS handshake failed: %s", _peer(address), reason)
+        except BaseException:
+            tls.close()
+            raise
+        tls.close()
         return None
 
     # -- called by the handlers ------------------------------------------------------------
@@ -332,9 +347,8 @@ class Server(WSGIServer):
         """Wait until `rfile` has a byte to read: True; False at its end (or on eviction); None
         after `timeout` seconds. Meanwhile the connection may be evicted to make room."""
         me = getcurrent()
-        sock = self._connections.get(me)
-        if sock is not None:
-            self._idle[me] = sock
+        if me in self._connections:
+            self._idle[me] = None
         timer = Timeout(max(timeout, 0.0))
         try:
             with timer:
