@@ -22,7 +22,7 @@ from bson import ObjectId
 from tests.support import TempDir, config_data, journal_events, request, wait_until
 from zspark.config import from_dict
 from zspark.server import Server
-from zspark.sources import http as http_source
+from zspark.sources import httpserver
 
 UTC = datetime.timezone.utc
 JSON = {"Content-Type": "application/json"}
@@ -634,14 +634,14 @@ class StoppingTest(HttpCase):
 class KeepAliveTest(HttpCase):
     def test_many_requests_on_one_connection_with_tcp_nodelay(self):
         nodelay = []
-        original = http_source._NoDelayHandler.handle_one_request
+        original = httpserver.RequestHandler.handle_one_request
 
         def recording(handler):
             nodelay.append(handler.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
             return original(handler)
 
         ids = []
-        with mock.patch.object(http_source._NoDelayHandler, "handle_one_request", recording):
+        with mock.patch.object(httpserver.RequestHandler, "handle_one_request", recording):
             conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
             self.addCleanup(conn.close)
             sock = None

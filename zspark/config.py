@@ -87,6 +87,13 @@ class HttpConfig:
     stop_timeout_s: float = 10.0
     certfile: Path = Path("")  # both set: serve HTTPS
     keyfile: Path = Path("")
+    # Connections (zspark/sources/httpserver.py). Deadlines for a whole request head and a TLS
+    # handshake, so a sender trickling bytes cannot hold a connection; an idle keep-alive waits
+    # longer than the usual 60 s of load balancers, so that they, not zspark, close first.
+    header_timeout_s: float = 10.0
+    idle_timeout_s: float = 75.0
+    tls_handshake_timeout_s: float = 10.0
+    max_connections: int = 10000
 
 
 @dataclass
@@ -241,10 +248,12 @@ def from_dict(data, source="<dict>", base_dir=None) -> Config:
 
 
 def _check_positive(config):
-    """Settings where 0 would mean "no limit" to the library underneath."""
+    """Settings where 0 would mean "no limit" to the library underneath, or "refuse everything"."""
     for section, name in (("zmq", "receive_hwm"), ("zmq", "handshake_timeout_s"),
-                          ("zmq", "max_message_bytes")):
-        if not getattr(getattr(config, section), name):
+                          ("zmq", "max_message_bytes"), ("http", "header_timeout_s"),
+                          ("http", "idle_timeout_s"), ("http", "tls_handshake_timeout_s"),
+                          ("http", "max_connections")):
+        if not getattr(getattr(config, section), name) > 0:
             raise ConfigError(f"{config.source}: key '{section}.{name}': must be more than 0")
     zc = config.zmq
     if zc.heartbeat_s and not zc.heartbeat_timeout_s:

@@ -21,7 +21,6 @@ import hmac
 import ipaddress
 import json
 import logging
-import socket
 import ssl
 import time
 import urllib.parse
@@ -30,13 +29,12 @@ import zlib
 import bottle
 import gevent
 from gevent.pool import Pool
-from gevent.pywsgi import MAX_REQUEST_LINE, WSGIHandler, WSGIServer, format_date_time
 
 from ..ingest import BatchRejected
 from ..journal import JournalError, JournalFull, TooLargeForJournal
 from ..metrics import RateLimitedLog
 from . import fastjson
-from .httpheaders import read_headers
+from .httpserver import ErrorLog, Server
 from .tap import TailStream
 
 log = logging.getLogger("zspark.http")
@@ -92,9 +90,13 @@ class HttpSource:
     def start(self):
         """Listen and serve; raise OSError (the port) or TlsError (the certificate)."""
         tls = {"ssl_context": self._tls_context()} if self.config.certfile else {}
-        self.server = _NoDelayServer((self.config.host, self.config.port), self.wsgi,
-                                     spawn=Pool(), log=None, error_log=_ErrorLog(), **tls)
-        self.server.on_malformed = self._malformed
+        c = self.config
+        self.server = Server((c.host, c.port), self.wsgi, spawn=Pool(), log=None, error_log=ErrorLog(),
+                             idle_timeout=c.idle_timeout_s, header_timeout=c.header_timeout_s,
+                             tls_handshake_timeout=c.tls_handshake_timeout_s, max_connections=c.max_connections,
+                             imok_path=self._log_path[:-len("log")] + "imok", retry_after_s=c.retry_after_s,
+                             on_malformed=self._malformed, **tls)
+        self.stats.details = self.server.connection_stats  # /status sources.http: connections, timeouts...
         self.server.start()
         log.info("HTTP listening on %s://%s:%d%s/log", "https" if tls else "http", self.config.host,
                  self.address[1], self.config.root)
@@ -480,128 +482,5 @@ def _header_text(value):
         return value
 
 
-def _short_text(text, limit=200):
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
 def _text(body):
     return bottle.HTTPResponse(body, 200, {"Content-Type": "text/plain"})
-
-
-_date_cache = [None, b""]  # [second, its HTTP date]
-
-
-def _http_date():
-    second = int(time.time())
-    if _date_cache[0] != second:
-        _date_cache[:] = second, format_date_time(second)
-    return _date_cache[1]
-
-
-class _NoDelayHandler(WSGIHandler):
-    _malformed = None  # why pywsgi refused the request line or headers, if it did
-
-    def handle(self):
-        # Without TCP_NODELAY, keep-alive answers wait ~40 ms for the client's delayed ACK.
-        try:
-            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass  # not a TCP socket
-        return super().handle()
-
-    def handle_one_request(self):
-        # pywsgi answers a request it cannot parse itself, with an empty text/plain 400 or 414
-        # that no one counts: make it JSON with the reason, and count it like any refusal.
-        self._malformed = self.command = None  # (command: a keep-alive's last request set it)
-        result = super().handle_one_request()
-        if type(result) is not tuple:
-            return result
-        code = int(result[0])
-        reason = self._malformed or (f"the request line is longer than {MAX_REQUEST_LINE - 1} bytes" if code == 414
-                                     else "malformed HTTP request")
-        self.server.on_malformed(self.client_address, code, reason)
-        body = _dumps({"ok": False, "error": reason})
-        head = (f"HTTP/1.1 {_STATUS_LINES[code]}\r\nContent-Type: application/json\r\n"
-                f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n").encode()
-        return result[0], head if self.command == "HEAD" else head + body
-
-    def MessageClass(self, fp, *args):
-        return read_headers(fp)  # plain header blocks without the email parser (httpheaders.py)
-
-    def read_request(self, raw_requestline):
-        # Python's header parser takes a line that is not "Name: value" as the end of the
-        # headers and drops every header after it (Content-Length, Content-Encoding...), so the
-        # body would be misread, or read as the next request: refuse the request instead.
-        if not super().read_request(raw_requestline):
-            return False
-        if self.headers.defects:
-            rest = self.headers.get_payload()
-            line = rest.split("\r\n", 1)[0] if isinstance(rest, str) and rest else str(self.headers.defects[0])
-            raise ValueError(f"a header line is not 'Name: value': {_short_text(line)!r}")
-        return True
-
-    # pywsgi's own response writing, made cheaper for the many small answers of /log: one send()
-    # for head and body instead of two (on these VMs a loopback send() wakes the client on the
-    # other vCPU, which costs more than the rest of a small request's work), no getsockopt() per
-    # send, the Date header formatted once a second, and no access-log line formatted to be
-    # thrown away (the server is created with log=None).
-
-    def _write_with_headers(self, data):
-        self.headers_sent = True
-        if self.provided_date is None:
-            self.response_headers.append((b"Date", _http_date()))
-            self.provided_date = True
-        self.finalize_headers()
-        towrite = bytearray(b"HTTP/1.1 ")
-        towrite += self.status
-        towrite += b"\r\n"
-        for header, value in self.response_headers:
-            towrite += header
-            towrite += b": "
-            towrite += value
-            towrite += b"\r\n"
-        towrite += b"\r\n"
-        if data and self.response_use_chunked:
-            towrite += b"%x\r\n" % len(data)
-            towrite += data
-            towrite += b"\r\n"
-        else:
-            towrite += data
-        self._sendall(towrite)
-
-    def _sendall(self, data):
-        try:
-            sent = self.socket.send(data)  # cooperative: waits only if the buffer is full
-            if sent < len(data):
-                self.socket.sendall(memoryview(data)[sent:])
-        except OSError as ex:
-            self.status = f"socket error: {ex}"
-            if self.code > 0:
-                self.code = -self.code
-            raise
-        self.response_length += len(data)
-
-    def log_request(self):
-        pass
-
-    def _handle_client_error(self, ex):
-        message = getattr(ex, "formatted_message", None) or str(ex) or type(ex).__name__
-        self._malformed = f"malformed HTTP request: {_short_text(message)}"
-        return super()._handle_client_error(ex)
-
-
-class _NoDelayServer(WSGIServer):
-    handler_class = _NoDelayHandler
-    on_malformed = staticmethod(lambda address, code, reason: None)  # HttpSource counts them
-
-
-class _ErrorLog:
-    """pywsgi's error log, routed to logging (malformed requests, client disconnects)."""
-
-    def write(self, data):
-        data = data.strip()
-        if data:
-            log.debug("pywsgi: %s", data)
-
-    def flush(self):
-        pass

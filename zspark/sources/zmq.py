@@ -109,8 +109,8 @@ class ZmqSource:
         self._unbound = False
         self._warn = RateLimitedLog(log)
         self._watch = None
-        if self.stats.connections is None:
-            self.stats.connections = ConnectionCounts()
+        self.connections = ConnectionCounts()
+        self.stats.details = lambda: {"connections": self.connections.as_dict()}
 
     def start(self):
         sock = self._context.socket(zmq.PULL)
@@ -118,7 +118,7 @@ class ZmqSource:
         sock.setsockopt(zmq.LINGER, 0)
         if self.curve is not None:
             make_server(sock, *self.curve, domain=self.name)
-        self._watch = ConnectionWatch(self.name, sock, self.stats.connections)
+        self._watch = ConnectionWatch(self.name, sock, self.connections)
         try:
             sock.bind(self.address)
         except zmq.ZMQError:
