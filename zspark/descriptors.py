@@ -34,10 +34,11 @@ def raise_limit():
     return soft
 
 
-def connection_cap(wanted, limit):
+def connection_cap(wanted, limit, also_held=0):
     """How many HTTP connections to allow: `wanted`, or fewer when the descriptor limit would
-    leave the rest of the process without descriptors (at least a few are always allowed)."""
-    room = max(16, limit - RESERVED)
+    leave the rest of the process without descriptors (at least a few are always allowed);
+    `also_held`: the connections the server takes beyond the cap (for /imok)."""
+    room = max(16, limit - RESERVED - also_held)
     if wanted > room:
         log.warning("http.max_connections %d is more than the open files limit %d leaves room for; "
                     "allowing %d connections (raise the limit, e.g. LimitNOFILE= in systemd or "

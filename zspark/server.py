@@ -26,6 +26,7 @@ from .metrics import Metrics
 from .notices import Notices
 from .prometheus import Exposition
 from .sources.http import HttpSource, TlsError
+from .sources.httpserver import OVERFLOW_CONNECTIONS
 from .sources.curve import CurveError, ZapHandler, load_secret_key
 from .sources.zmq import ZmqSource, decode_bson, decode_json
 
@@ -81,7 +82,9 @@ class Server:
     # -- start ----------------------------------------------------------------------------------
 
     def start(self):
-        self.descriptor_limit = descriptors.raise_limit()
+        limit = descriptors.raise_limit()
+        hc = self.config.http
+        hc.max_connections = descriptors.connection_cap(hc.max_connections, limit, also_held=OVERFLOW_CONNECTIONS)
         try:
             self.journal.open()
         except (OSError, JournalError) as e:

@@ -95,8 +95,13 @@ class Descriptors(FaultCase):
         self.assertFalse(ids - set(mongo), "acknowledged events missing in MongoDB")
         self.assertEqual(len(mongo), len(set(mongo)), "MongoDB holds an event twice")
         self.assertIsNone(server.proc.poll(), "the server stopped")
-        self.assertNotIn("died unexpectedly", server.log())
+        self.http_counts = {k: v for k, v in self.status()["sources"]["http"].items()
+                            if k.startswith(("connections_", "accept_", "idle_"))}
         self.stop(server)
+        log = server.log()
+        self.assertIn(f"open files limit {NOFILE}", log)
+        self.assertNotIn("died unexpectedly", log)
+        self.assertNotIn("Traceback", log)
         return acknowledged, load, held
 
     def test_idle_http_connections_do_not_stop_the_server(self):
@@ -112,7 +117,8 @@ class Descriptors(FaultCase):
 
     def check(self, acknowledged, load, held):
         self.summary(sent=len(load.sent_uids()), acknowledged=len(acknowledged),
-                     delivered=len(acknowledged), duplicated=0, rejected=load.rejected, held=len(held))
+                     delivered=len(acknowledged), duplicated=0, rejected=load.rejected, held=len(held),
+                     http=self.http_counts)
 
 if __name__ == "__main__":
     unittest.main()

@@ -28,6 +28,7 @@ about framing and bounded in what a connection can hold.
 
 `Server.connection_stats()` gives the counters /status shows under sources.http.
 """
+import errno
 import json
 import logging
 import socket
@@ -35,7 +36,7 @@ import time
 from collections import OrderedDict
 from http import HTTPStatus
 
-from gevent import GreenletExit, Timeout, get_hub, getcurrent
+from gevent import GreenletExit, Timeout, get_hub, getcurrent, spawn_later
 from gevent.pywsgi import WSGIHandler, WSGIServer, format_date_time
 
 from ..metrics import RateLimitedLog
@@ -46,13 +47,16 @@ log = logging.getLogger("zspark.http")
 
 OVERFLOW_CONNECTIONS = 64  # connections taken beyond max_connections, for /imok and a 503
 OVERFLOW_DEADLINE_S = 2.0  # the whole life of one of them, TLS handshake included
+ACCEPT_RETRY_S = 0.1  # out of descriptors: accepting is tried again after this
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 # Counters of Server.connection_stats() (with `connections`, the number open now).
 COUNTERS = ("connections_refused",  # beyond the cap: answered 503 or closed at once
             "connections_evicted",  # idle connections closed to make room under the cap
             "idle_closed",  # keep-alive connections closed after idle_timeout without a request
             "timeouts",  # a request head or a TLS handshake that did not finish in time
-            "tls_errors")  # failed TLS handshakes
+            "tls_errors",  # failed TLS handshakes
+            "accept_errors")  # accept() failed for want of descriptors or memory; retried
 
 
 def status_line(code):
@@ -256,6 +260,26 @@ class Server(WSGIServer):
         return {"connections": len(self._connections), **self.counts}
 
     # -- accepting ------------------------------------------------------------------------
+
+    def do_read(self):
+        """Accept a connection. Out of descriptors (EMFILE), pause accepting for a moment instead
+        of failing: gevent would log a traceback for each attempt. Connections wait in the listen
+        backlog meanwhile, and are served once descriptors are free again."""
+        try:
+            return super().do_read()
+        except OSError as e:
+            if e.errno not in _OUT_OF_RESOURCES:
+                raise
+            self.counts["accept_errors"] += 1
+            self._warn("HTTP: cannot accept connections: %s (%d open); trying again in %gs",
+                       e.strerror, len(self._connections), ACCEPT_RETRY_S)
+            self.stop_accepting()
+            spawn_later(ACCEPT_RETRY_S, self._resume_accepting)
+            return None
+
+    def _resume_accepting(self):
+        if not self.closed:
+            self.start_accepting()
 
     def do_handle(self, sock, address):
         """Called by the accept loop for each new connection: serve it, make room, or refuse it."""
