@@ -77,6 +77,13 @@ class HttpConfig:
     port: Port = Port(8080)
     root: str = ""
     max_body_bytes: ByteSize = ByteSize(4 * 1024**2)
+    # Request bodies held in memory at once, all requests together (beyond it: 503), and the
+    # time a whole body may take to arrive (beyond it: 408). See sources/httpbody.py.
+    max_inflight_bytes: ByteSize = ByteSize(64 * 1024**2)
+    body_timeout_s: float = 30.0
+    # GET /tail: records a client may ask for with `last` (more gets this many), and clients at once.
+    tail_max_last: int = 10000
+    tail_max_clients: int = 16
     tokens: list[Secret] = field(default_factory=list)  # for /log; empty = no authentication
     # For /status, /metrics and /tail; empty = the same as `tokens`. /imok is always open.
     status_tokens: list[Secret] = field(default_factory=list)
@@ -226,7 +233,20 @@ def from_dict(data, source="<dict>", base_dir=None) -> Config:
     config = _build(Config, data, "", ctx)
     config.source = source
     _check_pairs(config)
+    _check_budgets(config)
     return config
+
+
+def _check_budgets(config):
+    """Limits that would refuse everything, or nothing."""
+    http = config.http
+    if http.max_inflight_bytes < http.max_body_bytes:
+        raise ConfigError(f"{config.source}: key 'http.max_inflight_bytes': expected at least "
+                          f"http.max_body_bytes ({http.max_body_bytes}), got {http.max_inflight_bytes}")
+    for key in ("body_timeout_s", "tail_max_clients"):
+        if not getattr(http, key) > 0:
+            raise ConfigError(f"{config.source}: key 'http.{key}': expected a number above 0, "
+                              f"got {getattr(http, key)!r}")
 
 
 def _check_pairs(config):
