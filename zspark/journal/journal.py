@@ -280,7 +280,7 @@ class Journal:
             batch.error = JournalError(f"journal write interrupted: {e!r}")
             raise
         else:
-            self.index.note(self._segments[-1][0], batch.first, position)
+            self._index_batch(batch, position)
             self._segments[-1][1] += len(data)
             self._end_offset = batch.last + 1
             self.stats.records_appended += batch.last - batch.first + 1
@@ -288,6 +288,24 @@ class Journal:
         finally:
             self._pending_bytes -= batch.nbytes
             batch.done.set()
+
+    def _index_batch(self, batch, position):
+        """Tell the index where the batch's records start: its first one, and in a batch larger
+        than the index's spacing, one every SPACING bytes (its chunks are each record's header
+        and payload, in turn: record.frame_all)."""
+        base = self._segments[-1][0]
+        self.index.note(base, batch.first, position)
+        if batch.nbytes <= SPACING:
+            return
+        chunks = batch.chunks
+        offset = batch.first
+        due = position + SPACING
+        for i in range(0, len(chunks), 2):
+            if position >= due:
+                self.index.note(base, offset, position)
+                due = position + SPACING
+            position += len(chunks[i]) + len(chunks[i + 1])
+            offset += 1
 
     def _roll(self, base):
         """Close the active segment (synced) and start a new one named `base`: the end of the
