@@ -26,7 +26,7 @@ from ..journal import decode_event, event_to_json
 
 KEEPALIVE_S = 5.0
 WAIT_S = 0.5  # how often a quiet stream looks whether the server is stopping
-BATCH = 500  # records read, filtered and written between two pauses for the rest of the server
+BATCH = 100  # records read, filtered and written between two pauses for the rest of the server
 
 
 class TailStream:
