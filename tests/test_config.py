@@ -84,6 +84,16 @@ class Errors(ConfigCase):
         self.assertConfigError("http: {tokens: abc}\n", "http.tokens", "a list")
         self.assertConfigError("http: [1, 2]\n", "'http' must be a mapping")
 
+    def test_budgets_that_would_refuse_everything_are_named(self):
+        self.assertConfigError("http: {max_inflight_bytes: 1MiB, max_body_bytes: 2MiB}\n",
+                               "http.max_inflight_bytes", "at least http.max_body_bytes")
+        self.assertConfigError("http: {max_inflight_bytes: lots}\n", "http.max_inflight_bytes", "64MiB")
+        self.assertConfigError("http: {body_timeout_s: 0}\n", "http.body_timeout_s", "more than 0")
+        self.assertConfigError("http: {tail_max_clients: 0}\n", "http.tail_max_clients", "more than 0")
+        self.assertConfigError("http: {tail_max_last: -1}\n", "http.tail_max_last", "non-negative")
+        loaded = config.load(self.write("http: {max_inflight_bytes: 8MiB, body_timeout_s: 2.5}\n"))
+        self.assertEqual((loaded.http.max_inflight_bytes, loaded.http.body_timeout_s), (8 * 1024**2, 2.5))
+
     def test_bad_addresses_are_named(self):
         self.assertConfigError("zmq: {bson_bind: 'localhost:6543'}\n", "zmq.bson_bind", "tcp://")
         self.assertConfigError("http: {host: 'not a host'}\n", "http.host")

@@ -79,6 +79,13 @@ class HttpConfig:
     port: Port = Port(8080)
     root: str = ""
     max_body_bytes: ByteSize = ByteSize(4 * 1024**2)
+    # Request bodies held in memory at once, all requests together (beyond it: 503), and the
+    # time a whole body may take to arrive (beyond it: 408). See sources/httpbody.py.
+    max_inflight_bytes: ByteSize = ByteSize(64 * 1024**2)
+    body_timeout_s: float = 30.0
+    # GET /tail: records a client may ask for with `last` (more gets this many), and clients at once.
+    tail_max_last: int = 10000
+    tail_max_clients: int = 16
     tokens: list[Secret] = field(default_factory=list)  # for /log; empty = no authentication
     # For /status, /metrics and /tail; empty = the same as `tokens`. /imok is always open.
     status_tokens: list[Secret] = field(default_factory=list)
@@ -244,6 +251,10 @@ def from_dict(data, source="<dict>", base_dir=None) -> Config:
     config.source = source
     _check_pairs(config)
     _check_positive(config)
+    http = config.http
+    if http.max_inflight_bytes < http.max_body_bytes:
+        raise ConfigError(f"{config.source}: key 'http.max_inflight_bytes': expected at least "
+                          f"http.max_body_bytes ({http.max_body_bytes}), got {http.max_inflight_bytes}")
     return config
 
 
@@ -252,7 +263,8 @@ def _check_positive(config):
     for section, name in (("zmq", "receive_hwm"), ("zmq", "handshake_timeout_s"),
                           ("zmq", "max_message_bytes"), ("http", "header_timeout_s"),
                           ("http", "idle_timeout_s"), ("http", "tls_handshake_timeout_s"),
-                          ("http", "max_connections")):
+                          ("http", "max_connections"), ("http", "body_timeout_s"),
+                          ("http", "tail_max_clients")):
         if not getattr(getattr(config, section), name) > 0:
             raise ConfigError(f"{config.source}: key '{section}.{name}': must be more than 0")
     zc = config.zmq

@@ -31,6 +31,7 @@ from ..metrics import RateLimitedLog
 from . import record
 from .cursor import Cursor, read_cursor, read_cursors
 from .damage import Damage
+from .index import SPACING, OffsetIndex
 from .reader import Reader
 
 log = logging.getLogger("zspark.journal")
@@ -122,6 +123,7 @@ class Journal:
         self.retain_hours = retain_hours
         self.stats = Stats()
         self.damage = Damage()
+        self.index = OffsetIndex()  # where records start in each segment, for readers (index.py)
         self._log_write_error = RateLimitedLog(log, logging.ERROR)  # a full disk fails every write
         self._on_fatal = on_fatal
         self._segments = []  # [base_offset, size_bytes], ascending; the last is active
@@ -278,6 +280,7 @@ class Journal:
             batch.error = JournalError(f"journal write interrupted: {e!r}")
             raise
         else:
+            self._index_batch(batch, position)
             self._segments[-1][1] += len(data)
             self._end_offset = batch.last + 1
             self.stats.records_appended += batch.last - batch.first + 1
@@ -285,6 +288,24 @@ class Journal:
         finally:
             self._pending_bytes -= batch.nbytes
             batch.done.set()
+
+    def _index_batch(self, batch, position):
+        """Tell the index where the batch's records start: its first one, and in a batch larger
+        than the index's spacing, one every SPACING bytes (its chunks are each record's header
+        and payload, in turn: record.frame_all)."""
+        base = self._segments[-1][0]
+        self.index.note(base, batch.first, position)
+        if batch.nbytes <= SPACING:
+            return
+        chunks = batch.chunks
+        offset = batch.first
+        due = position + SPACING
+        for i in range(0, len(chunks), 2):
+            if position >= due:
+                self.index.note(base, offset, position)
+                due = position + SPACING
+            position += len(chunks[i]) + len(chunks[i + 1])
+            offset += 1
 
     def _roll(self, base):
         """Close the active segment (synced) and start a new one named `base`: the end of the
@@ -376,6 +397,7 @@ class Journal:
                 break
             blocking.call(_unlink, path)
             self._segments.pop(0)
+            self.index.forget(base)
             deleted.append(base)
         if deleted:
             log.info("journal retention: deleted %d segment(s) %s..%s (all consumers past offset %d)",
@@ -419,7 +441,7 @@ class Journal:
                           for b in bases]
         last_base = bases[-1]
         path = os.path.join(self.directory, record.segment_name(last_base))
-        valid_end, last_offset, skipped = _scan_segment(path)
+        valid_end, last_offset, skipped = _scan_segment(path, lambda offset, pos: self.index.note(last_base, offset, pos))
         size = self._segments[-1][1]
         if skipped:
             log.warning("journal recovery: %d damaged region(s) inside %s will be skipped by readers",
@@ -463,17 +485,22 @@ def last_offset_on_disk(directory):
     return None
 
 
-def _scan_segment(path):
-    """Return (end of the last intact record, its offset, damaged regions before it)."""
+def _scan_segment(path, note=None):
+    """Return (end of the last intact record, its offset, damaged regions before it). `note(offset,
+    position)` hears of records every index.SPACING bytes or so, up to the first damage."""
     with open(path, "rb") as f:
         data = f.read()
     pos = 0
     valid_end = 0
     last_offset = None
     skipped = 0
+    next_note = 0 if note is not None else len(data) + 1
     while pos < len(data):
         result = record.parse(data, pos)
         if isinstance(result, tuple):
+            if pos >= next_note and not skipped:
+                note(result[0], pos)
+                next_note = pos + SPACING
             last_offset, _, pos = result
             valid_end = pos
             continue

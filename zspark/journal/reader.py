@@ -10,6 +10,11 @@ Damage is skipped, never fatal: a record whose checksum fails is passed over to 
 record, counted in `skipped_bytes` and logged. Offsets found missing after damage or between two
 segments (one deleted, or cut short) are logged too. A reader bound to a journal reports both
 to the journal's damage report (damage.py), which logs and counts each place once.
+
+A reader bound to a journal finds its offset in a segment through the journal's index
+(index.py): it starts at the nearest known record before it, checks that the record there is the
+one the index says, and notes in the index the records it parses on its way. A reader on a
+directory alone parses the segment from its start.
 """
 import logging
 import os
@@ -17,7 +22,7 @@ import os
 import gevent
 from gevent.hub import get_hub
 
-from . import record
+from . import index, record
 
 log = logging.getLogger("zspark.journal")
 
@@ -40,6 +45,10 @@ class Reader:
         self._pos = 0  # parse position in self._buf
         self._stuck_at = None  # (segment, file position) of damage we are waiting behind
         self._gap_after = None  # what was passed since the last record returned (damage, a segment end)
+        self._index = journal.index if journal is not None else None
+        self._verify = None  # the offset the index says starts at the position we jumped to
+        self._aligned = False  # parsing record after record from a known start (not after a resync)
+        self._next_note = 0  # the file position from which the next record is worth noting in the index
 
     # -- public -----------------------------------------------------------------------------
 
@@ -54,10 +63,17 @@ class Reader:
             if self._fd is None and not self._open_segment_for(self.offset):
                 break
             result = record.parse(self._buf, self._pos)
+            if self._verify is not None and result is not record.INCOMPLETE:
+                if not isinstance(result, tuple) or result[0] != self._verify:
+                    self._distrust_index()
+                    continue
+                self._verify = None
             if isinstance(result, tuple):
                 rec_offset, start, end = result
                 if limit is not None and rec_offset >= limit:
                     break
+                if self._aligned and self._index is not None:
+                    self._note(rec_offset)
                 if rec_offset >= self.offset:
                     if self._gap_after is not None:
                         if rec_offset > self.offset:
@@ -72,6 +88,9 @@ class Reader:
                 continue
             if self._fill():
                 continue  # more bytes arrived; parse again
+            if self._verify is not None:  # the file ends inside the record the index named
+                self._distrust_index()
+                continue
             # At the end of the file with an incomplete or damaged record (or none) in hand.
             # An "incomplete" record followed by intact ones has a damaged length field: skip it.
             if self._pos < len(self._buf) and self._skip_damage():
@@ -121,7 +140,27 @@ class Reader:
             return False
         candidates = [b for b in bases if b <= offset]
         base = candidates[-1] if candidates else bases[0]
-        return self._open(base)
+        if not self._open(base):
+            return False
+        entry = self._index.floor(base, offset) if self._index is not None else None
+        if entry is not None and entry[1] > 0:
+            self._verify, self._file_pos = entry
+            self._next_note = self._file_pos + index.SPACING
+        return True
+
+    def _distrust_index(self):
+        """The index named a record that is not there: forget the segment's entries and parse
+        it from its start (it cannot happen unless the file was changed behind the journal)."""
+        log.warning("journal: the index of segment %s is wrong at byte %d; reading it from its start",
+                    record.segment_name(self._segment), self._file_pos - len(self._buf) + self._pos)
+        self._index.forget(self._segment)
+        self._open(self._segment)
+
+    def _note(self, rec_offset):
+        position = self._file_pos - len(self._buf) + self._pos
+        if position >= self._next_note:
+            self._index.note(self._segment, rec_offset, position)
+            self._next_note = position + index.SPACING
 
     def _open(self, base):
         self.close()
@@ -131,6 +170,9 @@ class Reader:
             return False  # deleted by retention meanwhile; the caller moves on
         self._segment = base
         self._file_pos = 0
+        self._verify = None
+        self._aligned = True
+        self._next_note = 0
         return True
 
     def _fill(self):
@@ -163,6 +205,7 @@ class Reader:
             return False
         self._report_skip(at - self._pos)
         self._pos = at
+        self._aligned = False  # found by searching: not a position to give the index
         return True
 
     def _next_segment(self):

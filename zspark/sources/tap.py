@@ -9,42 +9,61 @@ no access to the journal files. It is an NDJSON body with chunked encoding that 
 server stops. Empty lines carry no event: one starts the stream (so the client knows it is
 following), and one every few seconds while nothing comes lets the server notice a client that
 went away.
+
+A stream must never hold the server: `last` is capped (`http.tail_max_last`: a larger ask gets
+that many), so are the clients at once (`http.tail_max_clients`: one more gets 503 with
+Retry-After); the start is found by offset (the journal's index, not a scan), and the records
+are read in small batches with a pause for the rest of the server after each. A record a filter
+cannot match (its bytes do not hold any wanted `type` / `topic` value) is not even decoded.
 """
+import struct
 import time
 import urllib.parse
+
+import gevent
 
 from ..journal import decode_event, event_to_json
 from ..safetext import json_line
 
 KEEPALIVE_S = 5.0
 WAIT_S = 0.5  # how often a quiet stream looks whether the server is stopping
+BATCH = 100  # records read, filtered and written between two pauses for the rest of the server
 
 
 class TailStream:
-    def __init__(self, journal, stopping):
+    def __init__(self, journal, stopping, max_last=10000, max_clients=16, retry_after_s=5):
         self.journal = journal
         self.stopping = stopping  # callable: True once the server is shutting down
+        self.max_last = max_last
+        self.max_clients = max_clients
+        self.retry_after_s = retry_after_s
+        self.clients = 0  # streams open now
 
     def wsgi(self, environ, start_response):
         query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
-        try:
-            last = int(query.get("last", ["0"])[-1])
-            if last < 0:
-                raise ValueError
-        except ValueError:
+        text = query.get("last", ["0"])[-1]
+        if not (text.isascii() and text.isdigit()):
             start_response("400 Bad Request", [("Content-Type", "application/json")])
             return [b'{"ok":false,"error":"last: expected a non-negative number of records"}']
+        if self.clients >= self.max_clients:
+            start_response("503 Service Unavailable", [("Content-Type", "application/json"),
+                                                       ("Retry-After", str(self.retry_after_s))])
+            return [(f'{{"ok":false,"error":"{self.clients} /tail clients already, as many as may be '
+                     f'(http.tail_max_clients); try again later"}}').encode()]
+        digits = text.lstrip("0")
+        last = self.max_last if len(digits) > 18 else min(int(digits or "0"), self.max_last)
         start = max(self.journal.first_offset, self.journal.end_offset - last)
         start_response("200 OK", [("Content-Type", "application/x-ndjson"), ("Cache-Control", "no-cache")])
-        return self._lines(start, set(query.get("type", ())), set(query.get("topic", ())))
+        return _Stream(self, self._lines(start, set(query.get("type", ())), set(query.get("topic", ()))))
 
     def _lines(self, start, types, topics):
+        may_match = _prefilter(types, topics)
         reader = self.journal.reader(start)
         try:
             yield b"\n"
             said = time.monotonic()
             while not self.stopping():
-                records = reader.read()
+                records = reader.read(max_records=BATCH)
                 if not records:
                     reader.wait(WAIT_S)
                     if time.monotonic() - said >= KEEPALIVE_S:
@@ -53,6 +72,8 @@ class TailStream:
                     continue
                 lines = []
                 for _, payload in records:
+                    if may_match is not None and not may_match(payload):
+                        continue
                     try:
                         event = decode_event(payload)
                     except Exception:  # not an event (the forwarders dead-letter it): not shown
@@ -63,5 +84,46 @@ class TailStream:
                 if lines:
                     said = time.monotonic()
                     yield ("\n".join(lines) + "\n").encode("utf-8")
+                else:
+                    gevent.sleep(0)  # nothing to write (that would have paused): pause anyway
         finally:
             reader.close()
+
+
+class _Stream:
+    """The body of one stream: counts as a client from the answer until pywsgi closes it, whether
+    or not it was ever iterated."""
+
+    def __init__(self, tail, lines):
+        self._tail = tail
+        self._lines = lines
+        tail.clients += 1
+
+    def __iter__(self):
+        return self._lines
+
+    def close(self):
+        if self._tail is not None:
+            self._tail.clients -= 1
+            self._tail = None
+            self._lines.close()
+
+
+def _prefilter(types, topics):
+    """`payload -> bool`, False only for a record that cannot match the filter (None: no filter).
+
+    A top-level string in BSON is `\\x02` (or the old symbol type `\\x0e`, which decodes to a string
+    too), the key, a NUL, the value's length + 1 and the value's UTF-8 with a NUL: an event whose
+    `type` is `v` holds those bytes. They may also turn up elsewhere; the decoded event decides."""
+    def needles(key, values):
+        out = []
+        for value in values:
+            data = value.encode("utf-8", "surrogatepass")
+            element = key + b"\x00" + struct.pack("<i", len(data) + 1) + data + b"\x00"
+            out += [b"\x02" + element, b"\x0e" + element]
+        return out
+
+    groups = [needles(key, values) for key, values in ((b"type", types), (b"topic", topics)) if values]
+    if not groups:
+        return None
+    return lambda payload: all(any(n in payload for n in group) for group in groups)

@@ -1,0 +1,232 @@
+"""Reading a request body within the process's budgets of memory and time.
+
+    InflightBudget   the bytes of request bodies held in memory at once, process-wide
+                     (`http.max_inflight_bytes`); each request holds its share in a `Held`
+    read_body        the body of one request, read from `wsgi.input` in bounded chunks under
+                     one deadline for the whole body (`http.body_timeout_s`), inflated on the fly
+                     when it is gzip, charged to the budget as it grows
+    Gunzip           gzip decoding linear in its input, however many members it holds
+
+What is charged is what is held: a plain body's bytes as they arrive (its whole Content-Length,
+when it has one, up front: a body that cannot fit is refused before a byte of it is read); a
+gzip body's inflated bytes (the compressed bytes are inflated chunk by chunk and dropped). A
+request alone is always admitted, so a body within `http.max_body_bytes` can always get in once
+the others are done. The events decoded from a body are not charged: they live only while their
+request is answered, and `http.max_body_bytes` bounds them per request.
+
+A body refused before its end is not read further (pywsgi would otherwise read and discard the
+rest after the answer, for as long as the client cares to send it): the answer says
+`Connection: close`.
+"""
+import zlib
+
+import gevent
+
+CHUNK = 64 * 1024  # read from the socket, and fed to the decoder, at most this much at a time
+FIRST_SLICE = 64  # a gzip member is first fed this many bytes, then twice as many each time
+
+
+class BodyError(Exception):
+    """The body cannot be taken: an HTTP status, the reason, extra headers."""
+
+    def __init__(self, status, reason, headers=None):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.headers = headers or {}
+
+
+class OverBudget(Exception):
+    """Holding more would take the process over its in-flight budget."""
+
+
+class InflightBudget:
+    def __init__(self, max_bytes):
+        self.max_bytes = max_bytes
+        self.used = 0  # bytes held by requests now
+        self.peak = 0
+
+    def hold(self):
+        """A request's share, empty until it grows; release it when the request is done."""
+        return Held(self)
+
+
+class Held:
+    """What one request holds of the budget. A context manager: released on the way out."""
+
+    __slots__ = ("_budget", "bytes")
+
+    def __init__(self, budget):
+        self._budget = budget
+        self.bytes = 0
+
+    def grow_to(self, nbytes):
+        """Hold `nbytes` in all (never less than now); OverBudget if the budget cannot, unless
+        this request would be the only one holding anything."""
+        need = nbytes - self.bytes
+        if need <= 0:
+            return
+        budget = self._budget
+        if budget.used + need > budget.max_bytes and budget.used > self.bytes:
+            raise OverBudget()
+        budget.used += need
+        budget.peak = max(budget.peak, budget.used)
+        self.bytes = nbytes
+
+    def release(self):
+        self._budget.used -= self.bytes
+        self.bytes = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def read_body(environ, limit, timeout_s, held, retry_after_s):
+    """The body of the request in `environ` (bytes, inflated when it is gzip), at most `limit`
+    bytes before and after gunzip, all of it within `timeout_s` seconds; BodyError otherwise."""
+    stream = environ["wsgi.input"]
+    try:
+        return _read(environ, stream, limit, timeout_s, held, retry_after_s)
+    except BodyError as e:
+        if environ.get("zspark.body_read") is None:
+            abandon(stream)
+            e.headers.setdefault("Connection", "close")
+        raise
+
+
+def body_unread(environ):
+    """True if the request announced a body that read_body did not read to its end."""
+    if environ.get("zspark.body_read"):
+        return False
+    length = environ.get("CONTENT_LENGTH") or "0"
+    return length != "0" or "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+
+
+def abandon(stream):
+    """Tell pywsgi not to read the rest of this body after the answer (its `Input._discard`
+    skips a body it no longer knows the framing of); the connection is closed instead."""
+    try:
+        stream._chunked_input_error = True
+    except AttributeError:
+        pass  # not pywsgi's Input: nothing reads behind our back
+
+
+def _read(environ, stream, limit, timeout_s, held, retry_after_s):
+    too_large = BodyError(413, f"the body is larger than {limit} bytes")
+    busy = BodyError(503, "the server holds as many request bodies in memory as it may "
+                          "(http.max_inflight_bytes); send again later", {"Retry-After": str(retry_after_s)})
+    length = environ.get("CONTENT_LENGTH") or ""
+    if length:
+        try:
+            length = int(length)
+        except ValueError:
+            raise BodyError(400, "bad Content-Length") from None
+        if length > limit:
+            raise too_large
+    else:
+        length = None  # chunked, or none at all
+    encoding = environ.get("HTTP_CONTENT_ENCODING", "identity").strip().lower()
+    if encoding in ("gzip", "x-gzip"):
+        decoder = Gunzip(limit)
+    elif encoding in ("identity", ""):
+        decoder = None
+    else:
+        raise BodyError(415, f"unsupported Content-Encoding {encoding!r}: use gzip or none")
+
+    chunks = []
+    received = 0
+    deadline = gevent.Timeout(timeout_s)
+    deadline.start()
+    try:
+        while True:
+            want = CHUNK if length is None else min(CHUNK, length - received)
+            want = min(want, limit + 1 - received)  # one byte over the limit says it all
+            if want <= 0:
+                break
+            # What this request will hold once the read is in hand.
+            if decoder is None:
+                need = length if length is not None else received + want
+            else:
+                need = max(length or 0, min(decoder.size + want, limit + 1))
+            try:
+                held.grow_to(need)
+            except OverBudget:
+                raise busy from None
+            data = stream.read(want)
+            if not data:
+                break
+            received += len(data)
+            if received > limit:
+                raise too_large
+            if decoder is None:
+                chunks.append(data)
+            else:
+                decoder.feed(data)
+                gevent.sleep(0)  # inflating is the costly part: let other requests in between
+    except gevent.Timeout as t:
+        if t is not deadline:
+            raise
+        raise BodyError(408, f"the body did not arrive within {timeout_s:g} s (http.body_timeout_s)") from None
+    except (OSError, ValueError) as e:
+        raise BodyError(400, f"could not read the body: {e}") from None
+    finally:
+        deadline.close()
+    if length is not None and received < length:
+        raise BodyError(400, f"the body ended after {received} of its {length} bytes (Content-Length)")
+    environ["zspark.body_read"] = True
+    if decoder is not None:
+        return decoder.finish()
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class Gunzip:
+    """Inflate a gzip stream fed in pieces: one member or several back to back.
+
+    Every input byte is handed to zlib a bounded number of times: a member is fed a small slice
+    first and slices twice as large after that, and the next member starts where zlib says the
+    last one ended (never by handing zlib the whole rest of the body again)."""
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.size = 0  # bytes inflated so far
+        self._out = []
+        self._members = 0  # members complete
+        self._new_member()
+
+    def _new_member(self):
+        self._decompressor = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        self._slice = FIRST_SLICE
+        self._started = False  # fed any byte of this member
+
+    def feed(self, data):
+        view = memoryview(data)
+        pos = 0
+        while pos < len(view):
+            piece = view[pos:pos + self._slice]
+            try:
+                # Never inflate more than the limit allows (0 would mean no limit; size <= limit here).
+                out = self._decompressor.decompress(piece, self.limit + 1 - self.size)
+            except zlib.error as e:
+                raise BodyError(400, f"the gzip body is damaged: {e}") from None
+            self._started = True
+            if out:
+                self.size += len(out)
+                self._out.append(out)
+            if self.size > self.limit or self._decompressor.unconsumed_tail:
+                raise BodyError(413, f"the body is larger than {self.limit} bytes after gunzip")
+            if self._decompressor.eof:
+                pos += len(piece) - len(self._decompressor.unused_data)
+                self._members += 1
+                self._new_member()
+            else:
+                pos += len(piece)
+                self._slice = min(self._slice * 2, CHUNK)
+
+    def finish(self):
+        """The inflated body; BodyError if the stream ends inside a member (or holds none)."""
+        if self._started or not self._members:
+            raise BodyError(400, "the gzip body is truncated")
+        return self._out[0] if len(self._out) == 1 else b"".join(self._out)
