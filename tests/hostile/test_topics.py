@@ -171,14 +171,18 @@ class DistinctTopics(TopicsCase):
                    for e in journal_events(self.journal_dir) if e.get("source") != "notice")
         self.set_clock(hour + HOUR + GRACE + 0.5)
 
-        def announced(messages):
-            return any(json.loads(m.value)["type"] == "hour_complete" for m in messages)
+        def announced(messages):  # hours are announced in order: the last one says all are
+            return any(n["type"] == "hour_complete" and n["context"]["hour"] == hour_text(hour)
+                       for n in map(json.loads, (m.value for m in messages)))
         notices = [json.loads(m.value) for m in kafka_read(self.broker.address, [self.notice_topic],
                                                            done=announced, timeout=60, settle=2.0)]
-        said = {n["topic"]: n["context"]["count"] for n in notices if n["type"] == "hour_complete"
-                and n["context"]["hour"] == hour_text(hour)}
+        said = collections.Counter()
+        for n in notices:
+            if n["type"] == "hour_complete":
+                said[n["topic"]] += n["context"]["count"]
         self.assertEqual(set(said), on_broker | {self.default_topic})
         self.assertEqual(sum(said.values()), len(ids))
+        self.assertEqual(said[self.default_topic], 1000 - cap)
         self.stop(server)
 
 
