@@ -219,7 +219,10 @@ class TopicPolicy:
         except (OSError, ValueError, KeyError, TypeError) as e:
             log.error("Kafka topics state %s unreadable (%s): starting with no topics taken", self.path, e)
             return
-        self._taken = {t for t in topics if legal_topic(t) and t != self.notice_topic}
+        # Those the patterns no longer allow, or that are now the operator's own, are dropped
+        # (and so do not count against the cap).
+        self._taken = {t for t in topics if legal_topic(t) and t != self.notice_topic
+                       and self._matches(t) and t not in self._own}
         log.info("Kafka: %d topic(s) taken from events before (kafka.max_topics %d)",
                  len(self._taken), self.max_topics)
 

@@ -298,6 +298,9 @@ class TakenTopics(unittest.TestCase):
         self.assertFalse(again.unsaved)
         more = self.policy(max_topics=3)  # a higher cap makes room for one more
         self.assertEqual(self.route(more, "c", "d"), ["c", "zspark"])
+        more.save()
+        narrower = self.policy(max_topics=3, topics_allowed=["a", "[bd]"])  # 'c' no longer allowed
+        self.assertEqual(self.route(narrower, "a", "b", "c", "d"), ["a", "b", "zspark", "d"])
 
     def test_a_symlink_in_place_of_the_state_file_is_not_followed(self):
         from zspark.topics import state_path
