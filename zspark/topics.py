@@ -138,6 +138,14 @@ class TopicPolicy:
         `save()` before producing to it). A topic not allowed gives the default topic, and its
         reason is appended to the list `redirected`; an illegal name is returned as it is (the
         sink dead-letters it)."""
+        return self._decide(event, True, redirected)
+
+    def delivered_topic(self, event):
+        """The topic `route` gives `event`, without taking anything: where the Kafka sink sent
+        it (for counting it). None for an illegal name: dead-lettered, not delivered."""
+        return self._decide(event, False, None)
+
+    def _decide(self, event, take, redirected):
         if event.get("source") == NOTICE_SOURCE:
             return self.notice_topic
         topic = self.topic_of(event)
@@ -148,21 +156,11 @@ class TopicPolicy:
             if redirected is not None:
                 redirected.append(reason)
             return self.default_topic
-        if legal_topic(topic):
+        if not legal_topic(topic):
+            return topic if take else None
+        if take:
             self._take(topic)
         return topic
-
-    def delivered_topic(self, event):
-        """The topic `route` gives `event`, without taking anything: where the Kafka sink sent
-        it (for counting it). None for an illegal name: dead-lettered, not delivered."""
-        if event.get("source") == NOTICE_SOURCE:
-            return self.notice_topic
-        topic = self.topic_of(event)
-        if topic in self._taken or topic in self._own:
-            return topic
-        if self._refusal(topic) is not None:
-            return self.default_topic
-        return topic if legal_topic(topic) else None
 
     def follows(self, topic):
         """True if events are delivered to `topic` (a topic saved by the hour tracker)."""
@@ -172,7 +170,7 @@ class TopicPolicy:
         """At ingest, in refuse mode: raise TopicNotAllowed (with `.index`, the event at fault)
         unless every one of `events` may go to its topic; then take the new topics, all or none.
         `view(event)` gives the mapping the template reads (the event itself by default)."""
-        new = []
+        new = {}  # topics to take, in order
         for index, event in enumerate(events):
             if event.get("source") == NOTICE_SOURCE:
                 continue
@@ -187,7 +185,7 @@ class TopicPolicy:
                 self.refused += len(events)
                 self.last_not_allowed = reason
                 raise TopicNotAllowed(reason, index)
-            new.append(topic)
+            new[topic] = None
         for topic in new:
             self._take(topic)
 
