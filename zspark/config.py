@@ -10,6 +10,7 @@ import ipaddress
 import os
 import re
 import socket
+import string
 from dataclasses import dataclass, field
 from typing import get_args, get_origin
 
@@ -172,6 +173,11 @@ class KafkaConfig:
     compression: _choice("none", "gzip", "snappy", "lz4", "zstd") = "none"
     message_timeout_ms: int = 30000
     notice_topic: str = "zspark.notify"  # where node and hour_complete notices go
+    # Which topics events may choose (zspark/topics.py): fnmatch globs; at most max_topics distinct
+    # ones taken from events; an event whose topic is not allowed goes to default_topic or is refused.
+    topics_allowed: list[str] = field(default_factory=lambda: ["*"])
+    max_topics: int = 100
+    topic_not_allowed: _choice("default", "refuse") = "default"
     producer: dict = field(default_factory=dict)  # passed through to librdkafka
 
 
@@ -255,6 +261,7 @@ def from_dict(data, source="<dict>", base_dir=None) -> Config:
     if http.max_inflight_bytes < http.max_body_bytes:
         raise ConfigError(f"{config.source}: key 'http.max_inflight_bytes': expected at least "
                           f"http.max_body_bytes ({http.max_body_bytes}), got {http.max_inflight_bytes}")
+    _check_topics(config)
     return config
 
 
@@ -286,6 +293,32 @@ def _check_pairs(config):
         for name, path in ((first, a), (second, b)):
             if path and not os.path.exists(path):
                 raise ConfigError(f"{config.source}: key '{section}.{name}': {path} does not exist")
+
+
+def _check_topics(config):
+    """Kafka topic names and the template (zspark/topics.py)."""
+    from .topics import legal_topic
+
+    kafka = config.kafka
+
+    def fail(key, problem):
+        raise ConfigError(f"{config.source}: key 'kafka.{key}': {problem}")
+    try:
+        list(string.Formatter().parse(kafka.topic))
+    except ValueError as e:
+        fail("topic", f"not a valid template ({e}); fields are written {{name}}, braces doubled")
+    for key in ("default_topic", "notice_topic"):
+        if not legal_topic(getattr(kafka, key)):
+            fail(key, f"{getattr(kafka, key)!r} is not a legal Kafka topic name (1-249 letters, "
+                      f"digits, '.', '_', '-')")
+    if kafka.default_topic == kafka.notice_topic:
+        fail("default_topic", "must differ from kafka.notice_topic, which carries only this node's notices")
+    for i, pattern in enumerate(kafka.topics_allowed):
+        if not pattern:
+            fail(f"topics_allowed[{i}]", "a pattern cannot be empty")
+        if pattern == kafka.notice_topic:
+            fail(f"topics_allowed[{i}]", "kafka.notice_topic carries only this node's notices; "
+                                         "events are never written there")
 
 
 def _apply_aliases(data, source):

@@ -19,7 +19,12 @@ How it knows, across crashes and restarts, without repeating or skipping an hour
   the journal after the boundary and does not send them again.
 
 Topics: every topic with events in the hour, and, with a count of 0, those seen in the 24 hours
-before it, so a downstream job also hears from a node that had nothing for it. An event stamped
+before it, so a downstream job also hears from a node that had nothing for it. An event counts
+under the topic the Kafka sink delivered it to (zspark/topics.py: one whose own topic was not
+allowed, under the default topic), so only topics the node writes to are followed: at most
+`kafka.max_topics` taken from events, beside the default topic and those named in
+`kafka.topics_allowed`. A topic saved here that the node no longer writes to (the config
+changed) is dropped. An event stamped
 in an hour already announced (one held longer than the grace) is counted as late and logged.
 
 The clock is injectable. `ZSPARK_CLOCK_OFFSET_FILE` names a file holding a number of seconds added
@@ -67,12 +72,15 @@ def hour_text(hour):
 
 class HourTracker:
     def __init__(self, journal, forwarder, topic_for, publish, grace_s=300.0, check_s=1.0,
-                 clock=time.time):
+                 clock=time.time, follows=None):
         """`forwarder` is the Kafka forwarder (its cursor and its on_delivered hook);
-        `topic_for(event)` the Kafka topic of an event; `publish(notices)` journals notices."""
+        `topic_for(event)` the Kafka topic an event was delivered to (None: not delivered);
+        `follows(topic)` whether events still go to a topic (TopicPolicy.follows; default: all);
+        `publish(notices)` journals notices."""
         self.journal = journal
         self.forwarder = forwarder
         self.topic_for = topic_for
+        self.follows = follows or (lambda topic: True)
         self.publish = publish
         self.grace_s = grace_s
         self.check_s = check_s
@@ -95,7 +103,7 @@ class HourTracker:
             self.next_hour = int(state["next_hour"])
             self.counts = {int(h): dict(t) for h, t in state["counts"].items()}
             self.boundaries = {int(h): int(b) for h, b in state["boundaries"].items()}
-            self.topics = dict(state["topics"])
+            self.topics = {t: int(h) for t, h in dict(state["topics"]).items() if self.follows(t)}
             self.late = int(state.get("late", 0))
             log.info("hour-complete: next hour to announce %s, counted to offset %d",
                      hour_text(self.next_hour), self.counted_to)
@@ -152,8 +160,10 @@ class HourTracker:
                                 "announced (held longer than the %.0fs grace); counted as late",
                                 hour_text(last_hour), self.grace_s)
                 continue
-            per_topic = self.counts.setdefault(last_hour, {})
             topic = self.topic_for(event)
+            if topic is None:
+                continue  # dead-lettered (an illegal topic name), not delivered
+            per_topic = self.counts.setdefault(last_hour, {})
             per_topic[topic] = per_topic.get(topic, 0) + 1
 
     def catch_up(self):
@@ -204,7 +214,7 @@ class HourTracker:
             hour = self.next_hour
             counts = dict(self.counts.get(hour, {}))
             for topic, seen in self.topics.items():
-                if seen >= hour - KEEP_TOPICS_S:
+                if seen >= hour - KEEP_TOPICS_S and self.follows(topic):
                     counts.setdefault(topic, 0)
             sent = self._already_sent.pop(hour, set())
             notices = [("hour_complete", topic, {"topic": topic, "hour": hour_text(hour),

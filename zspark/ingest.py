@@ -2,11 +2,13 @@
 
 Sources decode their wire format and call `Ingest`; it applies `event.normalize`, counts what was
 accepted and rejected per source, and hands valid events to the journal with their stable ids.
+With `kafka.topic_not_allowed: refuse` it also refuses events whose Kafka topic is not allowed
+(zspark/topics.py: a rule from the config, which the Kafka sink applies too).
 """
 import datetime
 from itertools import repeat
 
-from .event import InvalidEvent, Limits, normalize, sender_fields
+from .event import NOTICE_SOURCE, InvalidEvent, Limits, normalize, sender_fields
 from .journal.codec import FrameEvent, encode_batch, encode_events, event_ids
 
 
@@ -35,11 +37,13 @@ class Received:
 
 
 class Ingest:
-    def __init__(self, journal, node, metrics, limits=None):
+    def __init__(self, journal, node, metrics, limits=None, topics=None):
+        """`topics`: the TopicPolicy, checked here only when it refuses (else the sink redirects)."""
         self.journal = journal
         self.node = node
         self.metrics = metrics
         self.limits = limits or Limits()
+        self.topics = topics if topics is not None and topics.refuse else None
 
     def normalize_all(self, raws, source, trusted=False):
         """Normalize a batch that is accepted whole or not at all: a `Received`; raise
@@ -55,15 +59,39 @@ class Ingest:
                     raise BatchRejected(index, str(e)) from None
             raise
         # One request, one receive time.
-        return Received(fields, datetime.datetime.now(datetime.timezone.utc), source)
+        received = Received(fields, datetime.datetime.now(datetime.timezone.utc), source)
+        if self.topics is not None and source != NOTICE_SOURCE:
+            try:
+                self.topics.check(fields, self._view(received.timestamp, source))
+            except InvalidEvent as e:  # TopicNotAllowed
+                self.metrics.source(source).reject(str(e), len(raws))
+                raise BatchRejected(e.index, str(e)) from None
+        return received
+
+    def _view(self, timestamp, source):
+        """What the topic template reads of an event's sender fields: those, or with a template
+        naming an assigned field, those and the fields assigned (all but `_id`, not known yet)."""
+        if not self.topics.needs_assigned:
+            return None
+        return lambda fields: {**fields, "timestamp": timestamp, "source": source, "node": self.node}
+
+    def _check_topic(self, fields, source, now):
+        if self.topics is not None and source != NOTICE_SOURCE:
+            try:
+                self.topics.check((fields,), self._view(now, source))
+            except InvalidEvent as e:
+                self.metrics.source(source).reject(str(e))
+                raise
 
     def normalize_one(self, raw, source, trusted=False, now=None):
         """Normalize one event; on bad input count the rejection and re-raise InvalidEvent."""
         try:
-            return normalize(raw, source, self.node, now, self.limits, trusted)
+            event = normalize(raw, source, self.node, now, self.limits, trusted)
         except InvalidEvent as e:
             self.metrics.source(source).reject(str(e))
             raise
+        self._check_topic(event, source, event["timestamp"])
+        return event
 
     def normalize_frame(self, doc, frame, source, now):
         """Validate `doc`, decoded from the BSON `frame`, to be journaled as that frame: a
@@ -75,6 +103,7 @@ class Ingest:
         except InvalidEvent as e:
             self.metrics.source(source).reject(str(e))
             raise
+        self._check_topic(doc, source, now)
         return FrameEvent(frame, now, source, self.node)
 
     def append_nowait(self, events, source):

@@ -29,6 +29,8 @@ from .sources.http import HttpSource, TlsError
 from .sources.httpserver import OVERFLOW_CONNECTIONS
 from .sources.curve import CurveError, ZapHandler, load_secret_key
 from .sources.zmq import ZmqSource, decode_bson, decode_json
+from .topics import TopicPolicy
+from .topics import state_path as topics_state_path
 
 log = logging.getLogger("zspark.server")
 
@@ -37,13 +39,13 @@ class StartupError(Exception):
     """The server cannot start (a port in use, the journal locked...); the message says why."""
 
 
-def build_sinks(config):
-    """The sinks the config enables, in delivery order."""
+def build_sinks(config, topics=None):
+    """The sinks the config enables, in delivery order; `topics` the Kafka sink's TopicPolicy."""
     sinks = []
     try:
         if config.kafka.enabled:
             from .sinks.kafka import KafkaSink
-            sinks.append(KafkaSink(config.kafka))
+            sinks.append(KafkaSink(config.kafka, topics))
         if config.mongo.enabled:
             from .sinks.mongo import MongoSink
             sinks.append(MongoSink(config.mongo))
@@ -65,7 +67,12 @@ class Server:
         self.journal = Journal(jc.dir, sync=jc.sync, sync_interval=jc.sync_interval_ms / 1000.0,
                                segment_bytes=jc.segment_bytes, max_bytes=jc.max_bytes,
                                retain_hours=jc.retain_hours, on_fatal=self.fatal)
-        self.ingest = Ingest(self.journal, config.node.id, self.metrics, Limits.from_config(config.event))
+        # Which Kafka topics events may choose: the ingest path (refuse mode), the Kafka sink and
+        # the hour tracker share this one rule and its record of the topics taken.
+        self.topics = (TopicPolicy(config.kafka, topics_state_path(jc.dir))
+                       if config.kafka.enabled else None)
+        self.ingest = Ingest(self.journal, config.node.id, self.metrics, Limits.from_config(config.event),
+                             topics=self.topics)
         self.http = None
         self.zap = None
         self.zmq_sources = []
@@ -156,7 +163,7 @@ class Server:
 
     def _start_forwarders(self):
         fc = self.config.forward
-        for sink in build_sinks(self.config):
+        for sink in build_sinks(self.config, self.topics):
             self.forwarders.append(Forwarder(self.journal, sink, batch_size=fc.batch_size,
                                              batch_wait=fc.batch_wait_ms / 1000.0,
                                              backoff_initial=fc.backoff_initial_ms / 1000.0,
@@ -167,7 +174,7 @@ class Server:
             # Before the forwarder starts, so that it counts every batch from the first.
             self.hours = HourTracker(self.journal, kafka, kafka.sink.topic_for, self.notices.publish,
                                      grace_s=nc.hour_grace_s, check_s=nc.check_s,
-                                     clock=clock_from_environment())
+                                     clock=clock_from_environment(), follows=self.topics.follows)
         for forwarder in self.forwarders:
             self._watch(forwarder.start(), f"forwarder {forwarder.name}")
             log.info("forwarding to %s from offset %d", forwarder.sink.describe(), forwarder.cursor.offset)
@@ -282,6 +289,7 @@ class Server:
             "forwarders": {f.name: {**f.as_dict(), "destination": f.sink.describe()}  # URIs redacted
                            for f in self.forwarders},
             "hour_complete": self.hours.as_dict() if self.hours is not None else None,
+            "kafka_topics": self.topics.as_dict() if self.topics is not None else None,
             "journal": {
                 "dir": j.directory,
                 "first_offset": j.first_offset,

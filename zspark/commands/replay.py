@@ -236,7 +236,10 @@ def build_target(args, config):
                 config.kafka.message_timeout_ms or timeout_ms, timeout_ms))
             if args.kafka_topic is not None:
                 section = dataclasses.replace(section, topic=args.kafka_topic)
-            return KafkaSink(section)
+            from ..topics import TopicPolicy, state_path
+            # The live forwarder's rule and the topics it took (read, not written: the server
+            # owns that file); topics new to this replay count against kafka.max_topics too.
+            return KafkaSink(section, TopicPolicy(section, state_path(config.journal.dir), persist=False))
         if args.to == "mongo":
             from ..sinks.mongo import MongoSink
             section = dataclasses.replace(config.mongo, timeout_ms=min(config.mongo.timeout_ms or timeout_ms,

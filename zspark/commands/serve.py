@@ -23,6 +23,10 @@ def add_arguments(parser):
 
 def run(args, config):
     server = Server(config)
+    # Before start(): HTTP answers (/imok) while start() is still journaling node_online, and a
+    # SIGTERM then must stop the server cleanly, not kill it.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(signum, server.request_stop, signal.Signals(signum).name)
     try:
         server.start()
     except StartupError as e:
@@ -34,6 +38,4 @@ def run(args, config):
     # collection; ingest allocates many short-lived, acyclic objects.
     gc.freeze()
     gc.set_threshold(20000, 20, 20)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        gevent.signal_handler(signum, server.request_stop, signal.Signals(signum).name)
     return server.run()

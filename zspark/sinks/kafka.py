@@ -1,10 +1,12 @@
 """The Kafka sink (confluent-kafka / librdkafka): a batch is done only when every message's
 delivery report came back without error.
 
-The topic comes from a template over event fields (`{topic}`, `events.{env}.{type}`), falling back
-to `default_topic` when the event lacks a field the template names; the key from `key_field`.
-The node's notices (source "notice") go to `notice_topic`, keyed by the node id so that one
-node's notices stay in order on one partition. Formats: `json` (default), `bson`, or `plain`
+The topic is the TopicPolicy's (zspark/topics.py): a template over event fields (`{topic}`,
+`events.{env}.{type}`), `default_topic` when the event lacks a field the template names or its
+topic is not allowed (`topics_allowed`, `max_topics`); a new topic is saved as taken before the
+first message goes to it. The key comes from `key_field`. The node's notices (source "notice")
+go to `notice_topic`, keyed by the node id so that one node's notices stay in order on one
+partition; nothing else goes there. Formats: `json` (default), `bson`, or `plain`
 (Sparkngin's delimiter-separated field list). The producer is idempotent, and `message.timeout.ms` is finite so that a long outage comes back as
 failed deliveries the forwarder retries, never as messages silently expired.
 
@@ -17,8 +19,6 @@ close() still flushes in the thread pool.
 """
 import json
 import logging
-import re
-import string
 import time
 
 import bson
@@ -30,10 +30,10 @@ from ..event import NOTICE_SOURCE
 from ..journal.codec import event_json_bytes, to_json_value
 from ..metrics import RateLimitedLog
 from ..redact import redact
+from ..topics import LEGAL_TOPIC, TopicPolicy
 
 log = logging.getLogger("zspark.sinks.kafka")
 
-_LEGAL_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 # Delivery errors no retry can mend: the message itself is unacceptable.
 PERMANENT_ERRORS = {
     KafkaError.MSG_SIZE_TOO_LARGE,
@@ -55,8 +55,10 @@ REPORT_POLL_MAX_S = 0.05
 class KafkaSink:
     name = "kafka"
 
-    def __init__(self, config):
+    def __init__(self, config, topics=None):
+        """`topics`: the process's TopicPolicy (else one of this sink's own, kept in memory)."""
         self.config = config
+        self.topics = topics if topics is not None else TopicPolicy(config)
         settings = {
             "bootstrap.servers": config.brokers,
             "enable.idempotence": True,
@@ -76,10 +78,6 @@ class KafkaSink:
         self._timed_out_batches = 0  # batches in a row whose every failure was a timeout
         self._warn = RateLimitedLog(log, burst=5)
         self.producer = Producer(settings)
-        self._fields = [f for _, f, _, _ in string.Formatter().parse(config.topic) if f]
-        # A template that is one field, as the default "{topic}": that field's text is the topic.
-        only = self._fields[0] if len(self._fields) == 1 else ""
-        self._field = only if only.isidentifier() and config.topic == "{" + only + "}" else None
         self._legal_topics = set()  # topic names seen legal lately (the same few come again and again)
         self._threadpool = get_hub().threadpool
         self.encode = {"json": event_json_bytes, "bson": bson.encode, "plain": self._as_plain}[config.format]
@@ -88,19 +86,8 @@ class KafkaSink:
         return f"Kafka {redact(self.config.brokers)}"
 
     def topic_for(self, event):
-        if event.get("source") == NOTICE_SOURCE:
-            return self.config.notice_topic
-        if self._field is not None:
-            value = event.get(self._field)
-            if type(value) is str and value:
-                return value
-        values = {}
-        for name in self._fields:
-            value = event.get(name)
-            if value is None or value == "":
-                return self.config.default_topic
-            values[name] = value
-        return self.config.topic.format_map(values)
+        """The topic `event` goes (went) to; None for an illegal name (dead-lettered)."""
+        return self.topics.delivered_topic(event)
 
     def send(self, items):
         if self._fatal is not None:
@@ -129,13 +116,20 @@ class KafkaSink:
 
         produce = self.producer.produce
         legal = self._legal_topics
-        encode, topic_for, key_for = self.encode, self.topic_for, self._key
+        encode, key_for = self.encode, self._key
+        redirected = []  # why each event sent to the default topic instead of its own was
+        route = self.topics.route
+        topics = [route(event, redirected) for _, event in items]
+        if self.topics.unsaved:
+            # A new topic is on disk before anything is produced to it, so that a restart does
+            # not forget it and make room under kafka.max_topics for one more (raises OSError,
+            # retried by the forwarder).
+            self.topics.save()
         sent = 0
         try:
-            for offset, event in items:
-                topic = topic_for(event)
+            for (offset, event), topic in zip(items, topics):
                 if topic not in legal:
-                    if not _LEGAL_TOPIC.match(topic):
+                    if not LEGAL_TOPIC.match(topic):
                         rejected.append((offset, event, f"not a legal Kafka topic name: {topic[:60]!r}"))
                         continue
                     if len(legal) >= 1000:
@@ -187,6 +181,8 @@ class KafkaSink:
         if failures:
             # The ones that did arrive will arrive again on the retry: at-least-once, bounded by a batch.
             raise RuntimeError(f"{len(failures)} of {sent} message(s) not delivered: {failures[0].str()}")
+        if redirected:
+            self.topics.note_redirected(redirected)
         return rejected
 
     def _refused(self, items, refused):
