@@ -17,6 +17,7 @@ import zmq.green as zmq_green
 from gevent.event import Event
 
 from . import __version__
+from .config import secret_file_warnings
 from .event import Limits
 from .forwarder import Forwarder
 from .hours import HourTracker, clock_from_environment
@@ -63,7 +64,8 @@ class Server:
         jc = config.journal
         self.journal = Journal(jc.dir, sync=jc.sync, sync_interval=jc.sync_interval_ms / 1000.0,
                                segment_bytes=jc.segment_bytes, max_bytes=jc.max_bytes,
-                               retain_hours=jc.retain_hours, on_fatal=self.fatal)
+                               retain_hours=jc.retain_hours, on_fatal=self.fatal,
+                               allow_shared_dir=jc.allow_shared_dir)
         self.ingest = Ingest(self.journal, config.node.id, self.metrics, Limits.from_config(config.event))
         self.http = None
         self.zap = None
@@ -81,6 +83,8 @@ class Server:
     # -- start ----------------------------------------------------------------------------------
 
     def start(self):
+        for warning in secret_file_warnings(self.config):
+            log.warning("%s", warning)
         try:
             self.journal.open()
         except (OSError, JournalError) as e:
