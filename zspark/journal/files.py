@@ -78,12 +78,14 @@ def open_file(path, flags, mode=0o600, dir_fd=None, shown=None):
 
 
 def _clearer(error, path):
+    """The same error (OSError picks the subclass from errno), naming the whole path, and saying
+    why for a link."""
     if error.errno == errno.ELOOP:
         return OSError(errno.ELOOP, LINK_REFUSED, path)
     if error.errno == errno.ENOTDIR:
         return OSError(errno.ENOTDIR, "not a directory (or a symbolic link to one, which zspark does "
                                       "not follow in its journal directory)", path)
-    return error
+    return OSError(error.errno, error.strerror, path)
 
 
 # -- the check at journal open -----------------------------------------------------------------
@@ -161,25 +163,32 @@ class _Walk:
 
     def _entries(self, dir_fd, path):
         with os.scandir(dir_fd) as it:
-            entries = [(entry.name, entry.stat(follow_symlinks=False)) for entry in it]
-        for name, st in entries:
+            names = [entry.name for entry in it]
+        for name in names:
             child = os.path.join(path, name)
-            if stat.S_ISLNK(st.st_mode):
-                _refuse(self.directory, child, f"is {LINK_REFUSED} (it points to {_link_target(dir_fd, name)})",
-                        f"remove the link (rm {shlex.quote(child)}); if it stood for a file moved "
-                        "elsewhere, move the file back")
-            if stat.S_ISDIR(st.st_mode):
-                fd = open_dir(name, dir_fd=dir_fd, shown=child)
-                try:
-                    self._check(fd, child, is_dir=True)
-                    self._entries(fd, child)
-                finally:
-                    os.close(fd)
-            elif stat.S_ISREG(st.st_mode):
-                self._check_file(dir_fd, name, child, st)
-            else:
-                _refuse(self.directory, child, "is neither a regular file nor a directory",
-                        f"remove it (rm {shlex.quote(child)})")
+            try:
+                self._entry(dir_fd, name, child)
+            except FileNotFoundError:
+                continue  # gone meanwhile: a temporary file of a server already running here
+
+    def _entry(self, dir_fd, name, child):
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if stat.S_ISLNK(st.st_mode):
+            _refuse(self.directory, child, f"is {LINK_REFUSED} (it points to {_link_target(dir_fd, name)})",
+                    f"remove the link (rm {shlex.quote(child)}); if it stood for a file moved "
+                    "elsewhere, move the file back")
+        if stat.S_ISDIR(st.st_mode):
+            fd = open_dir(name, dir_fd=dir_fd, shown=child)
+            try:
+                self._check(fd, child, is_dir=True)
+                self._entries(fd, child)
+            finally:
+                os.close(fd)
+        elif stat.S_ISREG(st.st_mode):
+            self._check_file(dir_fd, name, child, st)
+        else:
+            _refuse(self.directory, child, "is neither a regular file nor a directory",
+                    f"remove it (rm {shlex.quote(child)})")
 
     def _check_file(self, dir_fd, name, path, st):
         if st.st_nlink > 1:
