@@ -8,9 +8,12 @@ Relative paths are resolved against the directory of the file they were read fro
 import dataclasses
 import ipaddress
 import os
+import pwd
 import re
 import socket
+import stat
 import string
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import get_args, get_origin
 
@@ -71,6 +74,9 @@ class JournalConfig:
     max_bytes: ByteSize = ByteSize(10 * 1024**3)
     retain_hours: float = 168.0
     retention_check_s: float = 60.0
+    # true: the directory and its files may belong to another user or be writable by group or
+    # others (a shared setup, on purpose); symbolic links and hard links are refused even so.
+    allow_shared_dir: bool = False
 
 
 @dataclass
@@ -217,6 +223,12 @@ class Config:
     pub: PubConfig = field(default_factory=PubConfig)
     log: LogConfig = field(default_factory=LogConfig)
     source: str = "<defaults>"  # the file this was loaded from, for messages
+    # (key, path) of every file a secret was read from (the config file itself for a token written
+    # in it), for secret_file_warnings
+    secret_files: list = field(default_factory=list)
+
+
+_NOT_FROM_YAML = ("source", "secret_files")
 
 
 # Zarkov's flat keys -> (nested key, converter)
@@ -255,6 +267,7 @@ def from_dict(data, source="<dict>", base_dir=None) -> Config:
     ctx = _Context(source, base_dir or os.getcwd())
     config = _build(Config, data, "", ctx)
     config.source = source
+    config.secret_files = ctx.secret_files
     _check_pairs(config)
     _check_positive(config)
     http = config.http
@@ -262,6 +275,8 @@ def from_dict(data, source="<dict>", base_dir=None) -> Config:
         raise ConfigError(f"{config.source}: key 'http.max_inflight_bytes': expected at least "
                           f"http.max_body_bytes ({http.max_body_bytes}), got {http.max_inflight_bytes}")
     _check_topics(config)
+    _check_journal_dir(config)
+    _check_authorized_keys(config)
     return config
 
 
@@ -342,12 +357,13 @@ def _apply_aliases(data, source):
 class _Context:
     source: str
     base_dir: str
+    secret_files: list = field(default_factory=list)
 
 
 def _build(cls, data, prefix, ctx):
     if not isinstance(data, dict):
         raise ConfigError(f"{ctx.source}: key '{prefix.rstrip('.')}' must be a mapping, got {_kind(data)}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in _NOT_FROM_YAML}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         known = ", ".join(sorted(fields))
@@ -455,10 +471,115 @@ def _secrets(value, key, ctx):
         tokens = [Secret(line) for line in lines if line and not line.startswith("#")]
         if not tokens:
             raise ConfigError(f"{ctx.source}: key '{key}': {path} holds no token")
+        ctx.secret_files.append((key, path))
         return tokens
     if not value.strip():
         raise ConfigError(f"{ctx.source}: key '{key}': a token cannot be empty")
+    ctx.secret_files.append((key, ctx.source))  # written in the config file itself
     return [Secret(value)]
+
+
+# journal.dir may be none of these, nor anything under a tree of the system's own files: zspark
+# makes its directory owner-only and fills it with journal files.
+_SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/sbin",
+                 "/sys", "/usr")
+_OUTSIDE_SYSTEM_TREES = ("/usr/local",)  # /usr/local/var/zspark is fine
+_SYSTEM_DIRS = ("/", "/home", "/lost+found", "/media", "/mnt", "/opt", "/root", "/run", "/snap", "/srv",
+                "/tmp", "/var", "/var/cache", "/var/lib", "/var/local", "/var/log", "/var/mail", "/var/opt",
+                "/var/run", "/var/spool", "/var/tmp", "/usr/local", "/usr/local/bin", "/usr/local/etc",
+                "/usr/local/include", "/usr/local/lib", "/usr/local/sbin", "/usr/local/share",
+                "/usr/local/src", "/usr/local/var")
+
+
+def _system_dir(path):
+    """What makes `path` a system directory ("a system directory", "inside /etc"), or None."""
+    homes = {os.path.expanduser("~")}
+    try:
+        homes.add(pwd.getpwuid(os.geteuid()).pw_dir)
+    except KeyError:
+        pass
+    if path in _SYSTEM_DIRS:
+        return "a system directory"
+    if path in homes:
+        return "a home directory itself"
+    if any(path == tree or path.startswith(tree + "/") for tree in _OUTSIDE_SYSTEM_TREES):
+        return None
+    for tree in _SYSTEM_TREES:
+        if path == tree:
+            return "a system directory"
+        if path.startswith(tree + "/"):
+            return f"inside the system directory {tree}"
+    return None
+
+
+def _check_journal_dir(config):
+    """journal.dir must be a directory of zspark's own, not `/` or a system directory."""
+    path = config.journal.dir
+    if not path:
+        raise ConfigError(f"{config.source}: key 'journal.dir' cannot be empty: give the journal a "
+                          "directory of its own, such as /var/lib/zspark/journal")
+    shown = os.path.normpath(os.path.abspath(path))
+    for candidate in (shown, os.path.realpath(shown)):
+        what = _system_dir(candidate)
+        if what:
+            real = f" (that is {candidate})" if candidate != shown else ""
+            raise ConfigError(f"{config.source}: key 'journal.dir': {shown}{real} is {what}; "
+                              "zspark would make it owner-only and fill it with journal files: give the "
+                              "journal a directory of its own, such as /var/lib/zspark/journal")
+
+
+def _check_authorized_keys(config):
+    """Whoever can add a file to zmq.curve_authorized_keys, or change one there, admits clients."""
+    directory = config.zmq.curve_authorized_keys
+    if not directory or not os.path.isdir(directory):
+        return
+    paths = [directory] + sorted(os.path.join(directory, name) for name in os.listdir(directory))
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if st.st_mode & 0o022:
+            what = "anyone on this machine could admit a client by adding a key file" if path == directory \
+                else "anyone on this machine could put their own key in it"
+            raise ConfigError(f"{config.source}: key 'zmq.curve_authorized_keys': {path} is writable by "
+                              f"group or others (mode {stat.S_IMODE(st.st_mode):04o}): {what}; fix: chmod "
+                              f"go-w {path}")
+
+
+def secret_file_warnings(config):
+    """One message for each file holding a secret that others can read (or group or others can
+    change): `zcmd serve` logs them at start and `zcmd validate` prints them. Each names the key
+    and the path and says how to fix it."""
+    files = [("http.keyfile", config.http.keyfile), ("zmq.curve_secret_key", config.zmq.curve_secret_key)]
+    files += config.secret_files
+    if _uri_password(config.mongo.uri):
+        files.append(("mongo.uri", config.source))
+    for name, value in config.kafka.producer.items():
+        if name.endswith((".location", ".file")) and "key" in name:
+            files.append((f"kafka.producer.{name}", str(value)))
+        elif any(word in name for word in ("password", "secret")):
+            files.append((f"kafka.producer.{name}", config.source))
+    warnings = []
+    for key, path in files:
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode) if path else 0
+        except OSError:  # not a file (`<dict>`), or gone: nothing to say here
+            continue
+        if not mode & 0o026:
+            continue
+        inside = "the config file holding it, " if path == config.source else ""
+        how = "can be read by others" if mode & 0o004 else "can be changed by group or others"
+        warnings.append(f"{key}: {inside}{path} {how} (mode {mode:04o}): it holds a secret; "
+                        f"chmod 600 {path}")
+    return warnings
+
+
+def _uri_password(uri):
+    try:
+        return urllib.parse.urlsplit(uri).password
+    except ValueError:
+        return None
 
 
 def _parse_size(value, fail):
@@ -480,7 +601,8 @@ def _kind(value):
 def describe(config: Config) -> dict:
     """The config as plain data (for `zcmd validate` and `/status`), without secrets."""
     data = dataclasses.asdict(config)
-    data.pop("source", None)
+    for name in _NOT_FROM_YAML:
+        data.pop(name, None)
     for name in list(data["kafka"]["producer"]):
         if is_secret_name(name):
             data["kafka"]["producer"][name] = "<hidden>"

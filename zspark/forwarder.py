@@ -24,7 +24,7 @@ import gevent
 from gevent.event import Event
 
 from . import blocking
-from .journal import decode_event, decode_events, event_to_json
+from .journal import decode_event, decode_events, event_to_json, files
 from .metrics import RateLimitedLog
 from .redact import redact
 
@@ -243,7 +243,7 @@ class Forwarder:
 
 def _append_lines(path, lines):
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    fd = files.open_file(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)  # never through a link
     try:
         os.write(fd, ("\n".join(lines) + "\n").encode("utf-8"))
         os.fsync(fd)

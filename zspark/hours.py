@@ -39,7 +39,7 @@ import gevent
 from gevent.hub import get_hub
 
 from .event import NOTICE_SOURCE
-from .journal import JournalError, decode_event
+from .journal import JournalError, decode_event, files
 from .journal.cursor import write_atomically
 from .metrics import RateLimitedLog
 
@@ -97,7 +97,7 @@ class HourTracker:
 
     def _load(self):
         try:
-            with open(self.path, encoding="utf-8") as f:
+            with os.fdopen(files.open_file(self.path, os.O_RDONLY), encoding="utf-8") as f:
                 state = json.load(f)
             self.counted_to = int(state["counted_to"])
             self.next_hour = int(state["next_hour"])

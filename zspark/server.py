@@ -17,6 +17,7 @@ import zmq.green as zmq_green
 from gevent.event import Event
 
 from . import __version__, descriptors
+from .config import secret_file_warnings
 from .event import Limits
 from .forwarder import Forwarder
 from .hours import HourTracker, clock_from_environment
@@ -66,7 +67,8 @@ class Server:
         jc = config.journal
         self.journal = Journal(jc.dir, sync=jc.sync, sync_interval=jc.sync_interval_ms / 1000.0,
                                segment_bytes=jc.segment_bytes, max_bytes=jc.max_bytes,
-                               retain_hours=jc.retain_hours, on_fatal=self.fatal)
+                               retain_hours=jc.retain_hours, on_fatal=self.fatal,
+                               allow_shared_dir=jc.allow_shared_dir)
         # Which Kafka topics events may choose: the ingest path (refuse mode), the Kafka sink and
         # the hour tracker share this one rule and its record of the topics taken.
         self.topics = (TopicPolicy(config.kafka, topics_state_path(jc.dir))
@@ -92,6 +94,8 @@ class Server:
         limit = descriptors.raise_limit()
         hc = self.config.http
         hc.max_connections = descriptors.connection_cap(hc.max_connections, limit, also_held=OVERFLOW_CONNECTIONS)
+        for warning in secret_file_warnings(self.config):
+            log.warning("%s", warning)
         try:
             self.journal.open()
         except (OSError, JournalError) as e:

@@ -156,7 +156,7 @@ def dump(collection, dump_dir):
 
     Raises RotateFailed unless the file holds exactly as many documents as the collection."""
     pool = get_hub().threadpool  # disk writes and gzip off the event loop
-    pool.apply(os.makedirs, (dump_dir,), {"exist_ok": True})
+    pool.apply(os.makedirs, (dump_dir,), {"mode": 0o700, "exist_ok": True})  # dumps hold events
     path = _new_path(dump_dir, collection)
     part = path + ".part"
     raw = collection.with_options(codec_options=CodecOptions(document_class=RawBSONDocument))
@@ -202,7 +202,7 @@ class _DumpFile:
 
     def __init__(self, path):
         self.path = path
-        self.file = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
+        self.file = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600), "wb")
         self.gzip = gzip.GzipFile(fileobj=self.file, mode="wb")
 
     def write(self, data):

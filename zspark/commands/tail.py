@@ -58,12 +58,11 @@ def run(args, config):
     if not os.path.isdir(directory):
         print(f"zcmd tail: no journal at {directory} (config key journal.dir)", file=sys.stderr)
         return 1
-    start = args.from_offset
-    if start is None:
-        start = JournalView(directory).start_of_last(args.lines)
-    reader = Reader(directory, start)
+    reader = Reader(directory, args.from_offset or 0)
     out = sys.stdout
     try:
+        if args.from_offset is None:
+            reader.seek(JournalView(directory).start_of_last(args.lines))
         while True:
             batch = reader.read()
             for offset, payload in batch:
@@ -87,6 +86,9 @@ def run(args, config):
     except BrokenPipeError:
         sys.stderr.close()  # the reader went away (| head): not an error
         return 0
+    except OSError as e:  # a segment unreadable, or a symbolic link, which readers never follow
+        print(f"zcmd tail: cannot read the journal: {e}", file=sys.stderr)
+        return 1
     finally:
         reader.close()
 

@@ -22,6 +22,9 @@ from an older zspark) is read, and replaced by the slot format on the first comm
 `read_cursor` / `read_cursors` are the only way anything else reads a cursor (read-only, they
 never write). A cursor that cannot be read (both slots damaged) logs an error and reads as 0:
 its events are sent again (at least once).
+
+Every open goes through files.open_file: a symbolic link where a cursor file, its temporary file
+or `cursors/` should be is an error naming the path, never followed.
 """
 import errno
 import logging
@@ -32,6 +35,7 @@ import threading
 import zlib
 
 from .. import blocking
+from . import files
 
 log = logging.getLogger("zspark.journal")
 
@@ -81,10 +85,14 @@ class _Loaded:
         self.offset, self.sequence, self.slot, self.in_place = offset, sequence, slot, in_place
 
 
+def _read(path):
+    with os.fdopen(files.open_file(path, os.O_RDONLY), "rb") as f:
+        return f.read(FILE_SIZE + 1)
+
+
 def _load(path):
     try:
-        with open(path, "rb") as f:
-            data = f.read(FILE_SIZE + 1)
+        data = _read(path)
     except FileNotFoundError:
         return _Loaded()
     except OSError as e:
@@ -96,8 +104,7 @@ def _load(path):
         # Perhaps a commit was writing that slot just then (a reader beside a running server):
         # look again before calling it damaged.
         try:
-            with open(path, "rb") as f:
-                data = f.read(FILE_SIZE + 1)
+            data = _read(path)
             valid = _valid_slots(data)
         except OSError:
             pass
@@ -178,9 +185,13 @@ class Cursor:
                 state.in_place = False
             if self._fd is None and state.in_place:
                 try:
-                    self._fd = os.open(self.path, os.O_RDWR)
+                    self._fd = files.open_file(self.path, os.O_RDWR)
                 except FileNotFoundError:
                     state.in_place = False
+                except OSError as e:
+                    if e.errno != errno.ELOOP:
+                        raise
+                    state.in_place = False  # a link in its place: replaced by the file, never followed
             if not state.in_place:
                 # No file yet, the old format, a damaged or a replaced one: create it whole,
                 # atomically, its record in slot 0 and the other slot blank.
@@ -202,9 +213,9 @@ class Cursor:
 
 
 def _same_file(fd, path):
-    """True if `path` still names the file open as `fd`."""
+    """True if `path` still names the file open as `fd` (a link in its place does not)."""
     try:
-        named = os.stat(path)
+        named = os.stat(path, follow_symlinks=False)
     except FileNotFoundError:
         return False
     held = os.fstat(fd)
@@ -222,14 +233,19 @@ def write_atomically(path, data):
     """Replace the file at `path` with `data`: after a crash it holds the old or the new content,
     never a mix (temporary file, fsync, rename, fsync the directory). Blocking: call it in the
     thread pool."""
-    directory = os.path.dirname(path)
+    directory, name = os.path.split(path)
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    dir_fd = files.open_dir(directory)  # the rename and the sync happen in this directory, not a link's
     try:
-        os.write(fd, data)
-        os.fsync(fd)
+        tmp = f"{name}.{os.getpid()}.{threading.get_ident()}.tmp"
+        fd = files.open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600, dir_fd=dir_fd,
+                             shown=os.path.join(directory, tmp))
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        os.fsync(dir_fd)
     finally:
-        os.close(fd)
-    os.rename(tmp, path)
-    blocking.fsync_dir(directory)
+        os.close(dir_fd)

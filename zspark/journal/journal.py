@@ -14,6 +14,10 @@ has seen can never be reused after a crash.
 At open, the last segment is scanned: a torn record at its end is cut off and logged; damaged
 records before intact ones are left for readers to skip. One process writes a journal at a time
 (an exclusive lock on `.lock`).
+
+The directory and everything in it are checked at open (files.py: owner-only, nothing writable by
+others, no symbolic links); the journal keeps a descriptor of the directory and opens, creates and
+deletes its segments and `.lock` relative to it, never following a link.
 """
 import bisect
 import errno
@@ -28,7 +32,7 @@ from gevent.lock import Semaphore
 
 from .. import blocking
 from ..metrics import RateLimitedLog
-from . import record
+from . import files, record
 from .cursor import Cursor, read_cursor, read_cursors
 from .damage import Damage
 from .index import SPACING, OffsetIndex
@@ -57,6 +61,10 @@ class JournalClosed(JournalError):
 
 class JournalLocked(JournalError):
     pass
+
+
+class UnsafeJournal(JournalError):
+    """The journal directory, or something in or above it, is not safe to use (files.py)."""
 
 
 class PendingAppend:
@@ -112,7 +120,7 @@ class Stats:
 
 class Journal:
     def __init__(self, directory, sync="batch", sync_interval=0.005, segment_bytes=64 * 1024**2,
-                 max_bytes=10 * 1024**3, retain_hours=168.0, on_fatal=None):
+                 max_bytes=10 * 1024**3, retain_hours=168.0, on_fatal=None, allow_shared_dir=False):
         if sync not in SYNC_POLICIES:
             raise ValueError(f"sync must be one of {SYNC_POLICIES}, not {sync!r}")
         self.directory = os.path.abspath(directory)
@@ -121,6 +129,7 @@ class Journal:
         self.segment_bytes = segment_bytes
         self.max_bytes = max_bytes
         self.retain_hours = retain_hours
+        self.allow_shared_dir = allow_shared_dir  # journal.allow_shared_dir: see files.py
         self.stats = Stats()
         self.damage = Damage()
         self.index = OffsetIndex()  # where records start in each segment, for readers (index.py)
@@ -128,6 +137,7 @@ class Journal:
         self._on_fatal = on_fatal
         self._segments = []  # [base_offset, size_bytes], ascending; the last is active
         self._fd = None
+        self._dir_fd = None  # the journal directory, checked at open; segments are opened relative to it
         self._lock_fd = None
         self._next_offset = 0  # the offset the next appended record gets
         self._end_offset = 0  # records below this are durable and readable
@@ -146,9 +156,12 @@ class Journal:
     # -- lifecycle ------------------------------------------------------------------------
 
     def open(self):
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)  # events are private: owner only
-        self._lock()
         try:
+            self._dir_fd = files.open_journal_dir(self.directory, self.allow_shared_dir)
+        except files.UnsafeJournalDir as e:
+            raise UnsafeJournal(str(e)) from None
+        try:
+            self._lock()
             self._recover()
         except BaseException:
             self._unlock()
@@ -312,7 +325,7 @@ class Journal:
         journal, so that its first record is `base` or, after offsets refused by a failed write,
         a later one. A segment's name then never leaves a gap after the one before it: a gap
         between segments means records are missing (see reader.py)."""
-        new_fd = blocking.call(_create_segment, self.directory, base)
+        new_fd = blocking.call(_create_segment, self._dir_fd, self.directory, base)
         old_fd, self._fd = self._fd, new_fd
         self._segments.append([base, 0])
         blocking.call(_sync_and_close, old_fd)
@@ -391,11 +404,11 @@ class Journal:
             next_base = self._segments[1][0]
             if next_base > passed:
                 break
-            path = os.path.join(self.directory, record.segment_name(base))
-            mtime = blocking.call(_mtime, path)
+            name = record.segment_name(base)
+            mtime = blocking.call(_mtime, name, self._dir_fd)
             if mtime is not None and (now - mtime) / 3600.0 < self.retain_hours:
                 break
-            blocking.call(_unlink, path)
+            blocking.call(_unlink, name, self._dir_fd)
             self._segments.pop(0)
             self.index.forget(base)
             deleted.append(base)
@@ -411,8 +424,8 @@ class Journal:
     # -- open: lock and recovery --------------------------------------------------------------
 
     def _lock(self):
-        path = os.path.join(self.directory, ".lock")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = files.open_file(".lock", os.O_RDWR | os.O_CREAT, 0o600, dir_fd=self._dir_fd,
+                             shown=os.path.join(self.directory, ".lock"))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -425,28 +438,36 @@ class Journal:
         self._lock_fd = fd
 
     def _unlock(self):
+        """Let go of the lock and the directory."""
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
 
     def _recover(self):
         bases = record.list_segments(self.directory)
         if not bases:
             start = self._past_every_cursor(0)
-            self._fd = _create_segment(self.directory, start)
+            self._fd = _create_segment(self._dir_fd, self.directory, start)
             self._segments = [[start, 0]]
             self._next_offset = self._end_offset = start
             return
-        self._segments = [[b, os.path.getsize(os.path.join(self.directory, record.segment_name(b)))]
-                          for b in bases]
+        self._segments = [[b, os.stat(record.segment_name(b), dir_fd=self._dir_fd,
+                                      follow_symlinks=False).st_size] for b in bases]
         last_base = bases[-1]
         path = os.path.join(self.directory, record.segment_name(last_base))
-        valid_end, last_offset, skipped = _scan_segment(path, lambda offset, pos: self.index.note(last_base, offset, pos))
+        fd = files.open_file(record.segment_name(last_base), os.O_RDWR, dir_fd=self._dir_fd, shown=path)
+        try:
+            valid_end, last_offset, skipped = _scan_segment(os.dup(fd), lambda offset, pos: self.index.note(last_base, offset, pos))
+        except BaseException:
+            os.close(fd)
+            raise
         size = self._segments[-1][1]
         if skipped:
             log.warning("journal recovery: %d damaged region(s) inside %s will be skipped by readers",
                         skipped, record.segment_name(last_base))
-        fd = os.open(path, os.O_RDWR)
         if valid_end < size:
             log.warning("journal recovery: cut %d bytes of a torn record at the end of %s "
                         "(after offset %s)", size - valid_end, record.segment_name(last_base),
@@ -477,7 +498,8 @@ def last_offset_on_disk(directory):
     """The offset of the last intact record in the journal at `directory`, or None (read-only)."""
     for base in reversed(record.list_segments(directory)):
         try:
-            _, last, _ = _scan_segment(os.path.join(directory, record.segment_name(base)))
+            _, last, _ = _scan_segment(os.open(os.path.join(directory, record.segment_name(base)),
+                                               files.READ_FLAGS))
         except FileNotFoundError:
             continue
         if last is not None:
@@ -485,10 +507,11 @@ def last_offset_on_disk(directory):
     return None
 
 
-def _scan_segment(path, note=None):
-    """Return (end of the last intact record, its offset, damaged regions before it). `note(offset,
-    position)` hears of records every index.SPACING bytes or so, up to the first damage."""
-    with open(path, "rb") as f:
+def _scan_segment(fd, note=None):
+    """Return (end of the last intact record, its offset, damaged regions before it) of the
+    segment open as `fd`, which this closes. `note(offset, position)` hears of records every
+    index.SPACING bytes or so, up to the first damage."""
+    with os.fdopen(fd, "rb") as f:
         data = f.read()
     pos = 0
     valid_end = 0
@@ -531,16 +554,16 @@ def _write_at(fd, data, position, do_fsync):
         raise
 
 
-def _mtime(path):
+def _mtime(name, dir_fd):
     try:
-        return os.stat(path).st_mtime
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mtime
     except FileNotFoundError:
         return None
 
 
-def _unlink(path):
+def _unlink(name, dir_fd):
     try:
-        os.unlink(path)
+        os.unlink(name, dir_fd=dir_fd)
     except FileNotFoundError:
         pass
 
@@ -552,10 +575,11 @@ def _sync_and_close(fd):
         os.close(fd)
 
 
-def _create_segment(directory, base):
-    fd = os.open(os.path.join(directory, record.segment_name(base)),
-                 os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    blocking.fsync_dir(directory)
+def _create_segment(dir_fd, directory, base):
+    name = record.segment_name(base)
+    fd = files.open_file(name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=dir_fd,
+                         shown=os.path.join(directory, name))
+    os.fsync(dir_fd)  # the new name is durable
     return fd
 
 

@@ -23,6 +23,7 @@ import gevent
 from gevent.hub import get_hub
 
 from . import index, record
+from .files import READ_FLAGS
 
 log = logging.getLogger("zspark.journal")
 
@@ -165,7 +166,7 @@ class Reader:
     def _open(self, base):
         self.close()
         try:
-            self._fd = os.open(os.path.join(self.directory, record.segment_name(base)), os.O_RDONLY)
+            self._fd = os.open(os.path.join(self.directory, record.segment_name(base)), READ_FLAGS)
         except FileNotFoundError:
             return False  # deleted by retention meanwhile; the caller moves on
         self._segment = base

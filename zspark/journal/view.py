@@ -40,7 +40,7 @@ class JournalView:
         for base in record.list_segments(self.directory):
             path = os.path.join(self.directory, record.segment_name(base))
             try:
-                st = os.stat(path)
+                st = os.stat(path, follow_symlinks=False)
             except FileNotFoundError:  # deleted by retention meanwhile
                 continue
             out.append(Segment(base, path, st.st_size, st.st_mtime))
