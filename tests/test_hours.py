@@ -3,18 +3,24 @@ stand-in for the Kafka forwarder's cursor: counting, the hour boundary, late eve
 each hour exactly once across a restart and across a crash between journaling the notices and
 saving that they were sent. (End to end through Kafka and MongoDB: tests/test_notices.py.)"""
 import datetime
+import errno
+import json
 import os
 import types
 import unittest
+from unittest import mock
+
+import gevent
 
 from zspark.event import NOTICE_SOURCE
-from zspark.hours import HOUR, HourTracker
+from zspark import hours as hours_module
+from zspark.hours import HOUR, HourTracker, hour_text
 from zspark.ingest import Ingest
 from zspark.journal import Journal
 from zspark.metrics import Metrics
 from zspark.notices import Notices
 
-from .support import TempDir, journal_events
+from .support import TempDir, journal_events, wait_until
 
 UTC = datetime.timezone.utc
 T0 = 1_800_000_000 // HOUR * HOUR  # an hour boundary
@@ -68,6 +74,50 @@ class HourTrackerTest(unittest.TestCase):
         return sorted((e["context"]["hour"], e["topic"], e["context"]["count"])
                       for e in journal_events(self.journal.directory)
                       if e.get("source") == NOTICE_SOURCE and e["type"] == "hour_complete")
+
+    def test_a_full_disk_or_no_descriptors_does_not_stop_the_tracker(self):
+        # Its state file cannot be written (ENOSPC), then the journal cannot be read (EMFILE):
+        # the tracker goes on, announces the hour once, and saves once it can.
+        t = self.tracker()
+        t.check_s = 0.01
+        self.send(T0 + 700, "web", 3)
+        self.deliver_all(t)
+        self.now = T0 + HOUR + GRACE
+        failing = {"write": True}
+        real_write = hours_module.write_atomically
+
+        def write(path, data):
+            if failing["write"]:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_write(path, data)
+
+        def saved_hour():
+            try:
+                with open(t.path) as f:
+                    return json.load(f)["next_hour"]
+            except FileNotFoundError:
+                return None
+
+        with mock.patch.object(hours_module, "write_atomically", write), \
+                self.assertLogs("zspark.hours", "WARNING") as logs:
+            runner = gevent.spawn(t.run)
+            self.addCleanup(runner.kill)
+            wait_until(self.announced, message="the hour announced while its state cannot be saved")
+            gevent.sleep(0.1)
+            self.assertFalse(runner.dead, f"the tracker died: {runner.exception!r}")
+            self.assertNotEqual(saved_hour(), T0 + HOUR)
+            real_reader = self.journal.reader
+            exhausted = self.journal.reader = mock.Mock(side_effect=OSError(errno.EMFILE, "Too many open files"))
+            self.send(T0 + HOUR + 100, "web", 1)
+            self.forwarder.cursor.offset = self.journal.end_offset  # delivered: catch_up must read
+            wait_until(lambda: exhausted.call_count >= 2, message="catch_up tried twice")
+            self.assertFalse(runner.dead, f"the tracker died: {runner.exception!r}")
+            self.journal.reader = real_reader
+            failing["write"] = False
+            wait_until(lambda: saved_hour() == T0 + HOUR, message="the state saved once the disk has room")
+        self.assertFalse(runner.dead, f"the tracker died: {runner.exception!r}")
+        self.assertEqual(self.announced(), [(hour_text(T0), "web", 3)], "announced once")
+        self.assertIn("No space left on device", logs.output[0])
 
     def test_an_hour_is_announced_per_topic_once_over_and_delivered(self):
         t = self.tracker()

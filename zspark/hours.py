@@ -87,6 +87,7 @@ class HourTracker:
         self.clock = clock
         self.path = os.path.join(journal.directory, "notices", "hours.json")
         self._warn_late = RateLimitedLog(log)
+        self._warn_io = RateLimitedLog(log)
         self._saved_at = 0.0
         self._dirty = False
         self._already_sent = {}  # hour -> topics found in the journal at start (see recover)
@@ -272,14 +273,23 @@ class HourTracker:
             self._already_sent[self.next_hour] = found
 
     def run(self):
-        """The tracker's greenlet."""
-        self.recover()
+        """The tracker's greenlet. A disk that is full or a process out of descriptors (the
+        state file cannot be written, the journal not read) does not stop it: what it could not
+        do is done at a later check, and its state is saved once it can be."""
+        recovered = False
         while True:
-            self.catch_up()
-            self.close_hours()
-            self.announce_ready()
-            if self._dirty and time.monotonic() - self._saved_at >= SAVE_EVERY_S:
-                self._save()
+            try:
+                if not recovered:
+                    self.recover()
+                    recovered = True
+                self.catch_up()
+                self.close_hours()
+                self.announce_ready()
+                if self._dirty and time.monotonic() - self._saved_at >= SAVE_EVERY_S:
+                    self._save()
+            except OSError as e:
+                self._dirty = True  # whatever was not saved is saved at a later check
+                self._warn_io("hour-complete: %s; trying again in %gs", e, self.check_s)
             gevent.sleep(self.check_s)
 
     def stop(self):
