@@ -132,6 +132,25 @@ class Counters(MetricsCase):
                 self.assertEqual(status["sources"][source]["accepted"], accepted)
         self.assertEqual(m.types["zspark_events_accepted"], "counter")
 
+        # The sources' connections: what /status shows under each source.
+        http = status["sources"]["http"]
+        for metric, key in (("zspark_connections_refused_total", "connections_refused"),
+                            ("zspark_connections_evicted_total", "connections_evicted"),
+                            ("zspark_connections_idle_closed_total", "idle_closed"),
+                            ("zspark_request_timeouts_total", "timeouts"),
+                            ("zspark_tls_handshake_errors_total", "tls_errors"),
+                            ("zspark_accept_errors_total", "accept_errors"),
+                            ("zspark_http_inflight_body_bytes", "inflight_bytes")):
+            with self.subTest(metric=metric):
+                self.assertEqual(m(metric, source="http"), http[key])
+        self.assertGreaterEqual(m("zspark_connections_open", source="http"), 1)  # this scrape's
+        self.assertEqual(m.types["zspark_connections_open"], "gauge")
+        for source in ("zmq_json", "zmq_bson"):
+            with self.subTest(source=source):
+                self.assertEqual(m("zspark_connections_accepted_total", source=source), 1)
+                self.assertEqual(m("zspark_connections_open", source=source), 1)
+                self.assertEqual(m("zspark_handshakes_failed_total", source=source), 0)
+
         # The journal: the same numbers /status shows.
         journal = status["journal"]
         self.assertEqual(m("zspark_journal_end_offset"), 16)

@@ -19,16 +19,43 @@ from .journal.journal import SYNC_BUCKETS
 
 FORWARDER_STATES = (RUNNING, BACKING_OFF, STOPPED)
 
+# What the sources count of their connections (SourceStats.details: the HTTP server's counters
+# and in-flight budget, ZeroMQ's under "connections"), as metric families labelled by source:
+# key (nested keys joined by ".") -> (name, counter or gauge, help).
+SOURCE_DETAILS = {
+    "connections": ("zspark_connections_open", GaugeMetricFamily, "HTTP connections open now."),
+    "connections.open": ("zspark_connections_open", GaugeMetricFamily, "Connections open now."),
+    "connections.accepted": ("zspark_connections_accepted", CounterMetricFamily, "Connections accepted."),
+    "connections_refused": ("zspark_connections_refused", CounterMetricFamily,
+                            "Connections refused beyond http.max_connections."),
+    "connections_evicted": ("zspark_connections_evicted", CounterMetricFamily,
+                            "Idle connections closed to make room under http.max_connections."),
+    "idle_closed": ("zspark_connections_idle_closed", CounterMetricFamily,
+                    "Keep-alive connections closed after http.idle_timeout_s."),
+    "timeouts": ("zspark_request_timeouts", CounterMetricFamily,
+                 "Request heads and TLS handshakes that did not finish in time."),
+    "tls_errors": ("zspark_tls_handshake_errors", CounterMetricFamily, "TLS handshakes that failed."),
+    "accept_errors": ("zspark_accept_errors", CounterMetricFamily,
+                      "Connections that could not be accepted for want of descriptors."),
+    "connections.failed_handshakes": ("zspark_handshakes_failed", CounterMetricFamily,
+                                      "ZeroMQ handshakes that failed or timed out."),
+    "connections.refused_handshakes": ("zspark_handshakes_refused", CounterMetricFamily,
+                                       "ZeroMQ CURVE handshakes refused."),
+    "inflight_bytes": ("zspark_http_inflight_body_bytes", GaugeMetricFamily,
+                       "Request body bytes held in memory now (http.max_inflight_bytes)."),
+}
+
 
 class ZsparkCollector(Collector):
     """Metric families read from the live objects. `forwarders` is the server's own list: the
     forwarders started after this collector was made are seen too."""
 
-    def __init__(self, metrics, journal, forwarders, node):
+    def __init__(self, metrics, journal, forwarders, node, topics=None):
         self.metrics = metrics
         self.journal = journal
         self.forwarders = forwarders
         self.node = node
+        self.topics = topics  # the Kafka TopicPolicy, or None
 
     def collect(self):
         yield InfoMetricFamily("zspark_build", "The zspark version and this node's id.",
@@ -38,8 +65,11 @@ class ZsparkCollector(Collector):
         yield GaugeMetricFamily("zspark_uptime_seconds", "Seconds since the server started.",
                                 value=self.metrics.uptime())
         yield from self._sources()
+        yield from self._source_details()
         yield from self._journal()
         yield from self._forwarders()
+        if self.topics is not None:
+            yield from self._topics()
 
     def _sources(self):
         families = {
@@ -56,6 +86,29 @@ class ZsparkCollector(Collector):
             for field, family in families.items():
                 family.add_metric([name], getattr(stats, field))
         return families.values()
+
+    def _source_details(self):
+        families = {}
+        for name, stats in list(self.metrics.sources.items()):
+            for key, value in _flat(stats.details() if stats.details else {}):
+                known = SOURCE_DETAILS.get(key)
+                if known is None:
+                    continue
+                metric, kind, doc = known
+                family = families.get(metric)
+                if family is None:
+                    family = families[metric] = kind(metric, doc, labels=["source"])
+                family.add_metric([name], value)
+        return families.values()
+
+    def _topics(self):
+        t = self.topics
+        yield GaugeMetricFamily("zspark_kafka_topics_taken", "Kafka topics taken from events "
+                                "(kafka.max_topics at most).", value=t.as_dict()["taken"])
+        yield CounterMetricFamily("zspark_kafka_topic_redirected", "Events whose topic was not "
+                                  "allowed, delivered to kafka.default_topic.", value=t.redirected)
+        yield CounterMetricFamily("zspark_kafka_topic_refused", "Events refused at ingest for their "
+                                  "topic (kafka.topic_not_allowed: refuse).", value=t.refused)
 
     def _journal(self):
         j = self.journal
@@ -125,6 +178,15 @@ class ZsparkCollector(Collector):
         return delivered, failed, dead, lag, cursor, state, last_ok, last_error
 
 
+def _flat(data, prefix=""):
+    """(key, number) pairs of a nested dict, nested keys joined by "."."""
+    for key, value in data.items():
+        if isinstance(value, dict):
+            yield from _flat(value, f"{prefix}{key}.")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield prefix + key, value
+
+
 class _InThreadpool(Collector):
     """Runs another collector in gevent's thread pool: the process collector reads files under
     /proc, which must not happen on the event loop."""
@@ -139,9 +201,9 @@ class _InThreadpool(Collector):
 class Exposition:
     """The /metrics answer: `render()` -> (body bytes, content type)."""
 
-    def __init__(self, metrics, journal, forwarders, node):
+    def __init__(self, metrics, journal, forwarders, node, topics=None):
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(ZsparkCollector(metrics, journal, forwarders, node))
+        self.registry.register(ZsparkCollector(metrics, journal, forwarders, node, topics))
         self.registry.register(_InThreadpool(ProcessCollector(registry=None)))
 
     def render(self):

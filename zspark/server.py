@@ -126,7 +126,7 @@ class Server:
     def _start_sources(self):
         cfg = self.config
         if cfg.http.enabled:
-            exposition = Exposition(self.metrics, self.journal, self.forwarders, cfg.node.id)
+            exposition = Exposition(self.metrics, self.journal, self.forwarders, cfg.node.id, self.topics)
             self.http = HttpSource(cfg, self.ingest, self.status, lambda: self._stopping,
                                    metrics_provider=exposition.render)
             try:

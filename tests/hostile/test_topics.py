@@ -146,6 +146,10 @@ class DistinctTopics(TopicsCase):
         self.wait_delivered(["kafka"])
         self.assertEqual(self.kafka_topics_status()["taken"], cap)
         self.assertEqual(self.kafka_topics_status()["redirected"], 500 - cap)
+        status, _, body = request(self.port, "GET", "/metrics")
+        self.assertEqual(status, 200, body)
+        self.assertIn(f"zspark_kafka_topics_taken {float(cap)}", body.decode())
+        self.assertIn(f"zspark_kafka_topic_redirected_total {float(500 - cap)}", body.decode())
         self.stop(server)
 
         # A restart does not make room for more.

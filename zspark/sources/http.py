@@ -101,7 +101,9 @@ class HttpSource:
                              tls_handshake_timeout=c.tls_handshake_timeout_s, max_connections=c.max_connections,
                              imok_path=self._log_path[:-len("log")] + "imok", retry_after_s=c.retry_after_s,
                              on_malformed=self._malformed, **tls)
-        self.stats.details = self.server.connection_stats  # /status sources.http: connections, timeouts...
+        # /status sources.http: connections, timeouts..., and the bodies held in memory
+        self.stats.details = lambda: {**self.server.connection_stats(), "inflight_bytes": self.budget.used,
+                                      "inflight_peak_bytes": self.budget.peak}
         self.server.start()
         log.info("HTTP listening on %s://%s:%d%s/log", "https" if tls else "http", self.config.host,
                  self.address[1], self.config.root)
