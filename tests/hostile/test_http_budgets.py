@@ -7,6 +7,7 @@ journal, what /status counts, and for memory the server's own RSS (a child proce
 /proc); work is counted (bytes handed to zlib), never timed.
 """
 import gzip
+import io
 import json
 import signal
 import socket
@@ -149,6 +150,24 @@ class InflightBudgetTest(unittest.TestCase):
         self.assertGreater(len(big), self.BODY * 0.9)
         status, _, body = request(self.port, "POST", "/log", big, {"Content-Type": "application/json"})
         self.assertEqual(status, 200, body)
+
+
+class GzipChargeTest(unittest.TestCase):
+    def test_a_gzip_body_is_charged_what_it_inflated_to_until_the_answer(self):
+        # A few KiB in one read that inflate to almost a MiB: what the request holds from then
+        # on (while its events are decoded and journaled) is the inflated size.
+        from zspark.sources import httpbody
+
+        inflated = b" " * (MiB - 4096)
+        compressed = gzip.compress(inflated)
+        environ = {"wsgi.input": io.BytesIO(compressed), "CONTENT_LENGTH": str(len(compressed)),
+                   "HTTP_CONTENT_ENCODING": "gzip"}
+        budget = httpbody.InflightBudget(4 * MiB)
+        with budget.hold() as held:
+            body = httpbody.read_body(environ, MiB, 10, held, 5)
+            self.assertEqual(body, inflated)
+            self.assertGreaterEqual(budget.used, len(inflated))
+        self.assertEqual(budget.used, 0)
 
 
 class BodyDeadlineTest(HttpCase):

@@ -76,6 +76,37 @@ class TimeoutsTest(HttpCase):
         self.assertEqual(stats["timeouts"], 0)
         self.assertEqual([e["type"] for e in self.events()], ["ka"])
 
+    def test_a_body_no_route_reads_is_not_read_behind_the_answer(self):
+        # Any route, not only /log: an answer given without reading the body closes the
+        # connection, instead of reading the rest however slowly it trickles in.
+        for method, path in (("POST", "/nothing"), ("POST", "/imok"), ("POST", "/status"),
+                             ("PUT", "/log"), ("GET", "/metrics")):
+            with self.subTest(path=path, method=method), socket.create_connection(("127.0.0.1", self.port)) as sock:
+                sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n".encode())
+                data = read_until_closed(sock, trickle=b"b" * 100)
+                self.assertTrue(data.startswith(b"HTTP/1.1 "), data)
+                self.assertIn(b"\r\nConnection: close\r\n", data.split(b"\r\n\r\n", 1)[0] + b"\r\n")
+        with socket.create_connection(("127.0.0.1", self.port)) as sock:
+            sock.sendall(b"POST /nothing HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab")
+            data = read_until_closed(sock, trickle=b"c" * 100)
+            self.assertTrue(data.startswith(b"HTTP/1.1 404 "), data)
+        self.assertEqual(self.events(), [])
+
+    def test_an_upgrade_header_does_not_unframe_the_body(self):
+        # zspark upgrades nothing: the body of a request asking to is framed like any other, and
+        # what follows it is the next request, not more body.
+        smuggled = b"GET /log?type=smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+        body = b'{"type":"up"}'
+        for upgrade in (b"Upgrade: websocket\r\nConnection: Upgrade\r\n", b"Connection: upgrade\r\n"):
+            with self.subTest(upgrade=upgrade), socket.create_connection(("127.0.0.1", self.port)) as sock:
+                sock.sendall(b"POST /log HTTP/1.1\r\nHost: x\r\n" + upgrade + b"Content-Type: application/json\r\n"
+                             b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body +
+                             b"X" * len(body) + smuggled)
+                data = read_until_closed(sock)
+            self.assertTrue(data.startswith(b"HTTP/1.1 200 "), data)
+        self.assertNotIn("smuggled", [e["type"] for e in self.events()])
+        self.assertEqual([e["type"] for e in self.events()], ["up", "up"])
+
     def test_status_shows_the_connection_counters(self):
         stats = self.connections()
         for key in ("accepted", "rejected", "refused", "rate", "connections", "connections_refused",

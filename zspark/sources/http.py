@@ -239,15 +239,10 @@ class HttpSource:
     def _answer(self, environ, read_events):
         # The body and the events decoded from it are held until the answer: so is their share
         # of http.max_inflight_bytes.
+        # (A body left unread, refused before or while it was read, closes the connection:
+        # httpserver.RequestHandler.start_response.)
         with self.budget.hold() as held:
-            answer = self._answer_holding(environ, read_events, held)
-        if httpbody.body_unread(environ):
-            # Refused before its body was read (401, 503, a bad body): close rather than let
-            # pywsgi read the rest, however slowly it comes.
-            httpbody.abandon(environ["wsgi.input"])
-            status, headers, body = answer
-            answer = status, {**headers, "Connection": "close"}, body
-        return answer
+            return self._answer_holding(environ, read_events, held)
 
     def _answer_holding(self, environ, read_events, held):
         try:

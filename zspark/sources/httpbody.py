@@ -86,32 +86,9 @@ class Held:
 
 def read_body(environ, limit, timeout_s, held, retry_after_s):
     """The body of the request in `environ` (bytes, inflated when it is gzip), at most `limit`
-    bytes before and after gunzip, all of it within `timeout_s` seconds; BodyError otherwise."""
-    stream = environ["wsgi.input"]
-    try:
-        return _read(environ, stream, limit, timeout_s, held, retry_after_s)
-    except BodyError as e:
-        if environ.get("zspark.body_read") is None:
-            abandon(stream)
-            e.headers.setdefault("Connection", "close")
-        raise
-
-
-def body_unread(environ):
-    """True if the request announced a body that read_body did not read to its end."""
-    if environ.get("zspark.body_read"):
-        return False
-    length = environ.get("CONTENT_LENGTH") or "0"
-    return length != "0" or "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
-
-
-def abandon(stream):
-    """Tell pywsgi not to read the rest of this body after the answer (its `Input._discard`
-    skips a body it no longer knows the framing of); the connection is closed instead."""
-    try:
-        stream._chunked_input_error = True
-    except AttributeError:
-        pass  # not pywsgi's Input: nothing reads behind our back
+    bytes before and after gunzip, all of it within `timeout_s` seconds; BodyError otherwise
+    (the server closes the connection of a body left unread: httpserver.RequestHandler)."""
+    return _read(environ, environ["wsgi.input"], limit, timeout_s, held, retry_after_s)
 
 
 def _read(environ, stream, limit, timeout_s, held, retry_after_s):
@@ -165,6 +142,10 @@ def _read(environ, stream, limit, timeout_s, held, retry_after_s):
                 chunks.append(data)
             else:
                 decoder.feed(data)
+                try:  # what it inflated to is held now: a small piece may inflate to megabytes
+                    held.grow_to(max(length or 0, decoder.size))
+                except OverBudget:
+                    raise busy from None
                 gevent.sleep(0)  # inflating is the costly part: let other requests in between
     except gevent.Timeout as t:
         if t is not deadline:
@@ -176,7 +157,6 @@ def _read(environ, stream, limit, timeout_s, held, retry_after_s):
         deadline.close()
     if length is not None and received < length:
         raise BodyError(400, f"the body ended after {received} of its {length} bytes (Content-Length)")
-    environ["zspark.body_read"] = True
     if decoder is not None:
         return decoder.finish()
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -113,6 +113,10 @@ class RequestHandler(WSGIHandler):
         self.content_length = request.content_length
         self.close_connection = self.overflow or not request.persistent
         self.environ = self.get_environ()
+        # zspark upgrades no connection: a request asking for one has its body framed as any
+        # other (pywsgi would hand the app the raw stream, and read a body's length again after).
+        self.environ["wsgi.input"] = self.wsgi_input
+        self.environ["wsgi.input_terminated"] = True
         self.application = self.server.overflow_app if self.overflow else self.server.application
         self.handle_one_response()
         if self.close_connection or self.rfile.closed:
@@ -171,6 +175,16 @@ class RequestHandler(WSGIHandler):
                 return b"".join(lines)
         return None  # cut short: the client closed
 
+    def start_response(self, status, headers, exc_info=None):
+        if _body_unread(self.wsgi_input):
+            # Answered without its body read (a refusal, a route that takes none): close the
+            # connection rather than let pywsgi read the rest after the answer, however slowly
+            # it comes (its Input._discard skips a body whose framing it no longer trusts).
+            self.wsgi_input._chunked_input_error = True
+            self.close_connection = True
+            headers = [(k, v) for k, v in headers if k.lower() != "connection"] + [("Connection", "close")]
+        return super().start_response(status, headers, exc_info)
+
     def _closing_answer(self, code, reason):
         body = json.dumps({"ok": False, "error": reason}, separators=(",", ":")).encode()
         head = (f"HTTP/1.1 {status_line(code)}\r\nContent-Type: application/json\r\n"
@@ -220,6 +234,13 @@ class RequestHandler(WSGIHandler):
 
     def log_request(self):
         pass
+
+
+def _body_unread(stream):
+    """True if the request's body (pywsgi's Input) has not been read to its end."""
+    if stream.chunked_input:
+        return stream.chunk_length != 0
+    return stream.position < (stream.content_length or 0)
 
 
 class _HeadTimeout(Exception):
