@@ -140,26 +140,48 @@ class MaxConnectionsTest(HttpCase):
         self.assertGreaterEqual(stats["connections_evicted"], 30)
         self.assertEqual([e["type"] for e in self.events()], ["through"])
 
-    def test_connections_busy_in_their_heads_get_imok_a_503_then_room(self):
-        self.start_server(http={"header_timeout_s": 2})  # a second server, whose heads time out
-        self.hold(40, b"POST /log HTTP/1.1\r\nContent-Length: 2\r\n")  # heads never finished
+    def test_connections_stalled_in_their_heads_make_room_too(self):
+        held = self.hold(40, b"POST /log HTTP/1.1\r\nContent-Length: 2\r\n")  # heads never finished
+        self.assertEqual(request(self.port, "GET", "/imok", timeout=LIMIT_S)[0], 200)
+        status, _, body = request(self.port, "POST", "/log", {"type": "through"}, timeout=LIMIT_S)
+        self.assertEqual(status, 200, body)
+        stats = self.status()["sources"]["http"]
+        self.assertLessEqual(stats["connections"], 20)
+        self.assertGreaterEqual(stats["connections_evicted"], 20)
+        self.assertEqual(sum(closed(sock) for sock in held), stats["connections_evicted"])
+        self.assertEqual([e["type"] for e in self.events()], ["through"])
+
+    def test_connections_busy_with_requests_get_imok_a_503_then_room(self):
+        self.start_server(http={"body_timeout_s": 2})  # a second server, whose bodies time out
+        # Heads complete, bodies never sent: each connection is busy in a request, not evictable.
+        self.hold(40, b"POST /log HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n")
         self.assertEqual(request(self.port, "GET", "/imok", timeout=LIMIT_S)[0], 200)
         status, headers, body = request(self.port, "POST", "/log", {"type": "later"}, timeout=LIMIT_S)
         self.assertEqual(status, 503, body)
         self.assertEqual(headers.get("retry-after"), "5")
         self.assertIn("http.max_connections", json.loads(body)["error"])
-        # Once the held heads pass their deadline, a POST gets through.
+        # Once the held bodies pass their deadline, a POST gets through.
         wait_until(lambda: request(self.port, "POST", "/log", {"type": "later"}, timeout=LIMIT_S)[0] == 200,
                    timeout=LIMIT_S, message="a POST answered 200")
         stats = self.status()["sources"]["http"]
         self.assertGreaterEqual(stats["connections_refused"], 20)
-        self.assertGreaterEqual(stats["timeouts"], 20)
         self.assertEqual([e["type"] for e in self.events()], ["later"])
 
     def test_more_held_connections_than_the_overflow_cannot_keep_imok_out(self):
         self.hold(20 + 100, b"GET /imok HTTP/1.1\r\n")  # the cap, and more than the overflow, all busy
         for _ in range(3):
             self.assertEqual(request(self.port, "GET", "/imok", timeout=LIMIT_S)[0], 200)
+
+
+def closed(sock, timeout=2):
+    """True if the server closed `sock` (without an answer) within `timeout` seconds."""
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
 
 
 class TlsTest(test_access.AccessCase):

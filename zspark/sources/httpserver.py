@@ -16,7 +16,8 @@ about framing and bounded in what a connection can hold.
 - **Connections.** At most `max_connections` are served at once. When a new one would pass the
   cap, the connection that has waited longest for its next request (idle keep-alives, and new
   connections that have sent nothing yet: RFC 9112 §9.8 lets a server close those at any time)
-  is closed to make room. When none is idle, up to OVERFLOW_CONNECTIONS more are taken for
+  is closed to make room; failing that, the one longest in an unfinished TLS handshake or
+  request head. When every connection is busy with a request, up to OVERFLOW_CONNECTIONS more are taken for
   OVERFLOW_DEADLINE_S each, to answer one request: `GET /imok` as usual (a load balancer must
   see the node alive while it is busy), anything else a 503 with Retry-After; when those are all
   taken, the oldest of them is closed for the new one, so connections held open cannot keep
@@ -28,6 +29,7 @@ about framing and bounded in what a connection can hold.
 
 `Server.connection_stats()` gives the counters /status shows under sources.http.
 """
+import contextlib
 import errno
 import json
 import logging
@@ -145,7 +147,7 @@ class RequestHandler(WSGIHandler):
             deadline = time.monotonic() + server.header_timeout
         timer = Timeout(max(deadline - time.monotonic(), 0.0))
         try:
-            with timer:
+            with timer, server.unfinished():
                 return self._read_head()
         except Timeout as e:
             if e is not timer:
@@ -274,6 +276,7 @@ class Server(WSGIServer):
         # The greenlets serving connections (dict keys, in insertion order: oldest first).
         self._connections = {}  # those counted against the cap
         self._idle = OrderedDict()  # of those, the ones waiting for a request; longest first
+        self._unfinished = OrderedDict()  # of those, the ones in a TLS handshake or a request head
         self._overflow = OrderedDict()  # those served beyond the cap
         self._warn = RateLimitedLog(log)
 
@@ -304,7 +307,7 @@ class Server(WSGIServer):
 
     def do_handle(self, sock, address):
         """Called by the accept loop for each new connection: serve it, make room, or refuse it."""
-        overflow = len(self._connections) >= self.max_connections and not self._evict_idle()
+        overflow = len(self._connections) >= self.max_connections and not self._evict()
         if overflow and len(self._overflow) >= OVERFLOW_CONNECTIONS:
             # The oldest makes room, so that connections held open cannot keep /imok out.
             oldest, _ = self._overflow.popitem(last=False)
@@ -313,21 +316,40 @@ class Server(WSGIServer):
         greenlet = self._spawn(self._serve, sock, address, overflow)
         (self._overflow if overflow else self._connections)[greenlet] = None
 
-    def _evict_idle(self):
-        """Close the connection that has waited longest for a request; False if none waits."""
-        if not self._idle:
+    def _evict(self):
+        """Make room: close the connection that has waited longest for a request or else the one
+        longest in an unfinished TLS handshake or request head (RFC 9112 §9.8 lets a server close
+        either; the second keeps slow heads, which hold their place until header_timeout_s,
+        from filling the cap). False if every connection is busy with a request."""
+        for waiting in (self._idle, self._unfinished):
+            if waiting:
+                greenlet, _ = waiting.popitem(last=False)
+                break
+        else:
             return False
-        greenlet, _ = self._idle.popitem(last=False)
         self._connections.pop(greenlet, None)
         self.counts["connections_evicted"] += 1
-        # It is suspended in wait_for_request (nowhere else is it idle), so the exception lands
-        # there and nowhere in a request. The accept loop runs in the hub, which may switch to it
-        # at once; from anywhere else, the same through the hub.
+        # It is suspended in wait_for_request, a head's read or a handshake (nowhere else is it
+        # in those lists), so the exception lands there and nowhere in a request. The accept
+        # loop runs in the hub, which may switch to it at once; from anywhere else, the same
+        # through the hub.
         if getcurrent() is get_hub():
             greenlet.throw(_Closed)
         else:
             get_hub().loop.run_callback(greenlet.throw, _Closed)
         return True
+
+    @contextlib.contextmanager
+    def unfinished(self):
+        """While the current connection is in a TLS handshake or reading a request head: one
+        that may be closed to make room."""
+        me = getcurrent()
+        if me in self._connections:
+            self._unfinished[me] = None
+        try:
+            yield
+        finally:
+            self._unfinished.pop(me, None)
 
     def _serve(self, sock, address, overflow):
         try:
@@ -344,6 +366,7 @@ class Server(WSGIServer):
             self._overflow.pop(me, None)
             self._connections.pop(me, None)
             self._idle.pop(me, None)
+            self._unfinished.pop(me, None)
 
     def _serve_connection(self, sock, address, overflow):
         conn = sock if self.ssl_args is None else self._handshake(sock, address)
@@ -364,7 +387,7 @@ class Server(WSGIServer):
         tls = self.wrap_socket(sock, do_handshake_on_connect=False, **self.ssl_args)
         timer = Timeout(self.tls_handshake_timeout)
         try:
-            with timer:
+            with timer, self.unfinished():
                 tls.do_handshake()
             return tls
         except Timeout as e:
