@@ -71,7 +71,7 @@ class Server:
                                allow_shared_dir=jc.allow_shared_dir)
         # Which Kafka topics events may choose: the ingest path (refuse mode), the Kafka sink and
         # the hour tracker share this one rule and its record of the topics taken.
-        self.topics = (TopicPolicy(config.kafka, topics_state_path(jc.dir))
+        self.topics = (TopicPolicy(config.kafka, topics_state_path(jc.dir), load=False)
                        if config.kafka.enabled else None)
         self.ingest = Ingest(self.journal, config.node.id, self.metrics, Limits.from_config(config.event),
                              topics=self.topics)
@@ -100,6 +100,8 @@ class Server:
             self.journal.open()
         except (OSError, JournalError) as e:
             raise StartupError(f"cannot open the journal in {self.config.journal.dir}: {e}") from None
+        if self.topics is not None:
+            self.topics.load()  # its state file is in the journal directory, checked by now
         try:
             self._start_sources()
         except BaseException:

@@ -36,6 +36,7 @@ import string
 
 from . import blocking
 from .event import NOTICE_SOURCE, InvalidEvent
+from .journal import files
 from .journal.cursor import write_atomically
 from .metrics import RateLimitedLog
 from .safetext import shorten
@@ -68,10 +69,12 @@ class TopicNotAllowed(InvalidEvent):
 
 
 class TopicPolicy:
-    def __init__(self, config, state_path=None, persist=True):
+    def __init__(self, config, state_path=None, persist=True, load=True):
         """`config` is the `kafka` section; `state_path` the file the taken topics are kept in
-        (None: in memory only, as for a sink made by hand). With `persist` False the file is
-        read but never written (`zcmd replay`, beside a running server that owns it)."""
+        (None: in memory only, as for a sink made by hand), read now unless `load` is False
+        (then by `load()`: the server reads it once the journal directory has been checked).
+        With `persist` False the file is read but never written (`zcmd replay`, beside a running
+        server that owns it)."""
         self.template = config.topic
         self.default_topic = config.default_topic
         self.notice_topic = config.notice_topic
@@ -97,8 +100,8 @@ class TopicPolicy:
         self.refused = 0  # events refused at ingest (refuse mode)
         self.last_not_allowed = None  # the reason, naming the topic (escaped)
         self._warn = RateLimitedLog(log, burst=5)
-        if state_path:
-            self._load()
+        if state_path and load:
+            self.load()
 
     # -- the decision -------------------------------------------------------------------------
 
@@ -203,9 +206,11 @@ class TopicPolicy:
 
     # -- state --------------------------------------------------------------------------------
 
-    def _load(self):
+    def load(self):
+        """Read the topics taken before from the state file (not following a link, not waiting
+        on a FIFO planted there)."""
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+            fd = os.open(self.path, files.READ_FLAGS)
             with os.fdopen(fd, "rb") as f:
                 state = json.loads(f.read())
             topics = state["topics"]

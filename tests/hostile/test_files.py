@@ -209,7 +209,7 @@ class PlantedLinks(FilesCase):
     """A link where zspark keeps a file, pointing at a victim: refused at start, never followed."""
 
     PLACES = [SEGMENT, ".lock", "cursors/kafka", "cursors/kafka.123.456.tmp", "dead-letter/mongo.jsonl",
-              "notices/hours.json"]
+              "notices/hours.json", "kafka/topics.json"]
 
     def test_a_link_anywhere_in_the_journal_is_refused_and_its_target_untouched(self):
         for place in self.PLACES:
@@ -225,7 +225,7 @@ class PlantedLinks(FilesCase):
                 self.assertTrue(os.path.islink(link))
 
     def test_a_linked_directory_inside_the_journal_is_refused(self):
-        for place in ("cursors", "dead-letter", "notices"):
+        for place in ("cursors", "dead-letter", "notices", "kafka"):
             with self.subTest(place=place):
                 shutil.rmtree(self.journal, ignore_errors=True)
                 self.make_journal()
@@ -234,6 +234,16 @@ class PlantedLinks(FilesCase):
                 os.symlink(elsewhere, os.path.join(self.journal, place))
                 self.assertRefusedAtStart(os.path.join(self.journal, place), "is a symbolic link")
                 self.assertEqual(os.listdir(elsewhere), [])
+
+    def test_a_fifo_where_a_state_file_goes_is_refused_not_waited_on(self):
+        for place in ("kafka/topics.json", "notices/hours.json", "cursors/kafka"):
+            with self.subTest(place=place):
+                shutil.rmtree(self.journal, ignore_errors=True)
+                self.make_journal()
+                fifo = os.path.join(self.journal, place)
+                os.makedirs(os.path.dirname(fifo), mode=0o700, exist_ok=True)
+                os.mkfifo(fifo, 0o600)
+                self.assertRefusedAtStart(fifo, "")
 
     def test_a_hard_linked_segment_is_refused(self):
         victim = self.victim()
