@@ -19,9 +19,10 @@ import unittest
 
 from tests.support import ServeProcess, TempDir, config_data, request, write_config, write_journal, zcmd
 from zspark.forwarder import _append_lines
-from zspark.journal import Cursor, Journal, JournalError, Reader
+from zspark.journal import Cursor, Journal, JournalError, Reader, files
 
 OTHER_UID = 65534  # nobody
+OTHER_GID = 65534  # nogroup: nobody's group
 IS_ROOT = os.geteuid() == 0
 NEEDS_ROOT = "needs root: only root can give a file to another user (os.chown) to play that user"
 SEGMENT = "00000000000000000000.log"
@@ -86,10 +87,33 @@ class JournalDirectoryModes(FilesCase):
                                   f"chmod 700 {self.journal}", "journal.allow_shared_dir")
         self.assertEqual(mode_of(self.journal), 0o777)  # refused, not "fixed" behind the operator's back
 
-    def test_a_group_writable_journal_directory_is_refused(self):
+    @unittest.skipUnless(IS_ROOT, NEEDS_ROOT)
+    def test_a_journal_directory_writable_by_a_shared_group_is_refused(self):
         self.make_journal()
+        os.chown(self.journal, -1, OTHER_GID)  # the group of another user
         os.chmod(self.journal, 0o770)
         self.assertRefusedAtStart(self.journal, "writable by group or others")
+
+    def test_group_write_for_the_owners_own_group_is_made_owner_only(self):
+        # Debian's and Ubuntu's user private groups: a umask of 002 makes a fresh clone 0775,
+        # its journal/ included; nobody but its owner is in that group.
+        if not files._private_group(os.getegid(), os.geteuid()):
+            self.skipTest("this user's group has other members")
+        parent = self.tmp.join("clone")
+        os.mkdir(parent)
+        os.chmod(parent, 0o775)
+        self.journal = os.path.join(parent, "journal")
+        os.mkdir(self.journal)
+        os.chmod(self.journal, 0o775)
+        write_journal(self.journal, events("a"))
+        segment = os.path.join(self.journal, SEGMENT)
+        os.chmod(segment, 0o664)
+        data = config_data(parent)
+        server = ServeProcess(write_config(self.tmp.path, data), data["http"]["port"],
+                              self.tmp.join("serve.log")).start()
+        self.addCleanup(server.kill)
+        self.assertEqual((mode_of(self.journal), mode_of(segment)), (0o700, 0o600))
+        self.assertIn("owner-only", server.log())
 
     @unittest.skipUnless(IS_ROOT, NEEDS_ROOT)
     def test_a_journal_directory_owned_by_another_user_is_refused(self):
@@ -97,9 +121,11 @@ class JournalDirectoryModes(FilesCase):
         os.chown(self.journal, OTHER_UID, -1)
         self.assertRefusedAtStart(self.journal, "is owned by", "chown")
 
-    def test_a_group_writable_file_inside_is_refused_naming_it(self):
+    @unittest.skipUnless(IS_ROOT, NEEDS_ROOT)
+    def test_a_file_inside_writable_by_a_shared_group_is_refused_naming_it(self):
         write_journal(self.journal, events("a", "b"))
         segment = os.path.join(self.journal, SEGMENT)
+        os.chown(segment, -1, OTHER_GID)
         os.chmod(segment, 0o660)
         self.assertRefusedAtStart(segment, "writable by group or others", f"chmod 600 {segment}")
 

@@ -27,6 +27,8 @@ deliver what they like. Two parts:
 """
 import errno
 import logging
+import functools
+import grp
 import os
 import pwd
 import shlex
@@ -133,7 +135,7 @@ def _check_ancestors(directory):
                     _refuse(directory, parent, f"is above it and belongs to {_user(st.st_uid)}, who could "
                                                "swap the journal for something else",
                             f"chown {_user(euid)} {shlex.quote(parent)}, {fix}")
-                if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+                if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX and not _harmless_group_write(st):
                     _refuse(directory, parent, f"is above it and writable by group or others without the "
                                                f"sticky bit (mode {_mode(st)}), so they could swap the "
                                                "journal for something else",
@@ -157,7 +159,7 @@ class _Walk:
         self._entries(fd, self.directory)
         if self.tightened:
             (path, mode), more = self.tightened[0], len(self.tightened) - 1
-            log.warning("journal %s: made %s owner-only (it was %s: others could read it)%s; the "
+            log.warning("journal %s: made %s owner-only (it was %s: others could read it or its group write it)%s; the "
                         "journal holds every event", self.directory, path, mode,
                         f", and {more} more file(s) or directories inside it" if more else "")
 
@@ -234,10 +236,27 @@ class _Walk:
         if st.st_uid != self.euid:
             return (f"is owned by {_user(st.st_uid)}, not by {_user(self.euid)} who runs zspark: "
                     "another user controls what zspark would write and deliver")
-        if st.st_mode & 0o022:
+        if st.st_mode & 0o022 and not _harmless_group_write(st):
             return (f"is writable by group or others (mode {_mode(st)}): they could change what zspark "
                     "writes and delivers")
         return None
+
+
+def _harmless_group_write(st):
+    """Writable by its group and not by others, where the group is its owner's own: the user
+    private groups of Debian and Ubuntu, whose umask 002 makes a fresh clone group-writable."""
+    return not st.st_mode & 0o002 and _private_group(st.st_gid, st.st_uid)
+
+
+@functools.lru_cache(maxsize=64)
+def _private_group(gid, uid):
+    """True if no user but `uid` is in group `gid`, as a member or by primary group."""
+    try:
+        name = pwd.getpwuid(uid).pw_name
+        members = grp.getgrgid(gid).gr_mem
+    except KeyError:
+        return False
+    return all(m == name for m in members) and all(p.pw_uid == uid for p in pwd.getpwall() if p.pw_gid == gid)
 
 
 def _refuse(directory, path, problem, fix):
