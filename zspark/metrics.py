@@ -70,28 +70,29 @@ class Metrics:
 
 
 class RateLimitedLog:
-    """Log at most `burst` messages per `interval` seconds, then a count of the ones held back."""
+    """Log at most `burst` messages of each kind (format string) per `interval` seconds, then a
+    count of the ones held back: a flood of one kind (head timeouts, say) never hides another
+    (the descriptors running out)."""
 
     def __init__(self, logger, level=logging.WARNING, burst=10, interval=60.0):
         self.logger = logger
         self.level = level
         self.burst = burst
         self.interval = interval
-        self._window_start = 0.0
-        self._in_window = 0
-        self._suppressed = 0
+        self._windows = {}  # format string -> [window start, logged in it, held back in it]
 
     def __call__(self, msg, *args):
         now = time.monotonic()
-        if now - self._window_start >= self.interval:
-            if self._suppressed:
-                self.logger.log(self.level, "... %d more like this in the last %.0fs were not logged",
-                                self._suppressed, self.interval)
-            self._window_start = now
-            self._in_window = 0
-            self._suppressed = 0
-        if self._in_window < self.burst:
-            self._in_window += 1
+        window = self._windows.get(msg)
+        if window is None:
+            window = self._windows[msg] = [now, 0, 0]
+        elif now - window[0] >= self.interval:
+            if window[2]:
+                self.logger.log(self.level, "... %d more like this in the last %.0fs were not logged: %s",
+                                window[2], self.interval, msg)
+            window[:] = now, 0, 0
+        if window[1] < self.burst:
+            window[1] += 1
             self.logger.log(self.level, msg, *args)
         else:
-            self._suppressed += 1
+            window[2] += 1
