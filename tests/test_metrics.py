@@ -134,15 +134,16 @@ class Counters(MetricsCase):
 
         # The sources' connections: what /status shows under each source.
         http = status["sources"]["http"]
-        for metric, key in (("zspark_connections_refused_total", "connections_refused"),
-                            ("zspark_connections_evicted_total", "connections_evicted"),
+        for metric, key in (("zspark_connections_refused_total", "refused"),
+                            ("zspark_connections_evicted_total", "evicted"),
                             ("zspark_connections_idle_closed_total", "idle_closed"),
                             ("zspark_request_timeouts_total", "timeouts"),
                             ("zspark_tls_handshake_errors_total", "tls_errors"),
-                            ("zspark_accept_errors_total", "accept_errors"),
-                            ("zspark_http_inflight_body_bytes", "inflight_bytes")):
+                            ("zspark_accept_errors_total", "accept_errors")):
             with self.subTest(metric=metric):
-                self.assertEqual(m(metric, source="http"), http[key])
+                self.assertEqual(m(metric, source="http"), http["connections"][key])
+        self.assertEqual(m("zspark_http_inflight_body_bytes", source="http"), http["inflight_bytes"])
+        self.assertGreaterEqual(m("zspark_connections_accepted_total", source="http"), 6)  # the requests above
         self.assertGreaterEqual(m("zspark_connections_open", source="http"), 1)  # this scrape's
         self.assertEqual(m.types["zspark_connections_open"], "gauge")
         for source in ("zmq_json", "zmq_bson"):

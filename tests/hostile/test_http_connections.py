@@ -48,7 +48,7 @@ class TimeoutsTest(HttpCase):
     http_settings = {"header_timeout_s": 1.5, "idle_timeout_s": 1.0}
 
     def connections(self):
-        return self.status()["sources"]["http"]
+        return self.status()["sources"]["http"]["connections"]
 
     def test_slowloris_head_is_cut_off_at_the_header_deadline(self):
         with socket.create_connection(("127.0.0.1", self.port)) as sock:
@@ -108,11 +108,15 @@ class TimeoutsTest(HttpCase):
         self.assertEqual([e["type"] for e in self.events()], ["up", "up"])
 
     def test_status_shows_the_connection_counters(self):
-        stats = self.connections()
-        for key in ("accepted", "rejected", "refused", "rate", "connections", "connections_refused",
-                    "connections_evicted", "idle_closed", "timeouts", "tls_errors"):
+        http = self.status()["sources"]["http"]
+        for key in ("accepted", "rejected", "refused", "rate", "connections", "inflight_bytes"):
+            self.assertIn(key, http)
+        stats = http["connections"]
+        for key in ("open", "accepted", "refused", "evicted", "idle_closed", "timeouts", "tls_errors",
+                    "accept_errors"):
             self.assertIn(key, stats)
-        self.assertEqual(stats["connections"], 1)  # this /status request's own
+        self.assertEqual(stats["open"], 1)  # this /status request's own
+        self.assertGreaterEqual(stats["accepted"], 1)
 
 
 class MaxConnectionsTest(HttpCase):
@@ -135,9 +139,9 @@ class MaxConnectionsTest(HttpCase):
         self.assertEqual(request(self.port, "GET", "/imok", timeout=LIMIT_S)[0], 200)
         status, _, body = request(self.port, "POST", "/log", {"type": "through"}, timeout=LIMIT_S)
         self.assertEqual(status, 200, body)
-        stats = self.status()["sources"]["http"]
-        self.assertLessEqual(stats["connections"], 20)
-        self.assertGreaterEqual(stats["connections_evicted"], 30)
+        stats = self.status()["sources"]["http"]["connections"]
+        self.assertLessEqual(stats["open"], 20)
+        self.assertGreaterEqual(stats["evicted"], 30)
         self.assertEqual([e["type"] for e in self.events()], ["through"])
 
     def test_connections_stalled_in_their_heads_make_room_too(self):
@@ -145,10 +149,10 @@ class MaxConnectionsTest(HttpCase):
         self.assertEqual(request(self.port, "GET", "/imok", timeout=LIMIT_S)[0], 200)
         status, _, body = request(self.port, "POST", "/log", {"type": "through"}, timeout=LIMIT_S)
         self.assertEqual(status, 200, body)
-        stats = self.status()["sources"]["http"]
-        self.assertLessEqual(stats["connections"], 20)
-        self.assertGreaterEqual(stats["connections_evicted"], 20)
-        self.assertEqual(sum(closed(sock) for sock in held), stats["connections_evicted"])
+        stats = self.status()["sources"]["http"]["connections"]
+        self.assertLessEqual(stats["open"], 20)
+        self.assertGreaterEqual(stats["evicted"], 20)
+        self.assertEqual(sum(closed(sock) for sock in held), stats["evicted"])
         self.assertEqual([e["type"] for e in self.events()], ["through"])
 
     def test_connections_busy_with_requests_get_imok_a_503_then_room(self):
@@ -163,8 +167,8 @@ class MaxConnectionsTest(HttpCase):
         # Once the held bodies pass their deadline, a POST gets through.
         wait_until(lambda: request(self.port, "POST", "/log", {"type": "later"}, timeout=LIMIT_S)[0] == 200,
                    timeout=LIMIT_S, message="a POST answered 200")
-        stats = self.status()["sources"]["http"]
-        self.assertGreaterEqual(stats["connections_refused"], 20)
+        stats = self.status()["sources"]["http"]["connections"]
+        self.assertGreaterEqual(stats["refused"], 20)
         self.assertEqual([e["type"] for e in self.events()], ["later"])
 
     def test_more_held_connections_than_the_overflow_cannot_keep_imok_out(self):
@@ -216,7 +220,8 @@ class TlsTest(test_access.AccessCase):
             with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
                 sock.sendall(b"GET /imok HTTP/1.1\r\nHost: x\r\n\r\n")
                 read_until_closed(sock)
-        stats = self._https_status()
+        http = self._https_status()
+        stats = http["connections"]
         self.assertEqual(stats["tls_errors"], 30)
         log = server.log()
         self.assertNotIn("Traceback", log)
@@ -225,7 +230,7 @@ class TlsTest(test_access.AccessCase):
         self.assertLessEqual(len(lines), 10, "not rate-limited")
         self.assertIn("127.0.0.1", lines[0])
         self.assertIn("plain HTTP on the HTTPS port", lines[0])
-        self.assertEqual(stats["accepted"], 0)
+        self.assertEqual(http["accepted"], 0)  # events
 
     def test_a_stalled_tls_handshake_is_closed(self):
         self.serve_https(tls_handshake_timeout_s=1)
@@ -234,6 +239,6 @@ class TlsTest(test_access.AccessCase):
             self.assertEqual(read_until_closed(sock), b"")
         with socket.create_connection(("127.0.0.1", self.port)) as sock:
             self.assertEqual(read_until_closed(sock), b"")  # nothing at all
-        stats = self._https_status()
+        stats = self._https_status()["connections"]
         self.assertEqual(stats["timeouts"], 2)
         self.assertEqual(stats["tls_errors"], 0)

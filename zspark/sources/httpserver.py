@@ -52,9 +52,10 @@ OVERFLOW_DEADLINE_S = 2.0  # the whole life of one of them, TLS handshake includ
 ACCEPT_RETRY_S = 0.1  # out of descriptors: accepting is tried again after this
 _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
-# Counters of Server.connection_stats() (with `connections`, the number open now).
-COUNTERS = ("connections_refused",  # beyond the cap: answered 503 or closed at once
-            "connections_evicted",  # idle connections closed to make room under the cap
+# Counters of Server.connection_stats() (with `open`, the number open now).
+COUNTERS = ("accepted",  # connections accepted
+            "refused",  # beyond the cap: answered 503 or closed at once
+            "evicted",  # idle or unfinished connections closed to make room under the cap
             "idle_closed",  # keep-alive connections closed after idle_timeout without a request
             "timeouts",  # a request head or a TLS handshake that did not finish in time
             "tls_errors",  # failed TLS handshakes
@@ -281,7 +282,7 @@ class Server(WSGIServer):
         self._warn = RateLimitedLog(log)
 
     def connection_stats(self):
-        return {"connections": len(self._connections), **self.counts}
+        return {"connections": {"open": len(self._connections), **self.counts}}
 
     # -- accepting ------------------------------------------------------------------------
 
@@ -307,6 +308,7 @@ class Server(WSGIServer):
 
     def do_handle(self, sock, address):
         """Called by the accept loop for each new connection: serve it, make room, or refuse it."""
+        self.counts["accepted"] += 1
         overflow = len(self._connections) >= self.max_connections and not self._evict()
         if overflow and len(self._overflow) >= OVERFLOW_CONNECTIONS:
             # The oldest makes room, so that connections held open cannot keep /imok out.
@@ -328,7 +330,7 @@ class Server(WSGIServer):
         else:
             return False
         self._connections.pop(greenlet, None)
-        self.counts["connections_evicted"] += 1
+        self.counts["evicted"] += 1
         # It is suspended in wait_for_request, a head's read or a handshake (nowhere else is it
         # in those lists), so the exception lands there and nowhere in a request. The accept
         # loop runs in the hub, which may switch to it at once; from anywhere else, the same
@@ -448,7 +450,7 @@ class Server(WSGIServer):
         return [body]
 
     def _refused(self, address, what):
-        self.counts["connections_refused"] += 1
+        self.counts["refused"] += 1
         self._warn("HTTP %s: connection refused (%s): %d connections open, the most http.max_connections allows",
                    _peer(address), what, len(self._connections))
 
