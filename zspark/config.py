@@ -558,7 +558,7 @@ def secret_file_warnings(config):
     for name, value in config.kafka.producer.items():
         if name.endswith((".location", ".file")) and "key" in name:
             files.append((f"kafka.producer.{name}", str(value)))
-        elif any(word in name for word in ("password", "secret")):
+        elif is_secret_name(name):
             files.append((f"kafka.producer.{name}", config.source))
     warnings = []
     for key, path in files:

@@ -24,7 +24,7 @@ The URL and token come from the config as for `zcmd status`; --url overrides.
 from ..safetext import one_line as safe
 from . import argtypes
 from .running import BadAnswer, NoServer, add_server_arguments, fetch_status, journal_percent, status_url
-from .status import one_line
+from .status import clip
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 NAMES = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
@@ -85,7 +85,7 @@ def evaluate(status, args):
         elif lag > args.lag_warn:
             problems.append((WARNING, f"{name} lag {lag} > {args.lag_warn}"))
         if f["state"] != "running":
-            error = f" ({one_line(f['last_error'], 100)})" if f.get("last_error") else ""
+            error = f" ({clip(f['last_error'], 100)})" if f.get("last_error") else ""
             problems.append((LEVELS[args.not_running], f"{name} {f['state']}{error}"))
         perfdata.append(_perf(f"lag_{name}", lag, "", args.lag_warn, args.lag_crit, 0))
     full = journal_percent(status)

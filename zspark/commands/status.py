@@ -58,7 +58,7 @@ def summary(status, url):
     lines += table(rows, "lrrrr")
     for name, s in sorted(sources.items()):
         if s.get("last_rejection"):
-            lines.append(f"  last rejection ({name}): {one_line(s['last_rejection'], 100)}")
+            lines.append(f"  last rejection ({name}): {clip(s['last_rejection'], 100)}")
     forwarders = status.get("forwarders", {})
     if forwarders:
         now = status.get("time", time.time())
@@ -66,7 +66,7 @@ def summary(status, url):
         for name, f in sorted(forwarders.items()):
             error = "-"
             if f.get("last_error"):
-                error = one_line(f["last_error"], 80)
+                error = clip(f["last_error"], 80)
                 if f.get("last_error_time"):
                     error += f" ({duration(now - f['last_error_time'])} ago)"
             rows.append([f"  {name}", f.get("state", "?"), f.get("lag", 0), f.get("delivered", 0),
@@ -101,7 +101,7 @@ def table(rows, align):
     return out
 
 
-def one_line(text, limit):
+def clip(text, limit):
     """`text` (a reason, an error: from a sender or a destination) on one safe line of at most
     `limit` characters: runs of whitespace become one space, other control characters escapes."""
     return shorten(" ".join(str(text).split()), limit)

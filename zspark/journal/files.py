@@ -26,13 +26,15 @@ deliver what they like. Two parts:
   keeps and opens its own files relative to, so a directory swapped later cannot redirect them.
 """
 import errno
-import logging
 import functools
 import grp
+import logging
 import os
 import pwd
 import shlex
 import stat
+
+from ..safetext import one_line
 
 log = logging.getLogger("zspark.journal")
 
@@ -263,7 +265,7 @@ def _refuse(directory, path, problem, fix):
     where = directory if path == directory else f"{directory}: {path}"
     message = f"journal.dir {where} {problem}; fix: {fix}"
     # Names in the directory and link targets are anybody's text: keep them to one printable line.
-    raise UnsafeJournalDir("".join(c if c.isprintable() else ascii(c)[1:-1] for c in message))
+    raise UnsafeJournalDir(one_line(message))
 
 
 def _mode(st):
