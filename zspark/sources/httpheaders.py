@@ -11,10 +11,8 @@ answers for the same block (`get` and `getheader` give the first field of a name
 
 
 class Headers:
-    """The part of pywsgi's OldMessage that pywsgi and zspark use."""
-
-    status = ""  # pywsgi: set when a line was too long (parse_head refuses those itself)
-    defects = ()  # the email parser's complaints: parse_head refuses any
+    """The part of pywsgi's OldMessage that pywsgi's get_environ and zspark read (pywsgi's
+    read_request, which used the rest, is not called: httpserver.RequestHandler frames requests)."""
 
     def __init__(self, pairs):
         self._pairs = pairs
@@ -28,10 +26,6 @@ class Headers:
         return default
 
     getheader = get
-
-    def __delitem__(self, name):
-        name = name.lower()
-        self._pairs = [(key, value) for key, value in self._pairs if key.lower() != name]
 
     @property
     def headers(self):
