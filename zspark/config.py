@@ -290,9 +290,10 @@ def _check_positive(config):
         if not getattr(getattr(config, section), name) > 0:
             raise ConfigError(f"{config.source}: key '{section}.{name}': must be more than 0")
     zc = config.zmq
-    if zc.heartbeat_s and not zc.heartbeat_timeout_s:
-        raise ConfigError(f"{config.source}: key 'zmq.heartbeat_timeout_s': must be more than 0 "
-                          f"while zmq.heartbeat_s is set (0 turns heartbeats off)")
+    if zc.heartbeat_s and not zc.heartbeat_timeout_s > zc.heartbeat_s:
+        raise ConfigError(f"{config.source}: key 'zmq.heartbeat_timeout_s': must be more than "
+                          f"zmq.heartbeat_s ({zc.heartbeat_s:g}) while heartbeats are on (0 turns them "
+                          "off), else a quiet peer is closed between two pings")
 
 
 def _check_pairs(config):

@@ -221,6 +221,8 @@ class LimitKeys(unittest.TestCase):
                 from_dict({"zmq": {key: 0}})
         with self.assertRaisesRegex(ConfigError, "'zmq.heartbeat_timeout_s'"):
             from_dict({"zmq": {"heartbeat_s": 5, "heartbeat_timeout_s": 0}})
+        with self.assertRaisesRegex(ConfigError, "'zmq.heartbeat_timeout_s': must be more than zmq.heartbeat_s"):
+            from_dict({"zmq": {"heartbeat_s": 5, "heartbeat_timeout_s": 5}})
         self.assertEqual(from_dict({"zmq": {"heartbeat_s": 0, "heartbeat_timeout_s": 0}}).zmq.heartbeat_s, 0)
 
 
