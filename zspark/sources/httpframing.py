@@ -35,6 +35,7 @@ MAX_HEADERS = 100  # header lines (http.client's limit, which pywsgi had); more 
 _TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e\x80-\xff]+) HTTP/([0-9]\.[0-9])")
 _FIELD_LINE = re.compile(rb"(" + _TOKEN + rb"):([\t\x20-\x7e\x80-\xff]*)")
+_FIELD_BLOCK = re.compile(rb"(?:" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*")
 _DIGITS = re.compile(rb"[0-9]+")
 _OWS = b" \t"
 VERSIONS = ("1.0", "1.1")
@@ -71,13 +72,19 @@ def parse_head(head):
         raise FramingError(400, "a bare LF (not preceded by CR) in the request head")
     if not head.endswith(b"\r\n\r\n"):
         raise FramingError(400, "the request head does not end with an empty line (CRLF CRLF)")
-    lines = head[:-4].split(b"\r\n")
-    method, target, version = _request_line(lines[0])
-    if len(lines) - 1 > MAX_HEADERS:
+    line_end = head.index(b"\r\n")
+    method, target, version = _request_line(head[:line_end])
+    block = head[line_end + 2:-2]  # the field lines, each with its CRLF
+    if block.count(b"\r\n") > MAX_HEADERS:
         raise FramingError(431, f"more than {MAX_HEADERS} header lines")
-    fields = [_field_line(line) for line in lines[1:]]
-    lengths = [value for name, value in fields if name.lower() == b"content-length"]
-    codings = [value for name, value in fields if name.lower() == b"transfer-encoding"]
+    lines = block[:-2].split(b"\r\n") if block else []
+    if _FIELD_BLOCK.fullmatch(block):  # every line well formed, checked in one go
+        fields = [(name, value.strip(_OWS)) for name, _, value in (line.partition(b":") for line in lines)]
+    else:
+        fields = [_field_line(line) for line in lines]  # the one at fault raises, naming its rule
+    names = [name.lower() for name, _ in fields]
+    lengths = [value for name, (_, value) in zip(names, fields) if name == b"content-length"]
+    codings = [value for name, (_, value) in zip(names, fields) if name == b"transfer-encoding"]
     content_length = None
     chunked = False
     if codings:
@@ -99,8 +106,8 @@ def parse_head(head):
         fields.insert(first, (b"Content-Length", str(content_length).encode()))
     if method == "HEAD" and (chunked or content_length):
         raise FramingError(400, "a HEAD request with a body")
-    options = {o.strip(_OWS).lower() for name, value in fields if name.lower() == b"connection"
-               for o in value.split(b",")}
+    options = {o.strip(_OWS).lower() for name, (_, value) in zip(names, fields) if name == b"connection"
+               for o in value.split(b",")} if b"connection" in names else ()
     persistent = (b"close" not in options if version == "1.1"
                   else b"keep-alive" in options and b"close" not in options)
     return Head(method, target, "HTTP/" + version,
