@@ -40,6 +40,7 @@ from gevent import GreenletExit, Timeout, get_hub, getcurrent, spawn_later
 from gevent.pywsgi import WSGIHandler, WSGIServer, format_date_time
 
 from ..metrics import RateLimitedLog
+from .httpbody import abandon, body_unread
 from .httpframing import MAX_HEAD_BYTES, MAX_REQUEST_LINE, FramingError, parse_head
 from .httpheaders import Headers
 
@@ -170,6 +171,15 @@ class RequestHandler(WSGIHandler):
             if line in (b"\r\n", b"\n"):
                 return b"".join(lines)
         return None  # cut short: the client closed
+
+    def start_response(self, status, headers, exc_info=None):
+        if body_unread(self.environ):
+            # Only POST /log reads a body (and it answers a refused one like this itself). What
+            # the app left unread is not drained after the answer, as pywsgi would, at the
+            # sender's pace with no deadline and no limit: the connection closes instead.
+            abandon(self.wsgi_input)
+            headers = [(k, v) for k, v in headers if k.lower() != "connection"] + [("Connection", "close")]
+        return super().start_response(status, headers, exc_info)
 
     def _closing_answer(self, code, reason):
         body = json.dumps({"ok": False, "error": reason}, separators=(",", ":")).encode()
