@@ -451,7 +451,7 @@ def _convert(typ, value, key, ctx):
     return value
 
 
-_ZMQ_ADDRESS = re.compile(r"^(tcp://(\*|\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(\*|\d{1,5})|ipc://.+|inproc://.+)$")
+_ZMQ_ADDRESS = re.compile(r"^(tcp://(\*|\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(\*|\d{1,5})|ipc://.+|inproc://.+)\Z")
 
 
 def _secrets(value, key, ctx):

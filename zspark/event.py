@@ -10,10 +10,13 @@ on ("context.user: nested deeper than 32 levels"). Nothing here raises anything 
 import datetime
 import ipaddress
 import math
+import re
 
 from bson import ObjectId
 
 from .safetext import one_line
+
+_ZONE_ID = re.compile(r"[A-Za-z0-9._~-]{1,64}")
 
 UTC = datetime.timezone.utc
 
@@ -119,6 +122,11 @@ def sender_fields(raw, limits=DEFAULT_LIMITS, trusted=False):
     if "ip" in fields:
         try:
             ipaddress.ip_address(fields["ip"])
+            # ipaddress takes any text as an IPv6 zone id (`fe80::1%<anything>`); a zone names an
+            # interface: RFC 6874's unreserved characters.
+            _, percent, zone = fields["ip"].partition("%")
+            if percent and not _ZONE_ID.fullmatch(zone):
+                raise ValueError
         except ValueError:
             raise InvalidEvent(f"ip: not an IP address: {_short(fields['ip'])!r}") from None
     return fields

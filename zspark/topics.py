@@ -43,7 +43,8 @@ from .safetext import shorten
 
 log = logging.getLogger("zspark.topics")
 
-LEGAL_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+# \Z, not $: $ also matches before a final newline, and "web\n" is no topic name.
+LEGAL_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}\Z")
 # Fields the appliance assigns: a template naming one needs them beside the sender's fields.
 _ASSIGNED_FIELDS = frozenset(("timestamp", "source", "node", "_id"))
 _MAGIC = re.compile(r"[*?[]")

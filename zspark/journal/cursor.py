@@ -39,7 +39,7 @@ from . import files
 
 log = logging.getLogger("zspark.journal")
 
-_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}\Z")  # \Z: $ would take a final newline
 
 MAGIC = b"zsCurs01"
 _SLOT = struct.Struct("<8sQQ")  # magic, sequence, offset; the CRC-32 of these follows

@@ -24,7 +24,7 @@ _LEN_OFFSET = struct.Struct(">IQ")
 MAX_RECORD_BYTES = 256 * 1024**2  # a larger length field is damage, not a record
 
 SEGMENT_SUFFIX = ".log"
-_SEGMENT_NAME = re.compile(r"^(\d{20})\.log$")
+_SEGMENT_NAME = re.compile(r"^(\d{20})\.log\Z")  # \Z: $ would take a final newline
 
 INCOMPLETE = "incomplete"  # the buffer ends inside this record
 CORRUPT = "corrupt"  # bad magic, impossible length or checksum mismatch

@@ -60,10 +60,12 @@ def load_public_key(value):
     return public
 
 
-def authorized_keys(directory):
+def authorized_keys(directory, cache=None):
     """(keys, problems): the z85 public keys of the `*.key` files in `directory`, and for each
     file that holds none, (path, its stat signature, why). CurveError if the directory itself
-    cannot be read."""
+    cannot be read. `cache` (a dict, kept by the caller) holds each file's key by its stat
+    signature: a file is parsed again only once it changed, so that a handshake costs a listing
+    and a stat per file, not a parse per file (anyone with the server's public key can ask)."""
     try:
         names = sorted(name for name in os.listdir(directory) if name.endswith(KEY_SUFFIX))
     except OSError as e:
@@ -75,10 +77,27 @@ def authorized_keys(directory):
         signature = None
         try:
             st = os.stat(path)
-            signature = (st.st_ino, st.st_size, st.st_mtime_ns)
-            keys.add(_public_key_file(path, st))
+            signature = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            known = cache.get(path) if cache is not None else None
+            if known is not None and known[0] == signature:
+                key, why = known[1:]
+                if key is None:
+                    raise ValueError(why)
+            else:
+                try:
+                    key = _public_key_file(path, st)
+                except ValueError as e:
+                    if cache is not None:
+                        cache[path] = (signature, None, str(e))
+                    raise
+                if cache is not None:
+                    cache[path] = (signature, key, None)
+            keys.add(key)
         except (OSError, ValueError) as e:
             problems.append((path, signature, getattr(e, "strerror", None) or str(e)))
+    if cache is not None and len(cache) > len(names):
+        for path in set(cache) - {os.path.join(directory, name) for name in names}:
+            del cache[path]
     return keys, problems
 
 
@@ -100,10 +119,10 @@ def _public_key_file(path, st):
     return public
 
 
-def _keys_or_error(directory):
+def _keys_or_error(directory, cache):
     """authorized_keys() for the thread pool: an error comes back as a value, not a traceback."""
     try:
-        return authorized_keys(directory)
+        return authorized_keys(directory, cache)
     except CurveError as e:
         return e
 
@@ -135,6 +154,7 @@ class ZapHandler:
         self._warn = RateLimitedLog(log)
         self._error = RateLimitedLog(log, level=logging.ERROR)
         self._reported = set()  # (path, stat signature) of bad key files already warned about
+        self._parsed = {}  # path -> (stat signature, key, why not): authorized_keys' cache (one request at a time)
         self._note_problems(authorized_keys(directory)[1])  # an unreadable directory fails the start
 
     def start(self):
@@ -162,7 +182,7 @@ class ZapHandler:
         if mechanism != b"CURVE" or len(key) != 32:
             return self._refuse(request_id, where, who, f"mechanism {mechanism.decode('ascii', 'replace')}")
         public = z85.encode(key)
-        found = get_hub().threadpool.apply(_keys_or_error, (self.directory,))  # disk: off the loop
+        found = get_hub().threadpool.apply(_keys_or_error, (self.directory, self._parsed))  # disk: off the loop
         if isinstance(found, CurveError):
             self._error("%s", found)
             return self._refuse(request_id, where, who, "the authorized keys cannot be read")

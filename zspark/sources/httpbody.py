@@ -141,11 +141,18 @@ def _read(environ, stream, limit, timeout_s, held, retry_after_s):
             if decoder is None:
                 chunks.append(data)
             else:
-                decoder.feed(data)
-                try:  # what it inflated to is held now: a small piece may inflate to megabytes
+                # What it inflated to is held now: a few KiB of gzip can be the whole limit. A
+                # body refused lets go of its output at once (the frame the error refers to would
+                # keep it until the cycle collector runs, and sixty refusals hold sixty bodies).
+                try:
+                    decoder.feed(data)
                     held.grow_to(max(length or 0, decoder.size))
                 except OverBudget:
+                    decoder.drop()
                     raise busy from None
+                except BodyError:
+                    decoder.drop()
+                    raise
                 gevent.sleep(0)  # inflating is the costly part: let other requests in between
     except gevent.Timeout as t:
         if t is not deadline:
@@ -204,6 +211,11 @@ class Gunzip:
             else:
                 pos += len(piece)
                 self._slice = min(self._slice * 2, CHUNK)
+
+    def drop(self):
+        """Let go of what was inflated: the body is refused."""
+        self._out = []
+        self._decompressor = None
 
     def finish(self):
         """The inflated body; BodyError if the stream ends inside a member (or holds none)."""

@@ -140,17 +140,24 @@ def _field_line(line):
     raise FramingError(400, f"a control character in the value of header {_show(name)!r}")
 
 
+# More digits than any body could have: such a length is only "too large" (int() would refuse
+# one of over 4300 digits, and leading zeros are allowed however many).
+_HUGE_DIGITS = 20
+
+
 def _content_length(values):
-    numbers = set()
+    numbers = set()  # the digits without leading zeros: equal lengths, equal strings
     for value in values:
         for part in value.split(b","):
             part = part.strip(_OWS)
             if not _DIGITS.fullmatch(part):
                 raise FramingError(400, f"Content-Length is not a number of bytes (digits only): {_show(value)!r}")
-            numbers.add(int(part))
+            numbers.add(part.lstrip(b"0") or b"0")
     if len(numbers) != 1:
-        raise FramingError(400, f"differing Content-Length values: {', '.join(map(str, sorted(numbers)))}")
-    return numbers.pop()
+        raise FramingError(400, f"differing Content-Length values: "
+                                f"{', '.join(_show(n, 40) for n in sorted(numbers, key=lambda n: (len(n), n)))}")
+    digits = numbers.pop()
+    return int(digits) if len(digits) <= _HUGE_DIGITS else 10 ** _HUGE_DIGITS
 
 
 def _show(raw, limit=200):
