@@ -40,3 +40,6 @@ class ForeignFilesTest(FilesCase):
         self.assertEqual(mode_of(tool), 0o755, server.log())
         self.assertEqual(mode_of(notes), 0o644, server.log())
         self.assertEqual(mode_of(config), 0o644, server.log())
+        self.assertEqual(server.proc.returncode, 3, server.log())
+        self.assertIn("holds files zspark did not make (README, bin, zspark.yaml)", server.log())
+        self.assertIn("journal.allow_shared_dir", server.log())

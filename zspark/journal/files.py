@@ -31,6 +31,7 @@ import grp
 import logging
 import os
 import pwd
+import re
 import shlex
 import stat
 
@@ -41,6 +42,10 @@ log = logging.getLogger("zspark.journal")
 NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 READ_FLAGS = os.O_RDONLY | NOFOLLOW
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+# What zspark keeps in the journal directory: segments, the lock, the state directories; and
+# what a directory may hold from elsewhere (git's placeholder, a file system's lost+found).
+_OWN_NAME = re.compile(r"(\d{20}\.log|\.lock|cursors|dead-letter|kafka|notices|\.gitkeep|lost\+found)\Z")
 
 LINK_REFUSED = "a symbolic link: zspark does not follow links in its journal directory"
 
@@ -157,6 +162,8 @@ class _Walk:
         self.tightened = []
 
     def run(self, fd):
+        if not self.allow_shared:
+            self._refuse_foreign(fd)  # before anything is changed
         self._check(fd, self.directory, is_dir=True)
         self._entries(fd, self.directory)
         if self.tightened:
@@ -164,6 +171,20 @@ class _Walk:
             log.warning("journal %s: made %s owner-only (it was %s: others could read it or its group write it)%s; the "
                         "journal holds every event", self.directory, path, mode,
                         f", and {more} more file(s) or directories inside it" if more else "")
+
+    def _refuse_foreign(self, fd):
+        """A directory that holds what zspark did not make is not the journal's own (`journal.dir:
+        .` in an application's directory): zspark would make all of it owner-only."""
+        with os.scandir(fd) as it:
+            foreign = sorted(entry.name for entry in it if not _OWN_NAME.match(entry.name))
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            _refuse(self.directory, self.directory,
+                    f"holds files zspark did not make ({shown}): it is not a directory of the journal's "
+                    "own, and zspark would make everything in it owner-only",
+                    "give journal.dir a directory of its own (a new or empty one, such as "
+                    f"{shlex.quote(os.path.join(self.directory, 'journal'))}), or set "
+                    "journal.allow_shared_dir: true to leave the files' modes alone")
 
     def _entries(self, dir_fd, path):
         with os.scandir(dir_fd) as it:
