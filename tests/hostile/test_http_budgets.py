@@ -9,7 +9,6 @@ journal, what /status counts, and for memory the server's own RSS (a child proce
 import gzip
 import io
 import json
-import signal
 import socket
 import sys
 import unittest
@@ -18,7 +17,7 @@ from unittest import mock
 
 import gevent
 
-from tests.support import ServeProcess, TempDir, config_data, request, wait_until, write_config
+from tests.support import ServeProcess, TempDir, config_data, request, write_config
 from tests.test_http import HttpCase
 
 MiB = 1024 * 1024
@@ -76,19 +75,20 @@ def closed_by_server(sock, timeout=20):
     return True
 
 
-class InflightBudgetTest(unittest.TestCase):
-    """The issue's case at a smaller scale: a server child process whose budget (4 MiB) holds
-    four bodies of 1 MiB; sixty connections each try to hold one."""
+class InflightBudgetCase(unittest.TestCase):
+    """A server child process whose budget (4 MiB) holds four bodies of 1 MiB; sixty connections
+    each try to hold one."""
 
     BUDGET = 4 * MiB
     BODY = MiB
     CONNECTIONS = 60
+    BODY_TIMEOUT_S = 6
 
     def setUp(self):
         tmp = TempDir()
         self.addCleanup(tmp.remove)
         data = config_data(tmp.path, http={"max_body_bytes": self.BODY, "max_inflight_bytes": self.BUDGET,
-                                           "body_timeout_s": 6, "retry_after_s": 7},
+                                           "body_timeout_s": self.BODY_TIMEOUT_S, "retry_after_s": 7},
                            zmq={"bson_bind": "", "json_bind": ""})
         self.port = data["http"]["port"]
         self.server = ServeProcess(write_config(tmp.path, data), self.port, tmp.join("serve.log")).start()
@@ -98,6 +98,11 @@ class InflightBudgetTest(unittest.TestCase):
         status, _, body = request(self.port, "GET", "/status")
         self.assertEqual(status, 200)
         return json.loads(body)
+
+
+
+class InflightBudgetTest(InflightBudgetCase):
+    """The issue's case at a smaller scale."""
 
     def test_bodies_beyond_the_budget_get_503_at_once_and_memory_stays_within_it(self):
         for _ in range(20):  # warm up: the first requests allocate what every request needs

@@ -20,14 +20,13 @@ import json
 import socket
 import sys
 import time
-import unittest
 
 import gevent
 
-from tests.hostile.test_http_budgets import MiB, closed_by_server, read_answer, send_quietly
+from tests.hostile.test_http_budgets import InflightBudgetCase, MiB, closed_by_server, read_answer, send_quietly
 from tests.hostile.test_http_connections import read_until_closed
 from tests.hostile.test_http_framing import FramingCase, SMUGGLED, event, post
-from tests.support import ServeProcess, TempDir, config_data, request, write_config
+from tests.support import request
 from tests.test_http import HttpCase
 
 
@@ -101,23 +100,10 @@ class IpZoneIdTest(HttpCase):
             self.assert_accepted(self.post({"type": "ip", "ip": ip}), 1)
 
 
-class GzipInflightBudgetTest(unittest.TestCase):
-    """A server child process whose budget (4 MiB) holds four bodies of 1 MiB; sixty connections
-    each send a gzip body of a few KiB that inflates to almost 1 MiB."""
+class GzipInflightBudgetTest(InflightBudgetCase):
+    """Sixty connections each send a gzip body of a few KiB that inflates to almost 1 MiB."""
 
-    BUDGET = 4 * MiB
-    BODY = MiB
-    CONNECTIONS = 60
-
-    def setUp(self):
-        tmp = TempDir()
-        self.addCleanup(tmp.remove)
-        data = config_data(tmp.path, http={"max_body_bytes": self.BODY, "max_inflight_bytes": self.BUDGET,
-                                           "body_timeout_s": 20, "retry_after_s": 7},
-                           zmq={"bson_bind": "", "json_bind": ""})
-        self.port = data["http"]["port"]
-        self.server = ServeProcess(write_config(tmp.path, data), self.port, tmp.join("serve.log")).start()
-        self.addCleanup(self.server.kill)
+    BODY_TIMEOUT_S = 20
 
     def test_inflated_bytes_are_charged_to_the_budget(self):
         line = json.dumps({"type": "gz", "context": {"pad": "x" * 30000}}).encode()
