@@ -94,7 +94,8 @@ def read_body(environ, limit, timeout_s, held, retry_after_s):
 def _read(environ, stream, limit, timeout_s, held, retry_after_s):
     too_large = BodyError(413, f"the body is larger than {limit} bytes")
     busy = BodyError(503, "the server holds as many request bodies in memory as it may "
-                          "(http.max_inflight_bytes); send again later", {"Retry-After": str(retry_after_s)})
+                          "(http.max_inflight_bytes); send again later",
+                     {"Retry-After": str(retry_after_s), "Connection": "close"})  # shed the load
     length = environ.get("CONTENT_LENGTH") or ""
     if length:
         try:
