@@ -9,6 +9,45 @@ from zspark.config import ConfigError
 from .support import TempDir, zcmd
 
 
+# Every key of Zarkov's config schema (zarkov/config.py, ConfigSchema), as a Zarkov user wrote them.
+ZARKOV_EVERY_KEY = """\
+bson_uri: tcp://127.0.0.1:6543
+json_uri: tcp://127.0.0.1:6544
+bson_bind_address: tcp://0.0.0.0:6543
+json_bind_address: tcp://0.0.0.0:6544
+publish_bind_address: tcp://0.0.0.0:6545
+web_port: 8081
+backdoor:
+  - {command: zmr, port: 6501}
+mongo_uri: mongodb://127.0.0.1:27017
+mongo_database: zarkov
+mongo_username: z@me
+mongo_password: p:ss
+verbose: false
+incremental: true
+num_event_servers: 0
+num_event_logs: 4
+journal: journal
+journal_file_size: 262144
+journal_min_files: 4
+zmr:
+  req_uri: tcp://127.0.0.1:5555
+  req_port: 5555
+  map_page_size: 250000000
+  job_root: /tmp/zmr
+logstream:
+  - {entry_point: 'myapp:stream', port: 6600}
+loadbalance:
+  incoming_bind: tcp://0.0.0.0:6543
+  outgoing_uris: [tcp://10.0.0.2:6543]
+webevent: {bind: '0.0.0.0:8082'}
+extra_dbs:
+  - {name: other, master: 'mongodb://localhost:27017', database: other}
+extra: {}
+flush_mmap: false
+"""
+
+
 class ConfigCase(unittest.TestCase):
     def setUp(self):
         self.tmp = TempDir()
@@ -67,6 +106,38 @@ class Loading(ConfigCase):
         self.assertEqual(c.journal.dir, "/var/zarkov/journal")
         self.assertEqual(c.log.level, "debug")
 
+    def test_every_key_of_zarkovs_schema_loads_and_the_meaningless_ones_are_named_once(self):
+        c = config.load(self.write(ZARKOV_EVERY_KEY))
+        self.assertEqual(c.ignored_zarkov_keys, sorted(config.ZARKOV_IGNORED))
+        warnings = config.config_warnings(c)
+        named = [w for w in warnings if "Zarkov" in w]
+        self.assertEqual(len(named), 1, warnings)
+        for key in config.ZARKOV_IGNORED:
+            self.assertRegex(named[0], rf"\b{key}\b")
+        self.assertEqual((c.zmq.bson_bind, c.zmq.json_bind, c.http.port),
+                         ("tcp://0.0.0.0:6543", "tcp://0.0.0.0:6544", 8081))
+        self.assertEqual(c.journal.dir, self.tmp.join("journal"))
+        # events went to MongoDB and to the PUB socket in Zarkov: they do here too
+        self.assertTrue(c.mongo.enabled)
+        self.assertEqual((c.mongo.uri, c.mongo.database), ("mongodb://z%40me:p%3Ass@127.0.0.1:27017", "zarkov"))
+        self.assertTrue(c.pub.enabled)
+        self.assertEqual(c.pub.bind, "tcp://0.0.0.0:6545")
+
+    def test_zarkov_mongo_keys_turn_mongodb_on_unless_mongo_enabled_is_set(self):
+        self.assertTrue(config.load(self.write("mongo_database: zarkov\n")).mongo.enabled)
+        self.assertTrue(config.load(self.write("mongo_uri: mongodb://db:27017\n")).mongo.enabled)
+        off = config.load(self.write("mongo_uri: mongodb://db:27017\nmongo: {enabled: false}\n"))
+        self.assertFalse(off.mongo.enabled)
+        off = config.load(self.write("publish_bind_address: tcp://127.0.0.1:7000\npub: {enabled: false}\n"))
+        self.assertEqual((off.pub.enabled, off.pub.bind), (False, "tcp://127.0.0.1:7000"))
+        plain = config.load(self.write("mongo: {uri: 'mongodb://db:27017'}\n"))  # zspark's own keys: as they were
+        self.assertFalse(plain.mongo.enabled)
+        self.assertEqual(config.config_warnings(plain), [])
+
+    def test_a_key_zarkov_never_had_is_still_refused(self):
+        self.assertConfigError("incremental: true\nincrementals: true\n", "unknown key 'incrementals'")
+        self.assertConfigError("mongo_username: me\n", "key 'mongo_password'")
+
 
 class Errors(ConfigCase):
     def test_unknown_key_is_named(self):
@@ -122,6 +193,17 @@ class ValidateCommand(ConfigCase):
         self.assertEqual(result.returncode, 2)
         self.assertIn("journal.sync", result.stderr)
         self.assertIn(path, result.stderr)
+
+    def test_a_zarkov_config_exits_zero_with_one_warning_naming_its_ignored_keys(self):
+        path = self.write(ZARKOV_EVERY_KEY.replace("mongo_username: z@me\nmongo_password: p:ss\n", ""))
+        result = zcmd("-y", path, "validate", "--quiet")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout, "")
+        lines = result.stderr.splitlines()
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("zcmd validate: warning:", lines[0])
+        for key in ("backdoor", "incremental", "zmr", "webevent", "extra_dbs", "flush_mmap"):
+            self.assertIn(key, lines[0])
 
     def test_tokens_are_not_printed(self):
         result = zcmd("-y", self.write("http: {tokens: [s3cret-token]}\n"), "validate")

@@ -98,6 +98,30 @@ class BesideARunningServer(ShellCase):
         self.assertEqual(request(self.port, "GET", "/imok")[0], 200)  # the server is unharmed
 
 
+class ZarkovsModel(ShellCase):
+    def test_zarkovs_own_line_and_the_ming_style_view(self):
+        self.configure()
+        client = mongo_client(self.mongo.uri)
+        self.addCleanup(client.close)
+        client[self.database].event.insert_many([{"_id": n, "type": t, "context": {"n": n}}
+                                                 for n, t in enumerate(("a", "b", "a"))])
+        result = self.shell("print(sorted(e['type'] for e in ZM.event.m.find().all()))\n"
+                            "print(ZM.event.m.find({'type': 'a'}).count(), ZM.event.m.find().limit(1).count())\n"
+                            "print(ZM.event.m.get(type='b').context.n, ZM.event.m.get(type='zz'))\n"
+                            "print(ZM.event.m.find({'type': 'a'}).sort('_id', -1).first()['_id'])\n"
+                            "print(ZM.event.m.find({'type': 'b'}).one().type, ZM.event.count_documents({}))\n"
+                            "print(ZM['event'].m.find().count(), ZM.nothing.m.find().first())")
+        self.assertEqual(result.stdout.splitlines(), ["['a', 'a', 'b']", "2 3", "1 None", "2", "b 3", "3 None"])
+
+    def test_zm_does_not_connect_until_a_query_runs(self):
+        dead = free_port()
+        self.configure(mongo={"uri": f"mongodb://127.0.0.1:{dead}/?directConnection=true", "timeout_ms": 300})
+        self.assertEqual(self.shell("c = ZM.event.m.find({'type': 'a'}).limit(3); print(repr(ZM)[:4])").stdout,
+                         "<ZM:\n")
+        result = self.shell("ZM.event.m.find().all()", expect=1)
+        self.assertIn("ServerSelectionTimeoutError", result.stderr)
+
+
 class ReadOnly(ShellCase):
     def test_a_torn_journal_is_read_and_left_as_it_is(self):
         self.configure()
@@ -156,3 +180,4 @@ class Console(ShellCase):
         for name in ("ZM", "config", "journal", "client"):
             self.assertRegex(result.stderr, rf"(?m)^  {name} +\S")  # the banner names each
         self.assertIn("READ-ONLY", result.stderr)
+        self.assertIn("ZM.event.m.find().all()", result.stderr)  # Zarkov's line, named in the banner

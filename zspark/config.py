@@ -1,8 +1,9 @@
 """The configuration: one YAML file loaded into one validated, typed `Config`.
 
 Every setting has a default, so an empty file (or none) serves. A wrong type, an unknown key or a
-bad address raises `ConfigError` naming the key and the file. Zarkov's flat keys
-(`bson_bind_address`, `web_port`, `mongo_uri`, ...) are accepted as aliases of the nested ones.
+bad address raises `ConfigError` naming the key and the file. A Zarkov config loads as it is:
+its flat keys (`bson_bind_address`, `web_port`, `mongo_uri`, ...) are aliases of the nested ones,
+and the keys of Zarkov's schema that mean nothing here are accepted with one warning.
 Relative paths are resolved against the directory of the file they were read from.
 """
 import dataclasses
@@ -19,7 +20,7 @@ from typing import get_args, get_origin
 
 import yaml
 
-from .redact import is_secret_name, redact_data
+from .redact import is_secret_name, redact, redact_data
 
 
 class ConfigError(Exception):
@@ -226,9 +227,11 @@ class Config:
     # (key, path) of every file a secret was read from (the config file itself for a token written
     # in it), for secret_file_warnings
     secret_files: list = field(default_factory=list)
+    # the keys of Zarkov's schema this file set that mean nothing here, for config_warnings
+    ignored_zarkov_keys: list = field(default_factory=list)
 
 
-_NOT_FROM_YAML = ("source", "secret_files")
+_NOT_FROM_YAML = ("source", "secret_files", "ignored_zarkov_keys")
 
 
 # Zarkov's flat keys -> (nested key, converter)
@@ -240,7 +243,19 @@ ZARKOV_ALIASES = {
     "mongo_database": ("mongo.database", None),
     "journal": ("journal.dir", None),
     "verbose": ("log.level", lambda v: "debug" if v is True else ("info" if v is False else v)),
+    "publish_bind_address": ("pub.bind", None),
 }
+# To Zarkov, a MongoDB and a PUB socket were always on: its keys for them turn the forwarder on,
+# unless the file also says `<section>.enabled`.
+_ZARKOV_ENABLES = {"mongo_uri": "mongo", "mongo_database": "mongo", "publish_bind_address": "pub"}
+# Zarkov's credentials, written into mongo.uri (where pymongo takes them)
+_ZARKOV_MONGO_CREDENTIALS = ("mongo_username", "mongo_password")
+# The rest of Zarkov's config schema (zarkov/config.py ConfigSchema): its client-side URIs, its
+# map-reduce, aggregation, journal tuning, backdoor and side services. Accepted with any value,
+# named in one warning. `webevent` (Zarkov's pixel server) is here until zspark has a pixel.
+ZARKOV_IGNORED = ("backdoor", "bson_uri", "extra", "extra_dbs", "flush_mmap", "incremental",
+                  "journal_file_size", "json_uri", "journal_min_files", "loadbalance", "logstream",
+                  "num_event_logs", "num_event_servers", "webevent", "zmr")
 
 
 def load(path=None) -> Config:
@@ -263,11 +278,16 @@ def from_dict(data, source="<dict>", base_dir=None) -> Config:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections, got {_kind(data)}")
-    data = _apply_aliases(dict(data), source)
+    data = dict(data)
+    ignored = sorted(key for key in ZARKOV_IGNORED if key in data)
+    for key in ignored:
+        del data[key]
+    data = _apply_aliases(data, source)
     ctx = _Context(source, base_dir or os.getcwd())
     config = _build(Config, data, "", ctx)
     config.source = source
     config.secret_files = ctx.secret_files
+    config.ignored_zarkov_keys = ignored
     _check_pairs(config)
     _check_positive(config)
     http = config.http
@@ -338,6 +358,7 @@ def _check_topics(config):
 
 
 def _apply_aliases(data, source):
+    user, password = (data.pop(key, None) for key in _ZARKOV_MONGO_CREDENTIALS)
     for flat, (nested, convert) in ZARKOV_ALIASES.items():
         if flat not in data or (flat == nested.split(".")[0] and isinstance(data[flat], dict)):
             continue  # `journal:` is both Zarkov's path and our section
@@ -351,7 +372,30 @@ def _apply_aliases(data, source):
         if key in target:
             raise ConfigError(f"{source}: '{flat}' and '{nested}' both set; keep one")
         target[key] = value
+        if flat in _ZARKOV_ENABLES:
+            target.setdefault("enabled", True)
+    if user is not None or password is not None:
+        _add_mongo_credentials(data, user, password, source)
     return data
+
+
+def _add_mongo_credentials(data, user, password, source):
+    """Zarkov's `mongo_username` / `mongo_password`, written into mongo.uri."""
+    mongo = data.setdefault("mongo", {})
+    if not isinstance(mongo, dict):
+        raise ConfigError(f"{source}: key 'mongo' must be a mapping, got {_kind(mongo)}")
+    for key, value in (("mongo_username", user), ("mongo_password", password)):
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{source}: key '{key}': expected a non-empty string (with "
+                              f"{'mongo_password' if key == 'mongo_username' else 'mongo_username'}), "
+                              f"got {value!r}")
+    uri = mongo.get("uri", MongoConfig.uri)
+    scheme, sep, rest = uri.partition("://") if isinstance(uri, str) else ("", "", "")
+    if not sep or "@" in rest.split("/", 1)[0]:
+        raise ConfigError(f"{source}: key 'mongo_username': cannot be added to mongo.uri {redact(uri)!r}; "
+                          "write the credentials in mongo.uri (mongodb://user:password@host/) instead")
+    quote = lambda text: urllib.parse.quote(text, safe="")  # noqa: E731
+    mongo["uri"] = f"{scheme}://{quote(user)}:{quote(password)}@{rest}"
 
 
 @dataclass
@@ -574,6 +618,16 @@ def secret_file_warnings(config):
         warnings.append(f"{key}: {inside}{path} {how} (mode {mode:04o}): it holds a secret; "
                         f"chmod 600 {path}")
     return warnings
+
+
+def config_warnings(config):
+    """Everything `zcmd serve` logs at start and `zcmd validate` prints about a usable config:
+    the Zarkov keys it ignores (one message naming them all), then secret_file_warnings."""
+    warnings = []
+    if config.ignored_zarkov_keys:
+        warnings.append(f"{config.source}: Zarkov's keys {', '.join(config.ignored_zarkov_keys)} mean "
+                        "nothing to zspark and are ignored (README: Coming from Zarkov)")
+    return warnings + secret_file_warnings(config)
 
 
 def _uri_password(uri):

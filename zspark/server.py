@@ -17,7 +17,7 @@ import zmq.green as zmq_green
 from gevent.event import Event
 
 from . import __version__, descriptors
-from .config import secret_file_warnings
+from .config import config_warnings
 from .event import Limits
 from .forwarder import Forwarder
 from .hours import HourTracker, clock_from_environment
@@ -94,7 +94,7 @@ class Server:
         limit = descriptors.raise_limit()
         hc = self.config.http
         hc.max_connections = descriptors.connection_cap(hc.max_connections, limit, also_held=OVERFLOW_CONNECTIONS)
-        for warning in secret_file_warnings(self.config):
+        for warning in config_warnings(self.config):
             log.warning("%s", warning)
         try:
             self.journal.open()

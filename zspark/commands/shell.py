@@ -2,7 +2,8 @@
 
 IPython when it is installed (--plain for the standard console), else the standard console:
 
-  ZM       the pymongo Database of mongo.uri / mongo.database, as in Zarkov: ZM.event.find()
+  ZM       the MongoDB database of mongo.uri / mongo.database, as Zarkov's Ming model:
+           ZM.event.m.find().all() (mingview.py), and pymongo's ZM.event.find() too
            (connects at the first query: the shell starts even when MongoDB is down)
   config   the loaded Config: config.journal.dir, config.mongo.uri ...
   journal  the journal, READ-ONLY (no lock, no recovery, no writes: safe beside a running server):
@@ -26,6 +27,7 @@ from ..client import ZSparkClient
 from ..journal import JournalView
 from ..redact import redact
 from ..safetext import one_line
+from .mingview import Database
 from .running import bson_address
 
 CLIENT_LINGER_MS = 2000  # at exit, how long queued client events may take to go out
@@ -44,7 +46,7 @@ def run(args, config):
     mongo = connect(config.mongo, socketTimeoutMS=None)  # no time limit on a long query
     address = bson_address(config)
     client = ZSparkClient(address) if address else None
-    namespace = {"ZM": mongo[config.mongo.database], "config": config,
+    namespace = {"ZM": Database(mongo[config.mongo.database]), "config": config,
                  "journal": JournalView(config.journal.dir), "client": client}
     try:
         if args.code is not None:
@@ -70,7 +72,8 @@ def banner(config, address, mongo_uri):
         f"zspark {__version__} shell (config {config.source})",
         f"  ZM       MongoDB database {config.mongo.database!r} at {mongo_uri}"
         " (connects at the first query)",
-        f"           {find}.find().limit(5), {find}.count_documents({{}})",
+        f"           as Zarkov's Ming model: {find}.m.find().all(), {find}.m.get(type='x')",
+        f"           and pymongo's: {find}.find().limit(5), {find}.count_documents({{}})",
         "  config   the loaded config: config.journal.dir, config.mongo.uri, ...",
         f"  journal  the journal in {where}",
         "           journal.last(5), journal.events(start, stop), journal.get(offset), journal.cursors()",

@@ -1,13 +1,13 @@
 """Check a config file and print the settings it gives.
 
 Exits 0 if the config is usable, 2 with a message naming the key and the file if not. Files
-holding secrets that others can read are warned about on stderr (as `zcmd serve` logs them),
-even with --quiet; they do not change the exit status.
+holding secrets that others can read, and Zarkov keys that mean nothing here, are warned about on
+stderr (as `zcmd serve` logs them), even with --quiet; they do not change the exit status.
 """
 import json
 import sys
 
-from ..config import describe, secret_file_warnings
+from ..config import config_warnings, describe
 from ..safetext import one_line
 
 
@@ -16,7 +16,7 @@ def add_arguments(parser):
 
 
 def run(args, config):
-    for warning in secret_file_warnings(config):
+    for warning in config_warnings(config):
         print(f"zcmd validate: warning: {warning}", file=sys.stderr)
     if not args.quiet:
         print(f"{one_line(config.source)}: OK")  # the settings below: JSON, escaped (ensure_ascii)
