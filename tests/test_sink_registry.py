@@ -87,5 +87,17 @@ class TestSinkRegistry(unittest.TestCase):
         self.assertIn(self.out, result.stdout)  # shown with the other sections
 
 
+class TestRegister(unittest.TestCase):
+    def test_a_name_or_section_already_taken_is_refused(self):
+        from zspark import sinks
+        from zspark.config import PubConfig
+        for taken in (sinks.SinkType("kafka", PubConfig, "x:build", section="other"),
+                      sinks.SinkType("stdout", PubConfig, "x:build"),
+                      sinks.SinkType("other", PubConfig, "x:build", section="mongo")):
+            with self.assertRaises(ValueError):
+                sinks.register(taken)
+        self.assertEqual(sinks.names(), ["kafka", "mongo", "pub"])
+
+
 if __name__ == "__main__":
     unittest.main()
