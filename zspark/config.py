@@ -229,9 +229,17 @@ class Config:
     secret_files: list = field(default_factory=list)
     # the keys of Zarkov's schema this file set that mean nothing here, for config_warnings
     ignored_zarkov_keys: list = field(default_factory=list)
+    # The sections of sinks registered beyond the built-in ones (zspark/sinks/__init__.py), by name
+    sink_sections: dict = field(default_factory=dict)
+
+    def section(self, name):
+        """The section `name`: a field above, else a registered sink's."""
+        if name in self.sink_sections:
+            return self.sink_sections[name]
+        return getattr(self, name)
 
 
-_NOT_FROM_YAML = ("source", "secret_files", "ignored_zarkov_keys")
+_NOT_FROM_YAML = ("source", "secret_files", "ignored_zarkov_keys", "sink_sections")
 
 
 # Zarkov's flat keys -> (nested key, converter)
@@ -261,7 +269,9 @@ ZARKOV_IGNORED = ("backdoor", "bson_uri", "extra", "extra_dbs", "flush_mmap", "i
 def load(path=None) -> Config:
     """Load and validate the YAML file at `path`; None gives the defaults."""
     if path is None:
-        return Config()
+        config = Config()
+        config.sink_sections = {name: cls() for name, cls in _registered_sections().items()}
+        return config
     try:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
@@ -284,7 +294,12 @@ def from_dict(data, source="<dict>", base_dir=None) -> Config:
         del data[key]
     data = _apply_aliases(data, source)
     ctx = _Context(source, base_dir or os.getcwd())
-    config = _build(Config, data, "", ctx)
+    sink_sections = _registered_sections()
+    extra = {name: data.pop(name) for name in sink_sections if name in data}
+    config = _build(Config, data, "", ctx, also_known=sink_sections)
+    for name, cls in sink_sections.items():
+        section = extra.get(name)
+        config.sink_sections[name] = _build(cls, {} if section is None else section, name + ".", ctx)
     config.source = source
     config.secret_files = ctx.secret_files
     config.ignored_zarkov_keys = ignored
@@ -405,13 +420,20 @@ class _Context:
     secret_files: list = field(default_factory=list)
 
 
-def _build(cls, data, prefix, ctx):
+def _registered_sections():
+    """{section: config class} of the registered sinks whose sections are not Config fields."""
+    from . import sinks  # it imports this module's section classes
+    fields = {f.name for f in dataclasses.fields(Config)}
+    return {t.section: t.config_class for t in sinks.types() if t.section not in fields}
+
+
+def _build(cls, data, prefix, ctx, also_known=()):
     if not isinstance(data, dict):
         raise ConfigError(f"{ctx.source}: key '{prefix.rstrip('.')}' must be a mapping, got {_kind(data)}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in _NOT_FROM_YAML}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        known = ", ".join(sorted(fields))
+        known = ", ".join(sorted({*fields, *also_known}))
         raise ConfigError(f"{ctx.source}: unknown key '{prefix}{unknown[0]}' (known here: {known})")
     values = {}
     for name, f in fields.items():
@@ -658,6 +680,7 @@ def describe(config: Config) -> dict:
     data = dataclasses.asdict(config)
     for name in _NOT_FROM_YAML:
         data.pop(name, None)
+    data.update({name: dataclasses.asdict(section) for name, section in config.sink_sections.items()})
     for name in list(data["kafka"]["producer"]):
         if is_secret_name(name):
             data["kafka"]["producer"][name] = "<hidden>"

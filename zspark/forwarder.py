@@ -1,13 +1,16 @@
 """The one loop every sink shares: read from a cursor, send a batch, wait for the destination to
 confirm, and only then move the cursor.
 
-A sink is any object with
+A sink is any object with (the protocol of zspark/sinks/__init__.py, whose registry builds them)
 
     name                      used for the cursor file and in /status
     send(items) -> rejected   deliver `items` (a list of (offset, event)) and return only once the
                               destination confirmed them; return a list of (offset, event, reason)
                               the destination refused *for good*; raise for anything transient
-    close()
+    describe() -> str         where it delivers, for the log and /status (no secrets)
+    healthcheck(timeout)      return once the destination answers, else raise sinks.Unreachable
+                              (used by `zcmd replay` before it sends)
+    close(abandon=False)      release it; `abandon`: drop what is still queued instead of waiting
 
 A transient failure (an exception) is retried with capped exponential backoff and jitter, for as
 long as it takes: the journal holds the events meanwhile. A permanently refused record is written

@@ -16,7 +16,7 @@ import gevent
 import zmq.green as zmq_green
 from gevent.event import Event
 
-from . import __version__, descriptors
+from . import __version__, descriptors, sinks
 from .config import config_warnings
 from .event import Limits
 from .forwarder import Forwarder
@@ -41,23 +41,12 @@ class StartupError(Exception):
 
 
 def build_sinks(config, topics=None):
-    """The sinks the config enables, in delivery order; `topics` the Kafka sink's TopicPolicy."""
-    sinks = []
+    """The sinks the config enables, in delivery order (zspark/sinks/__init__.py's registry);
+    `topics` the process's TopicPolicy, shared with the Kafka sink."""
     try:
-        if config.kafka.enabled:
-            from .sinks.kafka import KafkaSink
-            sinks.append(KafkaSink(config.kafka, topics))
-        if config.mongo.enabled:
-            from .sinks.mongo import MongoSink
-            sinks.append(MongoSink(config.mongo))
-        if config.pub.enabled:
-            from .sinks.pub import PubSink
-            sinks.append(PubSink(config.pub))
+        return sinks.build_enabled(config, sinks.Context(config, topics=topics))
     except Exception as e:  # a bad broker list or URI, a PUB address in use
-        for sink in sinks:
-            sink.close()
         raise StartupError(f"cannot set up forwarding: {e}") from None
-    return sinks
 
 
 class Server:
@@ -175,10 +164,10 @@ class Server:
                                              backoff_initial=fc.backoff_initial_ms / 1000.0,
                                              backoff_max=fc.backoff_max_s))
         nc = self.config.notices
-        kafka = next((f for f in self.forwarders if f.name == "kafka"), None)
-        if self.notices is not None and nc.hour_complete and kafka is not None:
+        tracked = next((f for f in self.forwarders if sinks.get(f.name).tracks_hours), None)
+        if self.notices is not None and nc.hour_complete and tracked is not None:
             # Before the forwarder starts, so that it counts every batch from the first.
-            self.hours = HourTracker(self.journal, kafka, kafka.sink.topic_for, self.notices.publish,
+            self.hours = HourTracker(self.journal, tracked, tracked.sink.topic_for, self.notices.publish,
                                      grace_s=nc.hour_grace_s, check_s=nc.check_s,
                                      clock=clock_from_environment(), follows=self.topics.follows)
         for forwarder in self.forwarders:

@@ -2,8 +2,9 @@
 
 Reads the journal files directly and read-only, like `zcmd tail`: it works while the server runs
 and while it is stopped, and it never moves (or even opens) the forwarders' cursors, so the live
-forwarders carry on exactly where they were. The destination comes from the config's kafka, mongo
-or pub section, whether or not that section is `enabled`.
+forwarders carry on exactly where they were. The destination is the sink --to names (kafka, mongo,
+pub, or any sink in the registry of zspark/sinks/), built from its config section whether or not
+that section is `enabled`.
 
 Selecting records (all the conditions given must hold):
 
@@ -25,8 +26,9 @@ Delivery: batches of --batch-size records (default forward.batch_size) go throug
 code as the forwarders, so MongoDB replays are idempotent (each event keeps its `_id`: replaying
 twice leaves one copy) and a Kafka batch counts only once every delivery report came back. A
 batch that fails for a transient reason is retried with backoff for up to --timeout seconds (each
-attempt waits at most a third of that), then the replay stops with exit status 1. Kafka and MongoDB are checked for reachability first (within
---timeout) so that an unreachable destination fails fast with a clear message. Records the
+attempt waits at most a third of that), then the replay stops with exit status 1. The destination is checked for reachability first (its
+healthcheck, within --timeout: Kafka and MongoDB must answer) so that an unreachable destination
+fails fast with a clear message. Records the
 destination refuses for good are listed on stderr with the reason, and the replay goes on.
 ZeroMQ PUB has no acknowledgements: subscribers must be connected (see --pub-wait) and keep up,
 or they miss events. Kafka is at-least-once: replaying sends the events again as new messages.
@@ -52,7 +54,6 @@ Examples:
 """
 import argparse
 import contextlib
-import dataclasses
 import datetime
 import fnmatch
 import os
@@ -64,13 +65,19 @@ import time
 import gevent
 
 from . import argtypes
+from .. import sinks
 from ..journal import Reader, decode_event, event_to_json, list_segments
 from ..journal.journal import last_offset_on_disk
-from ..redact import redact
 from ..safetext import json_line, one_line
+from ..sinks import first_line as _first_line
 
 UTC = datetime.timezone.utc
-TARGETS = ("kafka", "mongo", "pub", "stdout")
+STDOUT = "stdout"
+# Destination options: (option, args attribute, the sink it goes with, the field of its section it
+# replaces).
+OVERRIDES = (("--kafka-topic", "kafka_topic", "kafka", "topic"),
+             ("--mongo-collection", "mongo_collection", "mongo", "collection"),
+             ("--pub-bind", "pub_bind", "pub", "bind"))
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 BACKOFF_INITIAL_S = 0.25
 BACKOFF_MAX_S = 5.0
@@ -111,9 +118,9 @@ def parse_time(text, now=None):
 
 
 def add_arguments(parser):
-    parser.add_argument("--to", required=True, choices=TARGETS,
-                        help="where to send: kafka, mongo, pub (the config's sections of those names, "
-                             "enabled or not) or stdout (JSON lines)")
+    parser.add_argument("--to", required=True, choices=(*sinks.names(), STDOUT),
+                        help=f"where to send: {', '.join(sinks.names())} (the config's sections of "
+                             "those names, enabled or not) or stdout (JSON lines)")
     sel = parser.add_argument_group("selecting records (all given conditions must hold)")
     sel.add_argument("--from-offset", type=argtypes.offset, metavar="N",
                      help="first journal offset, inclusive (default: the oldest on disk)")
@@ -215,7 +222,10 @@ class StdoutTarget:
             self.out.flush()
         return []
 
-    def close(self):
+    def healthcheck(self, timeout):
+        pass
+
+    def close(self, abandon=False):
         pass
 
 
@@ -225,78 +235,25 @@ def build_target(args, config):
     The sink's own timeouts are capped at a third of --timeout, so that a destination that stops
     answering is noticed in time and a batch gets a few attempts within --timeout.
     """
-    timeout_ms = max(1000, int(args.timeout * 1000 / 3))
+    if args.to == STDOUT:
+        return StdoutTarget(args.offsets)
+    context = sinks.Context(config, replay=True, timeout_ms=max(1000, int(args.timeout * 1000 / 3)),
+                            linger_s=args.pub_wait)
+    overrides = {field: getattr(args, attr) for _, attr, to, field in OVERRIDES
+                 if to == args.to and getattr(args, attr) is not None}
     try:
-        if args.to == "kafka":
-            from ..sinks.kafka import KafkaSink
-            # librdkafka's own log prints every failed connection attempt (20 a second while a
-            # broker is down); the sink's error callback reports the same, rate-limited.
-            producer = {"log_level": 2, **config.kafka.producer}
-            section = dataclasses.replace(config.kafka, producer=producer, message_timeout_ms=min(
-                config.kafka.message_timeout_ms or timeout_ms, timeout_ms))
-            if args.kafka_topic is not None:
-                section = dataclasses.replace(section, topic=args.kafka_topic)
-            from ..topics import TopicPolicy, state_path
-            # The live forwarder's rule and the topics it took (read, not written: the server
-            # owns that file); topics new to this replay count against kafka.max_topics too.
-            return KafkaSink(section, TopicPolicy(section, state_path(config.journal.dir), persist=False))
-        if args.to == "mongo":
-            from ..sinks.mongo import MongoSink
-            section = dataclasses.replace(config.mongo, timeout_ms=min(config.mongo.timeout_ms or timeout_ms,
-                                                                       timeout_ms))
-            if args.mongo_collection is not None:
-                section = dataclasses.replace(section, collection=args.mongo_collection)
-            return MongoSink(section)
-        if args.to == "pub":
-            from ..sinks.pub import PubSink
-            section = config.pub
-            if args.pub_bind is not None:
-                section = dataclasses.replace(section, bind=args.pub_bind)
-            return PubSink(section)
+        return sinks.build(args.to, config, context, **overrides)
     except Exception as e:  # a bad broker list or URI, a PUB address in use
-        key = {"kafka": "kafka", "mongo": "mongo", "pub": "pub.bind or --pub-bind"}[args.to]
+        key = "pub.bind or --pub-bind" if args.to == "pub" else sinks.get(args.to).section
         raise UsageError(f"cannot set up {args.to} (config {key}): {e}") from None
-    return StdoutTarget(args.offsets)
 
 
-def check_reachable(sink, kind, timeout):
-    """Fail fast, with a clear message, when Kafka or MongoDB cannot be reached within `timeout`."""
-    deadline = time.monotonic() + timeout
-    if kind == "kafka":
-        from gevent.hub import get_hub
-
-        def metadata():  # returns the exception: the thread pool would print its traceback
-            try:
-                sink.producer.list_topics(timeout=timeout)
-            except Exception as e:
-                return e
-        e = get_hub().threadpool.apply(metadata)
-        if e is not None:
-            raise DeliveryFailed(f"cannot reach Kafka at {sink.config.brokers} (config kafka.brokers) "
-                                 f"within {timeout:g}s: {_kafka_reason(e)}") from None
-    elif kind == "mongo":
-        last = None
-        while True:
-            try:
-                sink.client.admin.command("ping")
-                return
-            except Exception as e:
-                last = e
-            if time.monotonic() >= deadline:
-                break
-            gevent.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
-        raise DeliveryFailed(f"cannot reach MongoDB at {redact(sink.config.uri)} (config mongo.uri) "
-                             f"within {timeout:g}s: {_first_line(last)}")
-
-
-def _kafka_reason(e):
-    err = e.args[0] if e.args else None
-    return err.str() if hasattr(err, "str") else _first_line(e)
-
-
-def _first_line(e):
-    text = str(e) or type(e).__name__
-    return text.splitlines()[0][:300]
+def check_reachable(sink, timeout):
+    """Fail fast, with a clear message, when the destination cannot be reached within `timeout`."""
+    try:
+        sink.healthcheck(timeout)
+    except sinks.Unreachable as e:
+        raise DeliveryFailed(str(e)) from None
 
 
 def deliver(sink, items, timeout):
@@ -348,7 +305,7 @@ def _say(message):
 def _progress_bar(args, total):
     show = args.progress
     if show is None:  # auto: only to a terminal, and not over JSON lines going to the same one
-        show = sys.stderr.isatty() and not (args.to == "stdout" and sys.stdout.isatty())
+        show = sys.stderr.isatty() and not (args.to == STDOUT and sys.stdout.isatty())
     if not show:
         return None
     from tqdm import tqdm
@@ -376,9 +333,8 @@ def run(args, config):
     try:
         if not args.dry_run:
             target = build_target(args, config)
-            if args.to in ("kafka", "mongo"):
-                check_reachable(target, args.to, args.timeout)
-            elif args.to == "pub" and args.pub_wait:
+            check_reachable(target, args.timeout)
+            if args.to == "pub" and args.pub_wait:
                 gevent.sleep(args.pub_wait)  # let subscribers connect (ZeroMQ "slow joiner")
         bar = _progress_bar(args, max(0, end - start))
         with contextlib.ExitStack() as stack:
@@ -409,7 +365,7 @@ def run(args, config):
             bar.close()
             _bar = None
         if target is not None:
-            _close(target, args, abandon=status != EXIT_OK)
+            _close(target, abandon=status != EXIT_OK)
     if counts.refused and status == EXIT_OK:
         status = EXIT_FAILED
     _summary(args, counts, start, end, target, time.monotonic() - started, problem)
@@ -423,12 +379,10 @@ def _plan(args, config):
                          "(--to-offset is inclusive)")
     if args.since is not None and args.until is not None and args.since >= args.until:
         raise UsageError(f"--since {_iso(args.since)} is not before --until {_iso(args.until)}")
-    if args.offsets and args.to != "stdout":
+    if args.offsets and args.to != STDOUT:
         raise UsageError("--offsets goes with --to stdout only")
-    for option, value, target in (("--kafka-topic", args.kafka_topic, "kafka"),
-                                  ("--mongo-collection", args.mongo_collection, "mongo"),
-                                  ("--pub-bind", args.pub_bind, "pub")):
-        if value is not None and args.to != target:
+    for option, attr, target, _ in OVERRIDES:
+        if getattr(args, attr) is not None and args.to != target:
             raise UsageError(f"{option} goes with --to {target} only")
     if args.mongo_collection is not None and not args.mongo_collection.strip():
         raise UsageError("--mongo-collection must not be empty")
@@ -513,19 +467,9 @@ def _send(target, items, args, counts):
     counts.sent += len(items) - len(refused)
 
 
-def _close(target, args, abandon=False):
+def _close(target, abandon=False):
     try:
-        if abandon and args.to == "kafka":
-            # Giving up: drop what librdkafka still holds rather than wait for it at close.
-            target.producer.purge()
-        if args.to == "pub":
-            # The PUB sink closes with LINGER 0, which would drop messages still queued: give the
-            # last ones time to leave.
-            sock = getattr(target, "_socket", None)
-            if sock is not None:
-                import zmq
-                sock.setsockopt(zmq.LINGER, int(args.pub_wait * 1000))
-        target.close()
+        target.close(abandon=abandon)
     except Exception as e:
         _say(f"zcmd replay: closing {target.describe()} failed: {_first_line(e)}")
 

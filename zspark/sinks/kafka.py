@@ -17,6 +17,7 @@ calls, so the event loop keeps serving and the reports' callbacks run in the loo
 loop once per report: with the loop kept busy, 100,000 reports took 23 s instead of 1.4 s.) Only
 close() still flushes in the thread pool.
 """
+import dataclasses
 import json
 import logging
 import time
@@ -30,7 +31,8 @@ from ..event import NOTICE_SOURCE
 from ..journal.codec import event_json_bytes, to_json_value
 from ..metrics import RateLimitedLog
 from ..redact import redact
-from ..topics import LEGAL_TOPIC, TopicPolicy
+from ..topics import LEGAL_TOPIC, TopicPolicy, state_path
+from . import Unreachable, first_line
 
 log = logging.getLogger("zspark.sinks.kafka")
 
@@ -50,6 +52,23 @@ PERMANENT_ERRORS = {
 REPORT_POLL_MIN_S = 0.001
 RENEW_AFTER_TIMED_OUT_BATCHES = 2
 REPORT_POLL_MAX_S = 0.05
+
+
+def build(section, context):
+    """The Kafka sink for the registry (zspark/sinks/__init__.py): the server's TopicPolicy, or
+    for a replay the live forwarder's rule and the topics it took (read, not written: the server
+    owns that file; topics new to the replay count against kafka.max_topics too)."""
+    topics = context.topics
+    if context.replay:
+        # librdkafka's own log prints every failed connection attempt (20 a second while a
+        # broker is down); the sink's error callback reports the same, rate-limited.
+        section = dataclasses.replace(section, producer={"log_level": 2, **section.producer})
+        if topics is None:
+            topics = TopicPolicy(section, state_path(context.config.journal.dir), persist=False)
+    if context.timeout_ms is not None:
+        section = dataclasses.replace(section, message_timeout_ms=min(
+            section.message_timeout_ms or context.timeout_ms, context.timeout_ms))
+    return KafkaSink(section, topics)
 
 
 class KafkaSink:
@@ -253,7 +272,22 @@ class KafkaSink:
         else:
             self._warn("Kafka: %s", err.str())
 
-    def close(self):
+    def healthcheck(self, timeout):
+        def metadata():  # returns the exception: the thread pool would print its traceback
+            try:
+                self.producer.list_topics(timeout=timeout)
+            except Exception as e:
+                return e
+        e = self._threadpool.apply(metadata)
+        if e is not None:
+            err = e.args[0] if e.args else None
+            reason = err.str() if hasattr(err, "str") else first_line(e)
+            raise Unreachable(f"cannot reach Kafka at {self.config.brokers} (config kafka.brokers) "
+                              f"within {timeout:g}s: {reason}")
+
+    def close(self, abandon=False):
+        if abandon:  # giving up: drop what librdkafka still holds rather than wait for it
+            self.producer.purge()
         remaining = self._threadpool.apply(self.producer.flush, (5.0,))
         if remaining:
             log.warning("Kafka: %d message(s) still unconfirmed at close; they are sent again at the "

@@ -12,14 +12,18 @@ document the server refuses for good goes to the dead-letter file.
 pymongo is cooperative under gevent only once `gevent.monkey.patch_all()` ran, which `zcmd`
 does before anything else; this module refuses to load otherwise.
 """
+import dataclasses
 import logging
+import time
 
+import gevent
 import gevent.monkey
 import pymongo
 from pymongo.errors import BulkWriteError, DocumentTooLarge, OperationFailure
 
 from ..event import NOTICE_SOURCE
 from ..redact import redact
+from . import Unreachable, first_line
 
 log = logging.getLogger("zspark.sinks.mongo")
 
@@ -38,6 +42,14 @@ PERMANENT_CODES = {
 if not gevent.monkey.is_module_patched("socket"):
     raise ImportError("zspark.sinks.mongo needs gevent.monkey.patch_all() first (zcmd does it), "
                       "or pymongo would block the event loop")
+
+
+def build(section, context):
+    """The MongoDB sink for the registry (zspark/sinks/__init__.py)."""
+    if context.timeout_ms is not None:
+        section = dataclasses.replace(section, timeout_ms=min(section.timeout_ms or context.timeout_ms,
+                                                              context.timeout_ms))
+    return MongoSink(section)
 
 
 class MongoSink:
@@ -111,7 +123,21 @@ class MongoSink:
         _index(self.notice_collection, "timestamp")
         self._indexed = True
 
-    def close(self):
+    def healthcheck(self, timeout):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.client.admin.command("ping")
+                return
+            except Exception as e:
+                last = e
+            if time.monotonic() >= deadline:
+                break
+            gevent.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+        raise Unreachable(f"cannot reach MongoDB at {redact(self.config.uri)} (config mongo.uri) "
+                          f"within {timeout:g}s: {first_line(last)}")
+
+    def close(self, abandon=False):
         self.client.close()
 
 

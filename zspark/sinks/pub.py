@@ -12,11 +12,18 @@ import zmq.green as zmq
 from ..journal.codec import event_json_bytes
 
 
+def build(section, context):
+    """The ZeroMQ PUB sink for the registry (zspark/sinks/__init__.py)."""
+    return PubSink(section, linger_s=context.linger_s)
+
+
 class PubSink:
     name = "pub"
 
-    def __init__(self, config, context=None):
+    def __init__(self, config, context=None, linger_s=0.0):
+        """`linger_s`: how long close() lets the messages still queued leave (0: drop them)."""
         self.address = config.bind
+        self.linger_s = linger_s
         self._socket = (context or zmq.Context.instance()).socket(zmq.PUB)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.bind(self.address)
@@ -31,5 +38,10 @@ class PubSink:
             self._socket.send_multipart([topic.encode("utf-8"), event_json_bytes(event)])
         return []
 
-    def close(self):
+    def healthcheck(self, timeout):
+        """Nothing to reach: PUB has no peer that must answer."""
+
+    def close(self, abandon=False):
+        if self.linger_s:  # abandoning too: what was handed to ZeroMQ counts as sent
+            self._socket.setsockopt(zmq.LINGER, int(self.linger_s * 1000))
         self._socket.close()
