@@ -14,9 +14,9 @@ request alone is always admitted, so a body within `http.max_body_bytes` can alw
 the others are done. The events decoded from a body are not charged: they live only while their
 request is answered, and `http.max_body_bytes` bounds them per request.
 
-A body refused before its end is not read further (pywsgi would otherwise read and discard the
-rest after the answer, for as long as the client cares to send it): the answer says
-`Connection: close`.
+A body refused before its end is not read further: the server answers it with `Connection:
+close` (httpserver.RequestHandler), where pywsgi would read and discard the rest after the answer
+for as long as the client cares to send it.
 """
 import zlib
 
@@ -114,8 +114,16 @@ def _read(environ, stream, limit, timeout_s, held, retry_after_s):
     else:
         raise BodyError(415, f"unsupported Content-Encoding {encoding!r}: use gzip or none")
 
+    def charge(nbytes):
+        """Hold `nbytes` of the budget in all for this request, else the 503."""
+        try:
+            held.grow_to(nbytes)
+        except OverBudget:
+            raise busy from None
+
     chunks = []
     received = 0
+    read_whole = False
     deadline = gevent.Timeout(timeout_s)
     deadline.start()
     try:
@@ -124,15 +132,9 @@ def _read(environ, stream, limit, timeout_s, held, retry_after_s):
             want = min(want, limit + 1 - received)  # one byte over the limit says it all
             if want <= 0:
                 break
-            # What this request will hold once the read is in hand.
-            if decoder is None:
-                need = length if length is not None else received + want
-            else:
-                need = max(length or 0, min(decoder.size + want, limit + 1))
-            try:
-                held.grow_to(need)
-            except OverBudget:
-                raise busy from None
+            # What this request holds once the read is in hand (a gzip body's compressed bytes
+            # are inflated and dropped at once: it holds what it inflated to, charged below).
+            charge(max(length or 0, received + want if decoder is None else decoder.size))
             data = stream.read(want)
             if not data:
                 break
@@ -142,19 +144,10 @@ def _read(environ, stream, limit, timeout_s, held, retry_after_s):
             if decoder is None:
                 chunks.append(data)
             else:
-                # What it inflated to is held now: a few KiB of gzip can be the whole limit. A
-                # body refused lets go of its output at once (the frame the error refers to would
-                # keep it until the cycle collector runs, and sixty refusals hold sixty bodies).
-                try:
-                    decoder.feed(data)
-                    held.grow_to(max(length or 0, decoder.size))
-                except OverBudget:
-                    decoder.drop()
-                    raise busy from None
-                except BodyError:
-                    decoder.drop()
-                    raise
+                decoder.feed(data)
+                charge(max(length or 0, decoder.size))  # a few KiB of gzip can be the whole limit
                 gevent.sleep(0)  # inflating is the costly part: let other requests in between
+        read_whole = True
     except gevent.Timeout as t:
         if t is not deadline:
             raise
@@ -163,6 +156,10 @@ def _read(environ, stream, limit, timeout_s, held, retry_after_s):
         raise BodyError(400, f"could not read the body: {e}") from None
     finally:
         deadline.close()
+        if not read_whole and decoder is not None:
+            # Refused: let go of its output now (the frame the error refers to would keep it
+            # until the cycle collector runs, and sixty refusals would hold sixty bodies).
+            decoder.drop()
     if length is not None and received < length:
         raise BodyError(400, f"the body ended after {received} of its {length} bytes (Content-Length)")
     if decoder is not None:
