@@ -20,6 +20,7 @@ from typing import get_args, get_origin
 
 import yaml
 
+from .journal.files import others_can_write
 from .redact import is_secret_name, redact, redact_data
 
 
@@ -606,7 +607,7 @@ def _check_authorized_keys(config):
             st = os.stat(path)
         except OSError:
             continue
-        if st.st_mode & 0o022:
+        if others_can_write(st):
             what = "anyone on this machine could admit a client by adding a key file" if path == directory \
                 else "anyone on this machine could put their own key in it"
             raise ConfigError(f"{config.source}: key 'zmq.curve_authorized_keys': {path} is writable by "
@@ -630,10 +631,13 @@ def secret_file_warnings(config):
     warnings = []
     for key, path in files:
         try:
-            mode = stat.S_IMODE(os.stat(path).st_mode) if path else 0
+            st = os.stat(path) if path else None
         except OSError:  # not a file (`<dict>`), or gone: nothing to say here
             continue
-        if not mode & 0o026:
+        if st is None:
+            continue
+        mode = stat.S_IMODE(st.st_mode)
+        if not mode & 0o004 and not others_can_write(st):
             continue
         inside = "the config file holding it, " if path == config.source else ""
         how = "can be read by others" if mode & 0o004 else "can be changed by group or others"

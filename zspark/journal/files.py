@@ -142,7 +142,7 @@ def _check_ancestors(directory):
                     _refuse(directory, parent, f"is above it and belongs to {_user(st.st_uid)}, who could "
                                                "swap the journal for something else",
                             f"chown {_user(euid)} {shlex.quote(parent)}, {fix}")
-                if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX and not _harmless_group_write(st):
+                if others_can_write(st) and not st.st_mode & stat.S_ISVTX:
                     _refuse(directory, parent, f"is above it and writable by group or others without the "
                                                f"sticky bit (mode {_mode(st)}), so they could swap the "
                                                "journal for something else",
@@ -259,16 +259,19 @@ class _Walk:
         if st.st_uid != self.euid:
             return (f"is owned by {_user(st.st_uid)}, not by {_user(self.euid)} who runs zspark: "
                     "another user controls what zspark would write and deliver")
-        if st.st_mode & 0o022 and not _harmless_group_write(st):
+        if others_can_write(st):
             return (f"is writable by group or others (mode {_mode(st)}): they could change what zspark "
                     "writes and delivers")
         return None
 
 
-def _harmless_group_write(st):
-    """Writable by its group and not by others, where the group is its owner's own: the user
-    private groups of Debian and Ubuntu, whose umask 002 makes a fresh clone group-writable."""
-    return not st.st_mode & 0o002 and _private_group(st.st_gid, st.st_uid)
+def others_can_write(st):
+    """Whether anyone but the owner of what `st` describes can write it: others, or a group with
+    another user in it. (Debian's and Ubuntu's user private groups hold their owner alone: their
+    umask 002 makes a fresh clone group-writable, and that is harmless.)"""
+    if st.st_mode & 0o002:
+        return True
+    return bool(st.st_mode & 0o020) and not _private_group(st.st_gid, st.st_uid)
 
 
 @functools.lru_cache(maxsize=64)
