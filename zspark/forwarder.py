@@ -126,9 +126,8 @@ class Forwarder:
                         reader = None
                     attempt += 1
                     delay = self._failed_attempt(f"cannot read the journal: {e}", attempt)
-                    (log.warning if attempt == 1 or attempt % 10 == 0 else log.debug)(
-                        "forwarder %s: reading the journal at offset %d failed (attempt %d), "
-                        "retrying in %.1fs: %s", self.name, self.cursor.offset, attempt, delay, e)
+                    _say_retry(attempt, "forwarder %s: reading the journal at offset %d failed (attempt %d), "
+                               "retrying in %.1fs: %s", self.name, self.cursor.offset, attempt, delay, e)
                     self._stop_requested.wait(delay)
                     continue
                 if attempt:
@@ -174,9 +173,8 @@ class Forwarder:
                     return  # cursor unchanged: the batch goes again at the next start
                 attempt += 1
                 delay = self._failed_attempt(f"{type(e).__name__}: {e}", attempt)
-                (log.warning if attempt == 1 or attempt % 10 == 0 else log.debug)(
-                    "forwarder %s: delivering offsets %d..%d failed (attempt %d), retrying in %.1fs: %s",
-                    self.name, records[0][0], records[-1][0], attempt, delay, self.last_error)
+                _say_retry(attempt, "forwarder %s: delivering offsets %d..%d failed (attempt %d), retrying in "
+                           "%.1fs: %s", self.name, records[0][0], records[-1][0], attempt, delay, self.last_error)
                 if self._stop_requested.wait(delay):
                     return  # stopping: the cursor is unchanged, the batch goes again at the next start
         if attempt:
@@ -242,6 +240,11 @@ class Forwarder:
     def _backoff(self, attempt):
         delay = min(self.backoff_max, self.backoff_initial * 2 ** min(attempt - 1, 20))
         return delay * random.uniform(0.5, 1.0)
+
+
+def _say_retry(attempt, msg, *args):
+    """A failed attempt: a warning for the first and every tenth, the others at debug level."""
+    (log.warning if attempt == 1 or attempt % 10 == 0 else log.debug)(msg, *args)
 
 
 def _append_lines(path, lines):
