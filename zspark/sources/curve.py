@@ -74,27 +74,25 @@ def authorized_keys(directory, cache=None):
     keys, problems = set(), []
     for name in names:
         path = os.path.join(directory, name)
-        signature = None
         try:
             st = os.stat(path)
-            signature = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-            known = cache.get(path) if cache is not None else None
-            if known is not None and known[0] == signature:
-                key, why = known[1:]
-                if key is None:
-                    raise ValueError(why)
-            else:
-                try:
-                    key = _public_key_file(path, st)
-                except ValueError as e:
-                    if cache is not None:
-                        cache[path] = (signature, None, str(e))
-                    raise
-                if cache is not None:
-                    cache[path] = (signature, key, None)
+        except OSError as e:
+            problems.append((path, None, e.strerror or str(e)))
+            continue
+        signature = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        known = cache.get(path) if cache is not None else None
+        if known is None or known[0] != signature:  # new or changed: parse it (once)
+            try:
+                known = (signature, _public_key_file(path, st), None)
+            except (OSError, ValueError) as e:
+                known = (signature, None, getattr(e, "strerror", None) or str(e))
+            if cache is not None:
+                cache[path] = known
+        _, key, why = known
+        if key is None:
+            problems.append((path, signature, why))
+        else:
             keys.add(key)
-        except (OSError, ValueError) as e:
-            problems.append((path, signature, getattr(e, "strerror", None) or str(e)))
     if cache is not None and len(cache) > len(names):
         for path in set(cache) - {os.path.join(directory, name) for name in names}:
             del cache[path]
