@@ -217,3 +217,50 @@ class WhileForwarding(RotateCase):
         self.assertEqual(len(ids), len(set(ids)), "an event is in two places")
         self.assertEqual(set(feeder.acked.values()) - set(ids), set(), "acknowledged events lost")
         self.assertEqual(sorted(self.db.event.index_information()), ["_id_", "timestamp_1", "type_1"])
+
+
+class IndexStepWhileInserting(unittest.TestCase):
+    """The index step right after `event` is renamed, while inserts recreate `event`: many times
+    over, on a server of its own (the local SecantusDB used to deadlock here for good, taking
+    every later test with it, when createIndexes and an insert both created the collection)."""
+
+    ROUNDS = 60
+
+    def setUp(self):
+        self.tmp = TempDir(prefix="zspark-rotate-race-")
+        self.addCleanup(self.tmp.remove)
+        self.mongo = start_mongo(self.tmp.join("mongo"))
+        self.addCleanup(self.mongo.stop)
+
+    def test_every_round_completes_and_keeps_every_document(self):
+        import gevent
+
+        from zspark.commands.rotate import execute
+
+        client = mongo_client(self.mongo.uri, socketTimeoutMS=30000)
+        self.addCleanup(client.close)
+        db = client.race
+        inserted = []
+
+        def insert_forever():
+            writer = mongo_client(self.mongo.uri, socketTimeoutMS=30000)
+            try:
+                while True:
+                    docs = [{"_id": bson.ObjectId(), "type": "t"} for _ in range(20)]
+                    writer.race.event.insert_many(docs)
+                    inserted.extend(d["_id"] for d in docs)
+            finally:
+                writer.close()
+
+        writers = [gevent.spawn(insert_forever) for _ in range(3)]
+        self.addCleanup(gevent.killall, writers)
+        wait_until(lambda: "event" in db.list_collection_names(), message="the first insert")
+        for n in range(self.ROUNDS):
+            execute(("rename", "event", f"event.{n}"), db, self.tmp.join("dumps"), 0)
+            execute(("index", "event"), db, self.tmp.join("dumps"), 0)
+            self.assertEqual(sorted(db.event.index_information()), ["_id_", "timestamp_1", "type_1"])
+            self.assertEqual([w.exception for w in writers if w.dead], [])
+        gevent.killall(writers)
+        stored = [d["_id"] for name in db.list_collection_names() for d in db[name].find({}, {"_id": 1})]
+        self.assertEqual(len(stored), len(set(stored)))
+        self.assertEqual(set(inserted) - set(stored), set())
