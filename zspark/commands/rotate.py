@@ -146,25 +146,9 @@ def execute(step, db, dump_dir, ttl_days):
         db.drop_collection(name)
         print(f"dumped {count} documents of {db.name}.{name} to {path}; dropped it", flush=True)
         return count
-    _create_as_writers_do(db[name])
     create_indexes(db[name], ttl_days)
     print(f"indexed the new {db.name}.{name}: {', '.join(sorted(db[name].index_information()))}", flush=True)
     return None
-
-
-def _create_as_writers_do(collection):
-    """Make sure `collection` exists, created the way the forwarder's inserts create it.
-
-    The local SecantusDB deadlocks for good when createIndexes creates a collection while an
-    insert is creating it too (the insert holds the collection's lock inside an open transaction
-    and waits for the server-wide lock, which createIndexes holds while it retries the write the
-    insert has not committed). Right after the rename, the forwarder's next insert does exactly
-    that. An update that matches nothing takes the collection's lock first, as an insert does, so
-    it queues behind an insert instead; afterwards the collection exists and createIndexes only
-    adds indexes to it. On MongoDB the update is a no-op (without upsert it creates nothing)."""
-    import bson
-
-    collection.update_one({"_id": bson.ObjectId()}, {"$unset": {"_": ""}})
 
 
 def dump(collection, dump_dir):

@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import time
 
+import bson
 import gevent
 import gevent.monkey
 import pymongo
@@ -152,7 +153,17 @@ def connect(config, **options):
 
 def create_indexes(collection, ttl_days):
     """The indexes the event collection has: `timestamp` (a TTL index when `ttl_days` is set) and
-    `type`. Also used by `zcmd rotate` for the collection it starts afresh."""
+    `type`. Also used by `zcmd rotate` for the collection it starts afresh.
+
+    The collection is first made to exist by an update that matches nothing: the local SecantusDB
+    deadlocks for good when createIndexes creates a collection while an insert is creating it
+    too (the insert holds the collection's lock in an open transaction and waits for the
+    server-wide lock, which createIndexes holds while it retries the write the insert has not
+    committed), as right after `zcmd rotate` renamed it under the forwarder, or when `zcmd replay`
+    starts beside `zcmd serve`. The update takes the collection's lock first, as an insert does,
+    so it queues behind one; afterwards createIndexes only adds indexes. On MongoDB the update is
+    a no-op: without upsert it creates nothing."""
+    collection.update_one({"_id": bson.ObjectId()}, {"$unset": {"_": ""}})
     if ttl_days:
         _index(collection, "timestamp", expireAfterSeconds=int(ttl_days * 86400))
     else:
