@@ -1,0 +1,142 @@
+"""The compiled hot paths against their pure-Python reference (tests/native_reference.py), on
+random, hostile and mutated input; and the switch between them (zspark/native.py)."""
+import datetime
+import os
+import subprocess
+import sys
+import unittest
+
+import bson
+from bson import Binary, Int64, ObjectId
+from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import strategies as st
+
+from zspark import native
+from zspark.event import Limits
+
+from .native_reference import check_plain_frame, document, element, native_verdict, python_verdict
+
+SMALL = Limits(max_string_bytes=40, max_depth=3, max_fields=12)
+DEFAULT = Limits()
+limits = st.sampled_from([SMALL, DEFAULT, Limits(300, 1, 1), Limits(1, 32, 1000), Limits(256, 2, 3)])
+
+# Text a sender might put anywhere: ASCII (the common case), and what the checks must catch.
+texts = st.one_of(st.text(st.characters(max_codepoint=127), max_size=50),
+                  st.text(max_size=20), st.sampled_from(["", "$x", "a\x00b", "é", "日本", "x" * 257]))
+keys = st.one_of(texts, st.sampled_from(["$set", "a.b", "", "k" * 256, "k" * 257]))
+scalars = st.one_of(
+    texts, st.booleans(), st.none(), st.integers(-2**31, 2**31 - 1), st.integers(-2**63, 2**63 - 1).map(Int64),
+    st.floats(allow_nan=True, allow_infinity=True), st.just(ObjectId()),
+    st.binary(max_size=10), st.binary(max_size=10).map(lambda b: Binary(b, 4)),
+    st.datetimes(timezones=st.just(datetime.timezone.utc)))
+values = st.recursive(scalars, lambda children: st.one_of(
+    st.lists(children, max_size=5), st.dictionaries(keys, children, max_size=5)), max_leaves=25)
+TOP = ["type", "level", "topic", "env", "version", "referrer", "user_agent", "context", "extra",
+       "ip", "cookies", "timestamp", "stimestamp", "$command", "_id", "source", "node", "user"]
+events = st.dictionaries(st.sampled_from(TOP), values, max_size=8)
+
+# Events the compiled check must recognise: plain ASCII names and values within the limits.
+ascii_text = st.text(st.characters(min_codepoint=1, max_codepoint=127), max_size=30)
+plain_keys = ascii_text.filter(lambda k: not k.startswith("$"))
+plain_scalars = st.one_of(ascii_text, st.booleans(), st.none(), st.integers(-2**63, 2**63 - 1),
+                          st.floats(allow_nan=False, allow_infinity=False), st.just(ObjectId()), st.binary(max_size=8))
+plain_values = st.recursive(plain_scalars, lambda children: st.one_of(
+    st.lists(children, max_size=3), st.dictionaries(plain_keys, children, max_size=3)), max_leaves=10)
+plain_events = st.fixed_dictionaries(
+    {"type": ascii_text.filter(bool)},
+    optional={"level": ascii_text, "topic": ascii_text, "env": ascii_text, "user_agent": ascii_text,
+              "context": st.dictionaries(plain_keys, plain_values, max_size=4),
+              "extra": plain_values.filter(lambda v: v is not None)})
+
+
+def frame_of(event):
+    try:
+        return bson.encode(event)
+    except Exception:
+        assume(False)
+
+
+class PlainBsonFramesTest(unittest.TestCase):
+    @settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+    @given(events, limits)
+    @example({"type": "a", "context": {"x": float("nan")}}, DEFAULT)
+    @example({"type": "a", "context": {"$x": 1}}, DEFAULT)
+    @example({"type": "a\x00"}, DEFAULT)
+    @example({"type": ""}, DEFAULT)
+    def test_never_plain_where_python_is_not(self, event, lim):
+        check_plain_frame(frame_of(event), lim)
+
+    @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+    @given(plain_events)
+    def test_recognises_plain_events(self, event):
+        """Not a check that only ever says 'let Python decide'."""
+        frame = frame_of(event)
+        native, python = check_plain_frame(frame, DEFAULT)
+        self.assertIsInstance(python, dict)
+        self.assertEqual(native, python)
+
+    @settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+    @given(plain_events, limits, st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=4),
+           st.integers(0, 10**6), st.integers(-3, 3))
+    def test_mutated_frames(self, event, lim, flips, cut_at, size_delta):
+        """Bytes flipped, frames cut short or with a size field that lies."""
+        frame = bytearray(frame_of(event))
+        for at, byte in flips:
+            frame[at % len(frame)] = byte
+        frame = frame[:max(1, cut_at % (len(frame) + 1))] if cut_at % 3 == 0 else frame
+        if size_delta and len(frame) >= 4:
+            frame[:4] = (int.from_bytes(frame[:4], "little", signed=True) + size_delta).to_bytes(4, "little", signed=True)
+        check_plain_frame(bytes(frame), lim)
+
+    @settings(max_examples=300)
+    @given(st.lists(st.tuples(st.sampled_from(TOP[:9]), plain_values), min_size=1, max_size=6))
+    def test_raw_elements_with_repeated_keys(self, pairs):
+        frame = document([element(k, v) for k, v in pairs])
+        check_plain_frame(frame, DEFAULT)
+
+    def test_limits_at_their_edge(self):
+        lim = Limits(max_string_bytes=10, max_depth=2, max_fields=4)
+        cases = {
+            "string at max_string_bytes": ({"type": "t", "context": {"a": "x" * 10}}, True),
+            "string over it": ({"type": "t", "context": {"a": "x" * 11}}, False),
+            "type at min(256, max_string_bytes)": ({"type": "x" * 10}, True),
+            "type over it": ({"type": "x" * 11}, False),
+            "nested at max_depth": ({"type": "t", "context": {"a": {"b": 1}}}, True),
+            "nested deeper": ({"type": "t", "context": {"a": {"b": {"c": 1}}}}, False),
+            "max_fields values, root included": ({"type": "t", "context": {"a": 1, "b": 2, "c": 3}}, True),
+            "one more": ({"type": "t", "context": {"a": 1, "b": 2, "c": 3, "d": 4}}, False),
+        }
+        for name, (event, plain) in cases.items():
+            with self.subTest(name):
+                frame = bson.encode(event)
+                native, python = check_plain_frame(frame, lim)
+                self.assertEqual(native is not None, plain)
+                self.assertEqual(isinstance(python, dict), plain or name in ("type over it",))
+
+    def test_python_decides_what_it_must_word(self):
+        for event in [{"type": "t", "ip": "127.0.0.1"}, {"type": "t", "timestamp": 5}, {"type": "t", "$command": "event"},
+                      {"type": "t", "cookies": {"a": "b"}}, {"type": "t", "user": "u"}, {"type": "é"},
+                      {"type": "t", "context": {"d": datetime.datetime(2020, 1, 1)}}, {"type": "t", "extra": None}]:
+            with self.subTest(event=event):
+                self.assertIsNone(native_verdict(bson.encode(event), DEFAULT))
+
+    def test_every_frame_of_a_burst_answered_in_order(self):
+        frames = [bson.encode({"type": "a"}), b"\x05\x00\x00\x00\x00", bson.encode({"type": "b", "topic": "t"})]
+        got = native._native.plain_bson_frames(frames, 1000, 32, 1000)
+        self.assertEqual(got, [{"type": "a"}, None, {"type": "b", "topic": "t"}])
+        self.assertEqual(python_verdict(frames[1], DEFAULT), "rejected")
+
+
+class SwitchTest(unittest.TestCase):
+    def _describe(self, env):
+        code = "from zspark import native; print(native.COMPILED, native.describe())"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**os.environ, **env}, cwd=os.path.dirname(os.path.dirname(__file__)))
+        return out.stdout.strip()
+
+    def test_zspark_pure_turns_the_compiled_paths_off(self):
+        self.assertEqual(self._describe({"ZSPARK_PURE": "1"}), "False pure Python hot paths (ZSPARK_PURE is set)")
+        self.assertEqual(self._describe({"ZSPARK_PURE": "0"}), "True compiled hot paths in use (zspark._native)")
+
+    def test_this_run_uses_what_its_environment_asks(self):
+        self.assertEqual(native.COMPILED, not native.PURE)

@@ -1,0 +1,288 @@
+/* zspark._native: compiled hot paths. zspark/native.py says when they are used; each has a
+ * pure-Python reference it is tested and fuzzed against (tests/test_native.py, tests/fuzz/).
+ *
+ * plain_bson_frames(frames, max_string_bytes, max_depth, max_fields) -> list
+ *
+ *   For each ZeroMQ BSON frame, walks its bytes (no decoding to Python objects) and says whether
+ *   it is an event that event.sender_fields keeps exactly as sent: a dict of its top-level string
+ *   fields (type, level, topic, ...: what the topic policy may read) when it is, else None, and
+ *   the frame goes down the pure-Python path, which accepts or rejects it with its reason.
+ *
+ *   So this function never rejects anything and never words a message: it only recognises the
+ *   common case. It says yes only when every byte is what that path would accept as it is:
+ *     - one whole BSON document (its size field is the frame's length), well formed throughout;
+ *     - top-level keys among type, level, topic, env, version, referrer, user_agent (strings:
+ *       ASCII without NUL, at most min(256, max_string_bytes) bytes), context (a document) and
+ *       extra (any value but null), each at most once, and a non-empty type;
+ *     - inside context and extra: keys ASCII without NUL, at most 256 bytes, not starting with
+ *       '$'; values strings (ASCII without NUL, at most max_string_bytes), finite doubles, int32,
+ *       int64, booleans, nulls, ObjectIds, binary of subtype 0, documents and arrays nested at
+ *       most max_depth levels, at most max_fields values counting the root.
+ *   Anything else (ip, cookies, timestamps, non-ASCII text, dates, other BSON types, a repeated
+ *   top-level key, a limit reached) is left to Python.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define SHORT_LIMIT 256 /* event.SHORT_LIMIT */
+#define DEPTH_CAP 1000  /* below any recursion that could exhaust the C stack */
+
+typedef struct {
+    Py_ssize_t max_string;
+    long max_depth;
+    long max_fields;
+} limits_t;
+
+enum { F_TYPE, F_LEVEL, F_TOPIC, F_ENV, F_VERSION, F_REFERRER, F_USER_AGENT, N_STRING_FIELDS,
+       F_CONTEXT = N_STRING_FIELDS, F_EXTRA, N_FIELDS };
+
+static const char *FIELD_NAMES[N_FIELDS] = {"type", "level", "topic", "env", "version", "referrer",
+                                            "user_agent", "context", "extra"};
+static PyObject *field_keys[N_STRING_FIELDS]; /* interned str of the string fields' names */
+
+static int32_t read_i32(const unsigned char *p) {
+    return (int32_t)((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
+}
+
+static double read_double(const unsigned char *p) {
+    uint64_t bits = 0;
+    for (int i = 7; i >= 0; i--)
+        bits = bits << 8 | p[i];
+    double d;
+    memcpy(&d, &bits, sizeof d);
+    return d;
+}
+
+/* ASCII without NUL: every byte in 1..127. */
+static int plain_ascii(const unsigned char *s, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (s[i] == 0 || s[i] >= 0x80)
+            return 0;
+    return 1;
+}
+
+/* The length of the C string at p, which must end before `end`; -1 if it does not. */
+static Py_ssize_t cstring_length(const unsigned char *p, const unsigned char *end) {
+    const unsigned char *nul = memchr(p, 0, (size_t)(end - p));
+    return nul ? nul - p : -1;
+}
+
+/* A BSON string at p (int32 size, bytes, NUL) within end: its text in *s, *n; returns the bytes
+ * it takes, or -1. */
+static Py_ssize_t string_value(const unsigned char *p, const unsigned char *end,
+                               const unsigned char **s, Py_ssize_t *n) {
+    if (end - p < 5)
+        return -1;
+    int32_t size = read_i32(p);
+    if (size < 1 || size > end - p - 4 || p[4 + size - 1] != 0)
+        return -1;
+    *s = p + 4;
+    *n = size - 1;
+    return 4 + (Py_ssize_t)size;
+}
+
+static Py_ssize_t free_value(unsigned char type, const unsigned char *p, const unsigned char *end,
+                             long depth, const limits_t *lim, long *count);
+
+/* A document or array at p within end, `depth` levels down: the bytes it takes, or -1. */
+static Py_ssize_t container(const unsigned char *p, const unsigned char *end, int is_array,
+                            long depth, const limits_t *lim, long *count) {
+    if (depth > lim->max_depth || depth > DEPTH_CAP || end - p < 5)
+        return -1;
+    int32_t size = read_i32(p);
+    if (size < 5 || size > end - p)
+        return -1;
+    const unsigned char *q = p + 4, *last = p + size - 1; /* last: the terminating NUL */
+    if (*last != 0)
+        return -1;
+    while (q < last) {
+        unsigned char type = *q++;
+        Py_ssize_t key_length = cstring_length(q, last);
+        if (key_length < 0)
+            return -1;
+        const unsigned char *key = q;
+        q += key_length + 1;
+        /* An array's keys are ignored by the decoder, but must still be text it can read. */
+        if (!plain_ascii(key, key_length))
+            return -1;
+        if (!is_array && (key_length > SHORT_LIMIT || (key_length > 0 && key[0] == '$')))
+            return -1;
+        Py_ssize_t used = free_value(type, q, last, depth + 1, lim, count);
+        if (used < 0)
+            return -1;
+        q += used;
+    }
+    return q == last ? (Py_ssize_t)size : -1;
+}
+
+/* A value of context or extra (event._value's rules) of BSON `type` at p within end: the bytes it
+ * takes, or -1. `depth` is its own depth if it is a container. */
+static Py_ssize_t free_value(unsigned char type, const unsigned char *p, const unsigned char *end,
+                             long depth, const limits_t *lim, long *count) {
+    if (++*count > lim->max_fields)
+        return -1;
+    const unsigned char *s;
+    Py_ssize_t n, used;
+    switch (type) {
+    case 0x01: /* double */
+        return end - p >= 8 && isfinite(read_double(p)) ? 8 : -1;
+    case 0x02: /* string */
+        used = string_value(p, end, &s, &n);
+        return used >= 0 && n <= lim->max_string && plain_ascii(s, n) ? used : -1;
+    case 0x03: /* document */
+        return container(p, end, 0, depth, lim, count);
+    case 0x04: /* array */
+        return container(p, end, 1, depth, lim, count);
+    case 0x05: /* binary: only subtype 0, which decodes to bytes */
+        if (end - p < 5)
+            return -1;
+        n = read_i32(p);
+        return n >= 0 && n <= end - p - 5 && p[4] == 0 ? 5 + n : -1;
+    case 0x07: /* ObjectId */
+        return end - p >= 12 ? 12 : -1;
+    case 0x08: /* boolean */
+        return end - p >= 1 && p[0] <= 1 ? 1 : -1;
+    case 0x0A: /* null */
+        return 0;
+    case 0x10: /* int32 */
+        return end - p >= 4 ? 4 : -1;
+    case 0x12: /* int64 */
+        return end - p >= 8 ? 8 : -1;
+    default:
+        return -1;
+    }
+}
+
+static int field_of(const unsigned char *key, Py_ssize_t n) {
+    for (int i = 0; i < N_FIELDS; i++)
+        if ((Py_ssize_t)strlen(FIELD_NAMES[i]) == n && memcmp(FIELD_NAMES[i], key, (size_t)n) == 0)
+            return i;
+    return -1;
+}
+
+/* The string fields of the frame if it is plain (see the top), else Py_None; NULL on an error. */
+static PyObject *plain_frame(const unsigned char *p, Py_ssize_t n, const limits_t *lim) {
+    const unsigned char *text[N_STRING_FIELDS];
+    Py_ssize_t length[N_STRING_FIELDS];
+    int order[N_STRING_FIELDS], n_strings = 0;
+    unsigned seen = 0;
+    Py_ssize_t short_limit = lim->max_string < SHORT_LIMIT ? lim->max_string : SHORT_LIMIT;
+
+    if (n < 5 || read_i32(p) != n || p[n - 1] != 0)
+        Py_RETURN_NONE;
+    const unsigned char *q = p + 4, *last = p + n - 1;
+    while (q < last) {
+        unsigned char type = *q++;
+        Py_ssize_t key_length = cstring_length(q, last);
+        if (key_length < 0)
+            Py_RETURN_NONE;
+        int field = field_of(q, key_length);
+        q += key_length + 1;
+        /* Once each: also what bounds `order` to N_STRING_FIELDS entries. */
+        if (field < 0 || (seen & (1u << field)))
+            Py_RETURN_NONE;
+        seen |= 1u << field;
+        Py_ssize_t used;
+        if (field < N_STRING_FIELDS) {
+            const unsigned char *s;
+            Py_ssize_t len;
+            if (type != 0x02)
+                Py_RETURN_NONE;
+            used = string_value(q, last, &s, &len);
+            if (used < 0 || len > short_limit || !plain_ascii(s, len))
+                Py_RETURN_NONE;
+            text[field] = s;
+            length[field] = len;
+            order[n_strings++] = field;
+        } else {
+            long count = 0;
+            if (type == 0x0A || (field == F_CONTEXT && type != 0x03))
+                Py_RETURN_NONE;
+            used = free_value(type, q, last, 1, lim, &count);
+            if (used < 0)
+                Py_RETURN_NONE;
+        }
+        q += used;
+    }
+    if (q != last || !(seen & (1u << F_TYPE)) || length[F_TYPE] == 0)
+        Py_RETURN_NONE;
+
+    PyObject *fields = PyDict_New();
+    if (fields == NULL)
+        return NULL;
+    for (int i = 0; i < n_strings; i++) {
+        int field = order[i];
+        PyObject *value = PyUnicode_New(length[field], 127);
+        if (value == NULL) {
+            Py_DECREF(fields);
+            return NULL;
+        }
+        memcpy(PyUnicode_1BYTE_DATA(value), text[field], (size_t)length[field]);
+        int failed = PyDict_SetItem(fields, field_keys[field], value);
+        Py_DECREF(value);
+        if (failed) {
+            Py_DECREF(fields);
+            return NULL;
+        }
+    }
+    return fields;
+}
+
+static PyObject *plain_bson_frames(PyObject *self, PyObject *args) {
+    PyObject *frames;
+    limits_t lim;
+    if (!PyArg_ParseTuple(args, "Onll:plain_bson_frames", &frames, &lim.max_string, &lim.max_depth,
+                          &lim.max_fields))
+        return NULL;
+    PyObject *seq = PySequence_Fast(frames, "frames must be a sequence");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+    PyObject *out = PyList_New(count);
+    if (out == NULL) {
+        Py_DECREF(seq);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_buffer view;
+        PyObject *result;
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), &view, PyBUF_SIMPLE) < 0) {
+            Py_DECREF(seq);
+            Py_DECREF(out);
+            return NULL;
+        }
+        result = plain_frame(view.buf, view.len, &lim);
+        PyBuffer_Release(&view);
+        if (result == NULL) {
+            Py_DECREF(seq);
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, result);
+    }
+    Py_DECREF(seq);
+    return out;
+}
+
+static PyMethodDef methods[] = {
+    {"plain_bson_frames", plain_bson_frames, METH_VARARGS,
+     "plain_bson_frames(frames, max_string_bytes, max_depth, max_fields) -> list: for each BSON "
+     "frame, a dict of its top-level string fields if event.sender_fields keeps it exactly as "
+     "sent, else None (the pure-Python path decides)."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "zspark._native",
+                                    "zspark's compiled hot paths (see zspark/native.py).", -1, methods};
+
+PyMODINIT_FUNC PyInit__native(void) {
+    for (int i = 0; i < N_STRING_FIELDS; i++) {
+        field_keys[i] = PyUnicode_InternFromString(FIELD_NAMES[i]);
+        if (field_keys[i] == NULL)
+            return NULL;
+    }
+    return PyModule_Create(&module);
+}
