@@ -10,7 +10,9 @@ above it.
 
 `setup(level)` installs this on the root logger, so it holds for every library too, and routes
 what would otherwise bypass logging and be written to stderr raw into it: gevent's hub (an
-exception a greenlet or a thread pool task did not catch) and Python warnings.
+exception a greenlet or a thread pool task did not catch) and Python warnings. A KeyboardInterrupt
+(Ctrl-C) is not an error: the hub passes it on to the main greenlet without a word, and `zcmd`
+exits 130 quietly.
 """
 import logging
 import sys
@@ -62,6 +64,8 @@ def _route_gevent_errors():
     hub_class = gevent.hub.Hub
     if getattr(hub_class.print_exception, "_zspark", False):
         return
+    # The hub still raises it in the main greenlet (it is a SYSTEM_ERROR); it only stops printing it.
+    hub_class.NOT_ERROR = (*hub_class.NOT_ERROR, KeyboardInterrupt)
     original = hub_class.print_exception
 
     def print_exception(hub, context, type_, value, tb):
