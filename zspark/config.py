@@ -137,6 +137,8 @@ class EventConfig:
     max_string_bytes: ByteSize = ByteSize(64 * 1024)
     max_depth: int = 32
     max_fields: int = 1000
+    # A top-level field the schema does not know: moved into `context`, or the event refused.
+    unknown_fields: _choice("context", "refuse") = "context"
 
 
 @dataclass

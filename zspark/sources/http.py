@@ -30,6 +30,7 @@ import bottle
 import gevent
 from gevent.pool import Pool
 
+from ..event import InvalidEvent, from_query
 from ..ingest import BatchRejected
 from ..journal import JournalError, JournalFull, TooLargeForJournal
 from ..metrics import RateLimitedLog
@@ -40,8 +41,6 @@ from .tap import TailStream
 log = logging.getLogger("zspark.http")
 
 SOURCE = "http"
-QUERY_FIELDS = {"type": "type", "level": "level", "topic": "topic", "env": "env", "ver": "version",
-                "version": "version", "stimestamp": "stimestamp", "ip": "ip"}
 # Events in a batch above which its request lets the rest of the server run between decoding,
 # validating and journaling it (each about 50 ms of the event loop for 4 MiB of small events).
 _LARGE_BATCH = 5000
@@ -312,15 +311,10 @@ class HttpSource:
             pairs = urllib.parse.parse_qsl(raw_qs, keep_blank_values=True, errors="strict")
         except (UnicodeError, ValueError):
             raise Refusal(400, "the query string is not valid UTF-8") from None
-        event = {}
-        context = {}
-        for name, value in pairs:
-            if name in QUERY_FIELDS:
-                event[QUERY_FIELDS[name]] = value
-            else:
-                context[name] = value
-        if context:
-            event["context"] = context
+        try:
+            event = from_query(pairs, self.ingest.limits)  # the fields, and context (event.py)
+        except InvalidEvent as e:
+            raise Refusal(400, str(e)) from None
         event.setdefault("ip", self._client_ip(environ))
         # The raw latin-1 strings from environ: bottle's request.headers decodes them as strict
         # UTF-8 and raises on anything else.
