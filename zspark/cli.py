@@ -81,7 +81,12 @@ def main(argv=None):
             return args.usage_error(f"bad config: {e}")
         print(f"zcmd: bad config: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    logsetup.setup(config.log.level)  # one line per record, whatever a sender put in it
+    try:  # one line per record, whatever a sender put in it
+        logsetup.setup(config.log.level, format=config.log.format, path=config.log.file)
+    except OSError as e:
+        print(f"zcmd: cannot open the log file {config.log.file} (config key log.file): {e.strerror}",
+              file=sys.stderr)
+        return EXIT_CONFIG
     try:
         return args.run(args, config)
     except KeyboardInterrupt:  # Ctrl-C: the user's choice, not an error to report

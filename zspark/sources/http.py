@@ -80,14 +80,19 @@ class HttpSource:
         self.stats = ingest.metrics.source(SOURCE)
         self._warn = RateLimitedLog(log)
         self._trusted = [ipaddress.ip_network(p, strict=False) for p in self.config.trusted_proxies]
-        self._tokens = [t.encode() for t in self.config.tokens]  # /log
-        self._status_tokens = [t.encode() for t in self.config.status_tokens] or self._tokens
+        self.set_tokens(self.config.tokens, self.config.status_tokens)
         self.tail = TailStream(ingest.journal, stopping, self.config.tail_max_last, self.config.tail_max_clients,
                                self.config.retry_after_s)
         self.budget = httpbody.InflightBudget(self.config.max_inflight_bytes)
         self.app = self._build_app()
         self.server = None
         self._in_flight = 0  # requests being answered now (a stop waits for them)
+
+    def set_tokens(self, tokens, status_tokens):
+        """The bearer tokens of /log, and of /status, /metrics and /tail (else the same); also
+        while serving (SIGHUP: zspark/reload.py)."""
+        self._tokens = [t.encode() for t in tokens]
+        self._status_tokens = [t.encode() for t in status_tokens] or self._tokens
 
     # -- serving ------------------------------------------------------------------------------
 
