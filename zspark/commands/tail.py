@@ -12,7 +12,7 @@ without read access to the journal.
   zcmd tail --server --url https://10.0.0.5:8080/tail -n 0
 
 Exit status: 0; 1 no journal (or the stream from the server broke off); 2 bad arguments; 3 no
-server answered (--server).
+server answered (--server); 130 stopped by Ctrl-C.
 """
 import os
 import socket
@@ -81,8 +81,6 @@ def run(args, config):
             if not args.follow:
                 return 0
             reader.wait()
-    except KeyboardInterrupt:
-        return 0
     except BrokenPipeError:
         sys.stderr.close()  # the reader went away (| head): not an error
         return 0
@@ -120,8 +118,6 @@ def _follow_server(args, config):
                     # (its events and whatever else it sends) is not trusted with the terminal.
                     out.write(json_line(line.decode("utf-8", "replace").rstrip("\r\n")) + "\n")
                     out.flush()
-    except KeyboardInterrupt:
-        return 0
     except BrokenPipeError:
         sys.stderr.close()
         return 0
