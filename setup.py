@@ -31,7 +31,7 @@ setup(
         "test": ["nose2>=0.14", "hypothesis>=6.100", "atheris>=2.3"],
     },
     # The compiled hot paths (zspark/native.py says what each does and how to run without them).
-    ext_modules=[Extension("zspark._native", ["zspark/_native.c"], extra_compile_args=["-O2", "-Wall"])],
+    ext_modules=[Extension("zspark._native", ["zspark/_native.c"], libraries=["z"], extra_compile_args=["-O2", "-Wall"])],
     entry_points={"console_scripts": ["zcmd = zspark.cli:main"]},
     scripts=["scripts/zsend"],
 )

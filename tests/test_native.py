@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from zspark import native
 from zspark.event import Limits
+from zspark.journal import codec, record
 
 from .native_reference import check_plain_frame, document, element, native_verdict, python_verdict
 
@@ -125,6 +126,53 @@ class PlainBsonFramesTest(unittest.TestCase):
         got = native._native.plain_bson_frames(frames, 1000, 32, 1000)
         self.assertEqual(got, [{"type": "a"}, None, {"type": "b", "topic": "t"}])
         self.assertEqual(python_verdict(frames[1], DEFAULT), "rejected")
+
+
+offsets = st.one_of(st.integers(0, 2**20), st.integers(2**40 - 5, 2**40 + 5), st.integers(2**64 - 1000, 2**64 - 1))
+
+
+class JournalWritingTest(unittest.TestCase):
+    """Splicing the assigned fields and framing records: the compiled code writes the bytes the
+    Python code writes."""
+
+    @settings(max_examples=300)
+    @given(st.lists(plain_events, max_size=6), offsets,
+           st.datetimes(min_value=datetime.datetime(1970, 1, 2), timezones=st.just(datetime.timezone.utc)),
+           st.sampled_from(["zmq_bson", "http", "é"]), st.text(min_size=1, max_size=20))
+    def test_splice(self, events, offset, timestamp, source, node):
+        assume(offset + len(events) < 2**64)
+        docs = [bson.encode(e) for e in events]
+        assigned = codec._assigned(timestamp, source, node)
+        self.assertEqual(native._native.splice(docs, offset, *assigned), codec._splice_all(docs, offset, assigned))
+
+    def test_splice_refuses_a_size_field_that_does_not_fit(self):
+        assigned = codec._assigned(datetime.datetime.now(datetime.timezone.utc), "s", "n")
+        for doc in [b"", b"\x04\x00\x00\x00", b"\xff\x00\x00\x00\x00", b"\x06\x00\x00\x00\x00"]:
+            with self.subTest(doc=doc), self.assertRaises(ValueError):
+                native._native.splice([doc], 0, *assigned)
+
+    @settings(max_examples=300)
+    @given(st.lists(st.binary(max_size=300), max_size=20), offsets)
+    def test_frame_all(self, payloads, offset):
+        assume(offset + len(payloads) < 2**64)
+        self.assertEqual(native._native.frame_all(offset, payloads), record._frame_all(offset, payloads))
+
+    @settings(max_examples=300)
+    @given(st.lists(st.binary(max_size=300), max_size=40), offsets, st.integers(0, 2**40), st.integers(1, 2000))
+    def test_record_marks(self, payloads, offset, position, spacing):
+        assume(offset + len(payloads) < 2**64)
+        data = record._frame_all(offset, payloads)
+        self.assertEqual(native._native.record_marks(data, position, spacing), record._marks(data, position, spacing))
+
+    def test_what_the_journal_writes_reads_back(self):
+        payloads = [bytes([i]) * i for i in range(50)]
+        data = native._native.frame_all(7, payloads)
+        pos, got = 0, []
+        while pos < len(data):
+            offset, start, end = record.parse(data, pos)
+            got.append((offset, data[start:end]))
+            pos = end
+        self.assertEqual(got, list(enumerate(payloads, 7)))
 
 
 class SwitchTest(unittest.TestCase):

@@ -20,6 +20,24 @@
  *       most max_depth levels, at most max_fields values counting the root.
  *   Anything else (ip, cookies, timestamps, non-ASCII text, dates, other BSON types, a repeated
  *   top-level key, a limit reached) is left to Python.
+ *
+ * splice(docs, offset, head, stamp, tail, extra) -> list of bytes
+ *
+ *   journal.codec._spliced of each document in `docs` (whole BSON documents, validated) at
+ *   `offset`, `offset + 1`, ...: the payloads with the assigned fields spliced around the
+ *   sender's elements. `head`, `stamp`, `tail`, `extra` are codec._assigned's four parts.
+ *
+ * frame_all(offset, payloads) -> bytes
+ *
+ *   journal.record.frame_all's records of `payloads` at `offset`, ..., joined: for each, magic
+ *   "ZJ", length (uint32), offset (uint64), crc32 of length + offset + payload (uint32), all
+ *   big-endian, then the payload.
+ *
+ * record_marks(data, position, spacing) -> list of (offset, position)
+ *
+ *   journal.record.marks: the first record of `data` (records back to back, as frame_all
+ *   writes them, at file position `position`) and each one starting `spacing` bytes or more
+ *   after the last one given: where the index notes them.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -27,6 +45,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#include <zlib.h>
 
 #define SHORT_LIMIT 256 /* event.SHORT_LIMIT */
 #define DEPTH_CAP 1000  /* below any recursion that could exhaust the C stack */
@@ -268,11 +287,175 @@ static PyObject *plain_bson_frames(PyObject *self, PyObject *args) {
     return out;
 }
 
+/* -- the journal: splicing and framing records ---------------------------------------------- */
+
+static void put_be32(unsigned char *p, uint32_t v) {
+    p[0] = (unsigned char)(v >> 24); p[1] = (unsigned char)(v >> 16); p[2] = (unsigned char)(v >> 8); p[3] = (unsigned char)v;
+}
+
+static void put_be64(unsigned char *p, uint64_t v) {
+    put_be32(p, (uint32_t)(v >> 32));
+    put_be32(p + 4, (uint32_t)v);
+}
+
+static void put_le32(unsigned char *p, uint32_t v) {
+    p[0] = (unsigned char)v; p[1] = (unsigned char)(v >> 8); p[2] = (unsigned char)(v >> 16); p[3] = (unsigned char)(v >> 24);
+}
+
+static uint64_t read_be64(const unsigned char *p) {
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+static uint32_t read_be32(const unsigned char *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
+}
+
+static PyObject *splice(PyObject *self, PyObject *args) {
+    PyObject *docs;
+    unsigned long long offset;
+    Py_buffer head, stamp, tail;
+    Py_ssize_t extra;
+    if (!PyArg_ParseTuple(args, "OKy*y*y*n:splice", &docs, &offset, &head, &stamp, &tail, &extra))
+        return NULL;
+    PyObject *out = NULL, *seq = PySequence_Fast(docs, "docs must be a sequence");
+    if (seq == NULL)
+        goto done;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+    if ((out = PyList_New(count)) == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_buffer doc;
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), &doc, PyBUF_SIMPLE) < 0)
+            goto fail;
+        const unsigned char *d = doc.buf;
+        int32_t size = doc.len >= 5 ? read_i32(d) : 0;
+        if (size < 5 || size > doc.len) {
+            PyBuffer_Release(&doc);
+            PyErr_Format(PyExc_ValueError, "document %zd: its size field does not fit its %zd bytes", i, doc.len);
+            goto fail;
+        }
+        Py_ssize_t length = 4 + head.len + 5 + stamp.len + (size - 5) + tail.len;
+        PyObject *payload = PyBytes_FromStringAndSize(NULL, length);
+        if (payload == NULL) {
+            PyBuffer_Release(&doc);
+            goto fail;
+        }
+        unsigned char *p = (unsigned char *)PyBytes_AS_STRING(payload);
+        put_le32(p, (uint32_t)(size + extra));
+        p += 4;
+        memcpy(p, head.buf, (size_t)head.len);
+        p += head.len;
+        uint64_t id_offset = (offset + (uint64_t)i) & 0xFFFFFFFFFFULL;
+        for (int b = 4; b >= 0; b--)
+            *p++ = (unsigned char)(id_offset >> (8 * b));
+        memcpy(p, stamp.buf, (size_t)stamp.len);
+        p += stamp.len;
+        memcpy(p, d + 4, (size_t)(size - 5));
+        p += size - 5;
+        memcpy(p, tail.buf, (size_t)tail.len);
+        PyBuffer_Release(&doc);
+        PyList_SET_ITEM(out, i, payload);
+    }
+    goto done;
+fail:
+    Py_CLEAR(out);
+done:
+    Py_XDECREF(seq);
+    PyBuffer_Release(&head);
+    PyBuffer_Release(&stamp);
+    PyBuffer_Release(&tail);
+    return out;
+}
+
+#define RECORD_HEADER 18
+
+static PyObject *frame_all(PyObject *self, PyObject *args) {
+    unsigned long long offset;
+    PyObject *payloads;
+    if (!PyArg_ParseTuple(args, "KO:frame_all", &offset, &payloads))
+        return NULL;
+    PyObject *seq = PySequence_Fast(payloads, "payloads must be a sequence");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq), total = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyBytes_Check(item)) {
+            Py_DECREF(seq);
+            return PyErr_Format(PyExc_TypeError, "payload %zd is %.50s, not bytes", i, Py_TYPE(item)->tp_name);
+        }
+        if (PyBytes_GET_SIZE(item) > 0xFFFFFFFFLL) {
+            Py_DECREF(seq);
+            return PyErr_Format(PyExc_ValueError, "payload %zd is too large for a record", i);
+        }
+        total += RECORD_HEADER + PyBytes_GET_SIZE(item);
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, total);
+    if (out == NULL) {
+        Py_DECREF(seq);
+        return NULL;
+    }
+    unsigned char *p = (unsigned char *)PyBytes_AS_STRING(out);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        Py_ssize_t n = PyBytes_GET_SIZE(item);
+        p[0] = 'Z';
+        p[1] = 'J';
+        put_be32(p + 2, (uint32_t)n);
+        put_be64(p + 6, offset + (uint64_t)i);
+        uLong crc = crc32(0L, p + 2, 12);
+        crc = crc32(crc, (const Bytef *)PyBytes_AS_STRING(item), (uInt)n);
+        put_be32(p + 14, (uint32_t)crc);
+        memcpy(p + RECORD_HEADER, PyBytes_AS_STRING(item), (size_t)n);
+        p += RECORD_HEADER + n;
+    }
+    Py_DECREF(seq);
+    return out;
+}
+
+static PyObject *record_marks(PyObject *self, PyObject *args) {
+    Py_buffer data;
+    long long position, spacing;
+    if (!PyArg_ParseTuple(args, "y*LL:record_marks", &data, &position, &spacing))
+        return NULL;
+    PyObject *out = PyList_New(0);
+    const unsigned char *p = data.buf;
+    Py_ssize_t at = 0;
+    long long due = 0; /* the first record is always marked */
+    while (out != NULL && data.len - at >= RECORD_HEADER) {
+        if (p[at] != 'Z' || p[at + 1] != 'J') {
+            Py_CLEAR(out);
+            PyErr_Format(PyExc_ValueError, "no record at %zd", at);
+            break;
+        }
+        if (position + at >= due) {
+            PyObject *mark = Py_BuildValue("(KL)", (unsigned long long)read_be64(p + at + 6), position + at);
+            if (mark == NULL || PyList_Append(out, mark) < 0)
+                Py_CLEAR(out);
+            Py_XDECREF(mark);
+            due = position + at + spacing;
+        }
+        at += RECORD_HEADER + (Py_ssize_t)read_be32(p + at + 2);
+    }
+    PyBuffer_Release(&data);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"plain_bson_frames", plain_bson_frames, METH_VARARGS,
      "plain_bson_frames(frames, max_string_bytes, max_depth, max_fields) -> list: for each BSON "
      "frame, a dict of its top-level string fields if event.sender_fields keeps it exactly as "
      "sent, else None (the pure-Python path decides)."},
+    {"splice", splice, METH_VARARGS,
+     "splice(docs, offset, head, stamp, tail, extra) -> list: journal.codec._spliced of each "
+     "whole document at offset, offset + 1, ..."},
+    {"frame_all", frame_all, METH_VARARGS,
+     "frame_all(offset, payloads) -> bytes: the journal records of payloads, joined."},
+    {"record_marks", record_marks, METH_VARARGS,
+     "record_marks(data, position, spacing) -> list of (offset, position) for the index."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "zspark._native",

@@ -9,6 +9,8 @@ warning at start, see `describe`).
     plain_bson_frames(frames, limits)   for each ZeroMQ BSON frame, its top-level string fields
                                         if event.sender_fields keeps it exactly as sent, else
                                         None; None instead of the list when nothing is compiled
+    `compiled(name, reference)`         the others: journal.record.frame_all and marks,
+                                        journal.codec's splicing of assigned fields
 """
 import os
 
@@ -21,6 +23,12 @@ else:
 
 PURE = os.environ.get("ZSPARK_PURE", "") not in ("", "0")
 COMPILED = _native is not None and not PURE
+
+
+def compiled(name, reference):
+    """The compiled function `name` where compiled paths are in use, else `reference`, the
+    pure-Python function it must equal."""
+    return getattr(_native, name) if COMPILED else reference
 
 
 def describe():

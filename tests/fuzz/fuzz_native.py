@@ -3,7 +3,8 @@ against the pure-Python reference (tests/native_reference.py).
 
     .venv/bin/python -m tests.fuzz.fuzz_native -max_total_time=60 [corpus_dir ...]
 
-The input's first three bytes choose the limits, the rest is a ZeroMQ BSON frame. Without a
+The input's fourth byte chooses the entry point: a ZeroMQ BSON frame for plain_bson_frames (the
+first three bytes choose the limits), or bytes to splice and frame as journal records. Without a
 corpus directory it starts from a few events' frames (in a temporary one). A failure prints the
 input and leaves it in crash-<hash>; `python -m tests.fuzz.fuzz_native crash-<hash>` replays it.
 """
@@ -16,7 +17,9 @@ import atheris
 import bson
 
 with atheris.instrument_imports():
+    from zspark import _native
     from zspark.event import Limits
+    from zspark.journal import codec, record
     from tests.native_reference import check_plain_frame
 
 SEED_EVENTS = [
@@ -31,9 +34,34 @@ def limits_of(data):
     return Limits(max_string_bytes=1 + data[0] * 4, max_depth=data[1] % 8, max_fields=1 + data[2] * 2)
 
 
+ASSIGNED = codec._assigned(datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc), "zmq_bson", "node")
+
+
+def check_journal_writing(data):
+    """Splice the input's bytes as a document (a lying size field must be refused, never read
+    past), then frame the input's pieces as records and find the index's marks in them."""
+    size = int.from_bytes(data[:4], "little", signed=True) if len(data) >= 4 else 0
+    try:
+        spliced = _native.splice([data], 12345, *ASSIGNED)
+    except ValueError:
+        assert not 5 <= size <= len(data), f"refused a document that fits: {data!r}"
+    else:
+        assert 5 <= size <= len(data), f"spliced a document that does not fit: {data!r}"
+        assert spliced == codec._splice_all([data], 12345, ASSIGNED)
+    pieces = [data[i:i + 1 + data[i] % 64] for i in range(0, len(data), 7)]
+    records = _native.frame_all(2**40 - 3, pieces)
+    assert records == record._frame_all(2**40 - 3, pieces)
+    spacing = 1 + (data[0] if data else 0)
+    assert _native.record_marks(records, 99, spacing) == record._marks(records, 99, spacing)
+
+
 def one_input(data):
-    if len(data) >= 3:
-        check_plain_frame(data[3:], limits_of(data))
+    if len(data) < 4:
+        return
+    if data[3] & 1:
+        check_journal_writing(data[4:])
+    else:
+        check_plain_frame(data[4:], limits_of(data))
 
 
 def main(argv):
@@ -41,7 +69,7 @@ def main(argv):
         corpus = tempfile.mkdtemp(prefix="zspark-fuzz-")
         for i, event in enumerate(SEED_EVENTS):
             with open(os.path.join(corpus, f"seed{i}"), "wb") as f:
-                f.write(b"\xff\x20\xff" + bson.encode(event))
+                f.write(b"\xff\x20\xff" + bytes([i % 2]) + bson.encode(event))
         argv = argv + [corpus]
     atheris.Setup(argv, one_input)
     atheris.Fuzz()
