@@ -10,6 +10,7 @@ import bson
 
 from zspark import _native
 from zspark.event import STRING_FIELDS, InvalidEvent, sender_fields
+from zspark.journal import codec
 from zspark.sources.zmq import SPLICEABLE_FIELDS, decode_bson
 
 REJECTED = "rejected"  # the Python path refuses the frame
@@ -60,3 +61,27 @@ def document(elements):
 def element(key, value):
     """The raw BSON element `key: value`."""
     return bson.encode({key: value})[4:-1]
+
+
+def check_plain_events(raws, limits):
+    """Fail if the compiled check calls an event plain that sender_fields does not return as it
+    is; return the compiled flags."""
+    flags = _native.plain_events(raws, limits.max_string_bytes, limits.max_depth, limits.max_fields)
+    assert len(flags) == len(raws)
+    for raw, flag in zip(raws, flags):
+        if flag:
+            try:
+                kept = sender_fields(raw, limits) is raw
+            except InvalidEvent as e:
+                raise AssertionError(f"compiled: plain; Python: {e} ({raw!r})") from None
+            assert kept, f"compiled: plain; Python: converted ({raw!r})"
+    return flags
+
+
+def check_encode_batch(fields, offset, assigned):
+    """Fail if the compiled encoder writes other bytes than the Python one; return its result
+    (None where it leaves the batch to Python)."""
+    payloads = _native.encode_spliced(fields, offset, *assigned)
+    if payloads is not None:
+        assert payloads == codec._encode_batch(fields, offset, assigned), f"encoded differently: {fields!r}"
+    return payloads

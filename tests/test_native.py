@@ -15,7 +15,8 @@ from zspark import native
 from zspark.event import Limits
 from zspark.journal import codec, record
 
-from .native_reference import check_plain_frame, document, element, native_verdict, python_verdict
+from .native_reference import (check_encode_batch, check_plain_events, check_plain_frame, document, element,
+                               native_verdict, python_verdict)
 
 SMALL = Limits(max_string_bytes=40, max_depth=3, max_fields=12)
 DEFAULT = Limits()
@@ -49,6 +50,14 @@ plain_events = st.fixed_dictionaries(
               "context": st.dictionaries(plain_keys, plain_values, max_size=4),
               "extra": plain_values.filter(lambda v: v is not None)})
 
+
+# Values a plain event must not hold (each refused or converted by the Python path).
+POISONS = ["a\x00b", "é", "x" * (64 * 1024 + 1), float("nan"), float("inf"), -float("inf"), 2**63, -2**63 - 1,
+           {"$k": 1}, {"k\x00": 1}, {"é": 1}, {"k" * 257: 1}, datetime.datetime(2020, 1, 1), ("t",),
+           {"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {"i": {"j": {"k": {"l": {"m": {"n": {"o": {
+               "p": {"q": {"r": {"s": {"t": {"u": {"v": {"w": {"x": {"y": {"z": {"A": {"B": {"C": {"D": {
+                   "E": {"F": 1}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}}, list(range(1001))]
+EDGE_INTEGERS = [2**31 - 1, 2**31, -2**31, -2**31 - 1, 2**63 - 1, -2**63, 0, -1]
 
 def frame_of(event):
     try:
@@ -95,6 +104,17 @@ class PlainBsonFramesTest(unittest.TestCase):
         frame = document([element(k, v) for k, v in pairs])
         check_plain_frame(frame, DEFAULT)
 
+    @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+    @given(plain_events, st.sampled_from(range(len(POISONS))), st.sampled_from(["context", "extra"]), st.booleans())
+    def test_one_bad_value_anywhere(self, event, which, field, deep):
+        poison = POISONS[which]
+        assume(not isinstance(poison, tuple))  # BSON has no tuples: it would be an array
+        value = {"p": poison}
+        event = {**event, field: {"d": [value]} if deep else value}
+        frame = frame_of(event)
+        native, python = check_plain_frame(frame, DEFAULT)
+        self.assertIsNone(native, event)
+
     def test_limits_at_their_edge(self):
         lim = Limits(max_string_bytes=10, max_depth=2, max_fields=4)
         cases = {
@@ -129,6 +149,80 @@ class PlainBsonFramesTest(unittest.TestCase):
 
 
 offsets = st.one_of(st.integers(0, 2**20), st.integers(2**40 - 5, 2**40 + 5), st.integers(2**64 - 1000, 2**64 - 1))
+
+# What JSON decodes to, and a few things it never does (they must be left to Python).
+json_scalars = st.one_of(texts, st.booleans(), st.none(), st.integers(-2**70, 2**70),
+                         st.floats(allow_nan=True, allow_infinity=True))
+json_values = st.recursive(json_scalars, lambda children: st.one_of(
+    st.lists(children, max_size=5), st.dictionaries(keys, children, max_size=5)), max_leaves=25)
+json_events = st.dictionaries(st.sampled_from(TOP), json_values, max_size=8)
+odd_values = st.one_of(st.just(datetime.datetime(2020, 1, 1)), st.just(ObjectId()), st.binary(max_size=4),
+                       st.just(Int64(5)), st.just(("a", "tuple")), st.just(b"\x00"))
+plain_json_scalars = st.one_of(ascii_text, st.booleans(), st.none(), st.integers(-2**63, 2**63 - 1),
+                               st.floats(allow_nan=False, allow_infinity=False))
+plain_json_values = st.recursive(plain_json_scalars, lambda children: st.one_of(
+    st.lists(children, max_size=3), st.dictionaries(plain_keys, children, max_size=3)), max_leaves=10)
+plain_json_events = st.fixed_dictionaries(
+    {"type": ascii_text.filter(bool)},
+    optional={"level": ascii_text, "env": ascii_text, "referrer": ascii_text,
+              "context": st.dictionaries(plain_keys, plain_json_values, max_size=4),
+              "extra": plain_json_values.filter(lambda v: v is not None)})
+NOW = datetime.datetime(2026, 12, 2, 13, 0, 1, 123456, tzinfo=datetime.timezone.utc)
+
+
+class DecodedJsonTest(unittest.TestCase):
+    """The HTTP path's batches: the plain check and the encoder on decoded JSON."""
+
+    @settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(json_events, max_size=5), limits)
+    def test_never_plain_where_python_is_not(self, raws, lim):
+        check_plain_events(raws, lim)
+
+    @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(plain_json_events, min_size=1, max_size=5))
+    def test_recognises_plain_events(self, raws):
+        self.assertEqual(list(check_plain_events(raws, DEFAULT)), [1] * len(raws))
+
+    @settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(st.dictionaries(keys, st.one_of(json_values, odd_values), max_size=6), max_size=5), offsets)
+    def test_encoder_writes_what_python_writes(self, fields, offset):
+        assume(offset + len(fields) < 2**64)
+        try:
+            codec._encode_batch(fields, offset, codec._assigned(NOW, "http", "node"))
+        except Exception:  # what Python cannot encode, the compiled encoder must leave to it
+            self.assertIsNone(native._native.encode_spliced(fields, offset, *codec._assigned(NOW, "http", "node")))
+            return
+        check_encode_batch(fields, offset, codec._assigned(NOW, "http", "node"))
+
+    @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(plain_json_events, min_size=1, max_size=5), offsets)
+    def test_encoder_encodes_json(self, fields, offset):
+        assume(offset + len(fields) < 2**64)
+        self.assertIsNotNone(check_encode_batch(fields, offset, codec._assigned(NOW, "http", "n")))
+
+    @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+    @given(plain_json_events, st.sampled_from(POISONS), st.sampled_from(["context", "extra"]), st.booleans())
+    def test_one_bad_value_anywhere(self, event, poison, field, deep):
+        """A plain event with one value the Python path refuses or converts, at the top of
+        context or extra or nested inside: never plain."""
+        value = {"p": poison}
+        event = {**event, field: {"d": [value]} if deep else value}
+        flags = check_plain_events([event], DEFAULT)
+        self.assertEqual(list(flags), [0], event)
+
+    @settings(max_examples=200)
+    @given(st.sampled_from(EDGE_INTEGERS), st.booleans())
+    def test_encoder_integer_edges(self, n, negative_zero):
+        fields = [{"type": "t", "context": {"n": n, "f": -0.0 if negative_zero else 0.0}}]
+        self.assertIsNotNone(check_encode_batch(fields, 1, codec._assigned(NOW, "http", "n")))
+
+    def test_left_to_python(self):
+        assigned = codec._assigned(NOW, "http", "n")
+        for fields in [[{"a": datetime.datetime(2020, 1, 1)}], [{"a\x00": 1}], [{"a": 2**64}], [{1: 2}],
+                       [{"a": "\ud800"}], ["not a dict"], [{"a": Int64(1)}], [{"a": [{"b": ObjectId()}]}]]:
+            with self.subTest(fields=fields):
+                self.assertIsNone(native._native.encode_spliced(fields, 0, *assigned))
+
 
 
 class JournalWritingTest(unittest.TestCase):

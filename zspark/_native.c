@@ -21,6 +21,21 @@
  *   Anything else (ip, cookies, timestamps, non-ASCII text, dates, other BSON types, a repeated
  *   top-level key, a limit reached) is left to Python.
  *
+ * plain_events(raws, max_string_bytes, max_depth, max_fields) -> bytes
+ *
+ *   For each decoded event (from JSON: dicts, lists, str, int, float, bool, None), 1 if
+ *   event.sender_fields returns it as it is (its fast path, event._plain, says yes without
+ *   raising), else 0: the same rules as plain_bson_frames, on Python objects. A 0 sends that
+ *   event down the Python path, which accepts it, converts it or rejects it with its reason.
+ *
+ * encode_spliced(fields, offset, head, stamp, tail, extra) -> list of bytes, or None
+ *
+ *   journal.codec.encode_batch's payloads for a batch of sender fields: each dict encoded as
+ *   pymongo's encoder encodes it and spliced as splice does. None (the Python encoder decides,
+ *   and raises what it raises) when any value is not of the types JSON decodes to (exactly dict
+ *   with str keys, list, str, int within 64 bits, float, bool, None), a key holds a NUL, a
+ *   string is not UTF-8-encodable, or nesting is deeper than DEPTH_CAP.
+ *
  * splice(docs, offset, head, stamp, tail, extra) -> list of bytes
  *
  *   journal.codec._spliced of each document in `docs` (whole BSON documents, validated) at
@@ -287,8 +302,6 @@ static PyObject *plain_bson_frames(PyObject *self, PyObject *args) {
     return out;
 }
 
-/* -- the journal: splicing and framing records ---------------------------------------------- */
-
 static void put_be32(unsigned char *p, uint32_t v) {
     p[0] = (unsigned char)(v >> 24); p[1] = (unsigned char)(v >> 16); p[2] = (unsigned char)(v >> 8); p[3] = (unsigned char)v;
 }
@@ -312,6 +325,326 @@ static uint64_t read_be64(const unsigned char *p) {
 static uint32_t read_be32(const unsigned char *p) {
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
 }
+
+/* -- decoded JSON events: the plain check and the encoder ------------------------------------- */
+
+/* ASCII without NUL, at most `limit` characters (event._plain's test of a string). */
+static int plain_str(PyObject *o, Py_ssize_t limit) {
+    if (!PyUnicode_IS_ASCII(o))
+        return 0;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(o);
+    return n <= limit && memchr(PyUnicode_1BYTE_DATA(o), 0, (size_t)n) == NULL;
+}
+
+/* event._value's verdict on a free-form value, when it accepts without a call to the slow
+ * checks: 1, else 0 (the Python code decides). `depth` is the value's own. */
+static int plain_object(PyObject *o, long depth, const limits_t *lim, long *count) {
+    if (++*count > lim->max_fields)
+        return 0;
+    if (o == Py_None || PyBool_Check(o))
+        return 1;
+    if (PyUnicode_CheckExact(o))
+        return plain_str(o, lim->max_string);
+    if (PyLong_CheckExact(o)) {
+        int overflow;
+        PyLong_AsLongLongAndOverflow(o, &overflow);
+        if (PyErr_Occurred())
+            PyErr_Clear();
+        return !overflow;
+    }
+    if (PyFloat_CheckExact(o))
+        return isfinite(PyFloat_AS_DOUBLE(o));
+    if (PyDict_CheckExact(o)) {
+        if (depth > lim->max_depth || depth > DEPTH_CAP)
+            return 0;
+        PyObject *key, *value;
+        Py_ssize_t pos = 0;
+        while (PyDict_Next(o, &pos, &key, &value)) {
+            if (!PyUnicode_CheckExact(key) || !plain_str(key, SHORT_LIMIT) ||
+                (PyUnicode_GET_LENGTH(key) > 0 && PyUnicode_1BYTE_DATA(key)[0] == '$'))
+                return 0;
+            if (!plain_object(value, depth + 1, lim, count))
+                return 0;
+        }
+        return 1;
+    }
+    if (PyList_CheckExact(o)) {
+        if (depth > lim->max_depth || depth > DEPTH_CAP)
+            return 0;
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(o); i++)
+            if (!plain_object(PyList_GET_ITEM(o, i), depth + 1, lim, count))
+                return 0;
+        return 1;
+    }
+    return 0;
+}
+
+static PyObject *field_objects[N_FIELDS]; /* interned str of every plain top-level name */
+
+static int plain_event(PyObject *raw, const limits_t *lim) {
+    if (!PyDict_CheckExact(raw))
+        return 0;
+    Py_ssize_t short_limit = lim->max_string < SHORT_LIMIT ? lim->max_string : SHORT_LIMIT;
+    PyObject *key, *value, *type = NULL;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(raw, &pos, &key, &value)) {
+        int field = -1;
+        for (int i = 0; i < N_FIELDS && field < 0; i++)
+            if (key == field_objects[i] ||
+                (PyUnicode_CheckExact(key) && PyUnicode_Compare(key, field_objects[i]) == 0))
+                field = i;
+        if (PyErr_Occurred())
+            PyErr_Clear();
+        if (field < 0)
+            return 0;
+        if (field < N_STRING_FIELDS) {
+            if (!PyUnicode_CheckExact(value) || !plain_str(value, short_limit))
+                return 0;
+            if (field == F_TYPE)
+                type = value;
+        } else {
+            long count = 0;
+            if (value == Py_None || (field == F_CONTEXT && !PyDict_CheckExact(value)))
+                return 0;
+            if (!plain_object(value, 1, lim, &count))
+                return 0;
+        }
+    }
+    return type != NULL && PyUnicode_GET_LENGTH(type) > 0;
+}
+
+static PyObject *plain_events(PyObject *self, PyObject *args) {
+    PyObject *raws;
+    limits_t lim;
+    if (!PyArg_ParseTuple(args, "Onll:plain_events", &raws, &lim.max_string, &lim.max_depth, &lim.max_fields))
+        return NULL;
+    PyObject *seq = PySequence_Fast(raws, "raws must be a sequence");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, count);
+    if (out != NULL) {
+        char *flags = PyBytes_AS_STRING(out);
+        for (Py_ssize_t i = 0; i < count; i++)
+            flags[i] = (char)plain_event(PySequence_Fast_GET_ITEM(seq, i), &lim);
+    }
+    Py_DECREF(seq);
+    return out;
+}
+
+typedef struct {
+    unsigned char *data;
+    Py_ssize_t len, cap;
+} buffer_t;
+
+static int grow(buffer_t *b, Py_ssize_t more) {
+    if (b->len + more <= b->cap)
+        return 0;
+    Py_ssize_t cap = b->cap ? b->cap : 1024;
+    while (cap < b->len + more)
+        cap *= 2;
+    unsigned char *data = PyMem_Realloc(b->data, (size_t)cap);
+    if (data == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->data = data;
+    b->cap = cap;
+    return 0;
+}
+
+static int put(buffer_t *b, const void *p, Py_ssize_t n) {
+    if (grow(b, n) < 0)
+        return -1;
+    memcpy(b->data + b->len, p, (size_t)n);
+    b->len += n;
+    return 0;
+}
+
+static int put_i32(buffer_t *b, int32_t v) {
+    unsigned char le[4];
+    put_le32(le, (uint32_t)v);
+    return put(b, le, 4);
+}
+
+/* Results of the encoder: written; not ours to encode (the Python encoder decides); an error
+ * (memory) with an exception set. */
+enum { ENCODED = 0, NOT_OURS = 1, FAILED = -1 };
+
+static int encode_document(buffer_t *b, PyObject *o, int is_array, long depth);
+
+static int encode_element(buffer_t *b, const char *key, Py_ssize_t key_len, PyObject *v, long depth) {
+    unsigned char type;
+    Py_ssize_t type_at = b->len;
+    if (put(b, "\0", 1) < 0 || put(b, key, key_len) < 0 || put(b, "\0", 1) < 0)
+        return FAILED;
+    if (v == Py_None) {
+        type = 0x0A;
+    } else if (PyBool_Check(v)) {
+        type = 0x08;
+        if (put(b, v == Py_True ? "\1" : "\0", 1) < 0)
+            return FAILED;
+    } else if (PyLong_CheckExact(v)) {
+        int overflow;
+        long long n = PyLong_AsLongLongAndOverflow(v, &overflow);
+        if (overflow)
+            return NOT_OURS;
+        if (n == -1 && PyErr_Occurred())
+            return FAILED;
+        unsigned char le[8];
+        if (n >= INT32_MIN && n <= INT32_MAX) {
+            type = 0x10;
+            put_le32(le, (uint32_t)(int32_t)n);
+            if (put(b, le, 4) < 0)
+                return FAILED;
+        } else {
+            type = 0x12;
+            uint64_t u = (uint64_t)n;
+            for (int i = 0; i < 8; i++)
+                le[i] = (unsigned char)(u >> (8 * i));
+            if (put(b, le, 8) < 0)
+                return FAILED;
+        }
+    } else if (PyFloat_CheckExact(v)) {
+        type = 0x01;
+        double d = PyFloat_AS_DOUBLE(v);
+        uint64_t u;
+        memcpy(&u, &d, 8);
+        unsigned char le[8];
+        for (int i = 0; i < 8; i++)
+            le[i] = (unsigned char)(u >> (8 * i));
+        if (put(b, le, 8) < 0)
+            return FAILED;
+    } else if (PyUnicode_CheckExact(v)) {
+        type = 0x02;
+        Py_ssize_t n;
+        const char *utf8 = PyUnicode_AsUTF8AndSize(v, &n);
+        if (utf8 == NULL) {
+            PyErr_Clear(); /* a lone surrogate: the Python encoder says so */
+            return NOT_OURS;
+        }
+        if (n + 1 > INT32_MAX)
+            return NOT_OURS;
+        if (put_i32(b, (int32_t)(n + 1)) < 0 || put(b, utf8, n) < 0 || put(b, "\0", 1) < 0)
+            return FAILED;
+    } else if (PyDict_CheckExact(v) || PyList_CheckExact(v)) {
+        int is_array = PyList_CheckExact(v);
+        type = is_array ? 0x04 : 0x03;
+        int r = encode_document(b, v, is_array, depth + 1);
+        if (r != ENCODED)
+            return r;
+    } else {
+        return NOT_OURS;
+    }
+    b->data[type_at] = type;
+    return ENCODED;
+}
+
+/* A document (or array) of `o`: int32 size, elements, NUL. */
+static int encode_document(buffer_t *b, PyObject *o, int is_array, long depth) {
+    if (depth > DEPTH_CAP)
+        return NOT_OURS;
+    Py_ssize_t start = b->len;
+    if (put_i32(b, 0) < 0)
+        return FAILED;
+    if (is_array) {
+        char key[24];
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(o); i++) {
+            int n = snprintf(key, sizeof key, "%zd", i);
+            int r = encode_element(b, key, n, PyList_GET_ITEM(o, i), depth);
+            if (r != ENCODED)
+                return r;
+        }
+    } else {
+        PyObject *key, *value;
+        Py_ssize_t pos = 0;
+        while (PyDict_Next(o, &pos, &key, &value)) {
+            Py_ssize_t n;
+            const char *name = PyUnicode_CheckExact(key) ? PyUnicode_AsUTF8AndSize(key, &n) : NULL;
+            if (name == NULL) {
+                PyErr_Clear();
+                return NOT_OURS;
+            }
+            if (memchr(name, 0, (size_t)n) != NULL)
+                return NOT_OURS; /* the Python encoder refuses it, saying why */
+            int r = encode_element(b, name, n, value, depth);
+            if (r != ENCODED)
+                return r;
+        }
+    }
+    if (put(b, "\0", 1) < 0)
+        return FAILED;
+    if (b->len - start > INT32_MAX)
+        return NOT_OURS;
+    put_le32(b->data + start, (uint32_t)(b->len - start));
+    return ENCODED;
+}
+
+static PyObject *encode_spliced(PyObject *self, PyObject *args) {
+    PyObject *fields;
+    unsigned long long offset;
+    Py_buffer head, stamp, tail;
+    Py_ssize_t extra;
+    if (!PyArg_ParseTuple(args, "OKy*y*y*n:encode_spliced", &fields, &offset, &head, &stamp, &tail, &extra))
+        return NULL;
+    buffer_t b = {NULL, 0, 0};
+    PyObject *out = NULL, *seq = PySequence_Fast(fields, "fields must be a sequence");
+    if (seq == NULL)
+        goto done;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+    if ((out = PyList_New(count)) == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *doc = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyDict_CheckExact(doc)) {
+            Py_CLEAR(out);
+            out = Py_None;
+            Py_INCREF(out);
+            goto done;
+        }
+        /* The document alone first, then the payload around its elements. */
+        b.len = 0;
+        int r = encode_document(&b, doc, 0, 1);
+        if (r != ENCODED) {
+            Py_CLEAR(out);
+            if (r == NOT_OURS) {
+                out = Py_None;
+                Py_INCREF(out);
+            }
+            goto done;
+        }
+        Py_ssize_t size = b.len;
+        Py_ssize_t length = 4 + head.len + 5 + stamp.len + (size - 5) + tail.len;
+        PyObject *payload = PyBytes_FromStringAndSize(NULL, length);
+        if (payload == NULL) {
+            Py_CLEAR(out);
+            goto done;
+        }
+        unsigned char *p = (unsigned char *)PyBytes_AS_STRING(payload);
+        put_le32(p, (uint32_t)(size + extra));
+        p += 4;
+        memcpy(p, head.buf, (size_t)head.len);
+        p += head.len;
+        uint64_t id_offset = (offset + (uint64_t)i) & 0xFFFFFFFFFFULL;
+        for (int k = 4; k >= 0; k--)
+            *p++ = (unsigned char)(id_offset >> (8 * k));
+        memcpy(p, stamp.buf, (size_t)stamp.len);
+        p += stamp.len;
+        memcpy(p, b.data + 4, (size_t)(size - 5));
+        p += size - 5;
+        memcpy(p, tail.buf, (size_t)tail.len);
+        PyList_SET_ITEM(out, i, payload);
+    }
+done:
+    PyMem_Free(b.data);
+    Py_XDECREF(seq);
+    PyBuffer_Release(&head);
+    PyBuffer_Release(&stamp);
+    PyBuffer_Release(&tail);
+    return out;
+}
+
+/* -- the journal: splicing and framing records ---------------------------------------------- */
 
 static PyObject *splice(PyObject *self, PyObject *args) {
     PyObject *docs;
@@ -449,6 +782,12 @@ static PyMethodDef methods[] = {
      "plain_bson_frames(frames, max_string_bytes, max_depth, max_fields) -> list: for each BSON "
      "frame, a dict of its top-level string fields if event.sender_fields keeps it exactly as "
      "sent, else None (the pure-Python path decides)."},
+    {"plain_events", plain_events, METH_VARARGS,
+     "plain_events(raws, max_string_bytes, max_depth, max_fields) -> bytes: 1 for each decoded "
+     "event event.sender_fields keeps as it is, else 0."},
+    {"encode_spliced", encode_spliced, METH_VARARGS,
+     "encode_spliced(fields, offset, head, stamp, tail, extra) -> list or None: "
+     "journal.codec.encode_batch's payloads, or None for the Python encoder."},
     {"splice", splice, METH_VARARGS,
      "splice(docs, offset, head, stamp, tail, extra) -> list: journal.codec._spliced of each "
      "whole document at offset, offset + 1, ..."},
@@ -462,10 +801,12 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "zspark._native",
                                     "zspark's compiled hot paths (see zspark/native.py).", -1, methods};
 
 PyMODINIT_FUNC PyInit__native(void) {
-    for (int i = 0; i < N_STRING_FIELDS; i++) {
-        field_keys[i] = PyUnicode_InternFromString(FIELD_NAMES[i]);
-        if (field_keys[i] == NULL)
+    for (int i = 0; i < N_FIELDS; i++) {
+        field_objects[i] = PyUnicode_InternFromString(FIELD_NAMES[i]);
+        if (field_objects[i] == NULL)
             return NULL;
+        if (i < N_STRING_FIELDS)
+            field_keys[i] = field_objects[i];
     }
     return PyModule_Create(&module);
 }

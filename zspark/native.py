@@ -9,8 +9,10 @@ warning at start, see `describe`).
     plain_bson_frames(frames, limits)   for each ZeroMQ BSON frame, its top-level string fields
                                         if event.sender_fields keeps it exactly as sent, else
                                         None; None instead of the list when nothing is compiled
+    plain_events(raws, limits)          for each decoded JSON event, 1 if sender_fields keeps
+                                        it as it is, else 0 (bytes); None when not compiled
     `compiled(name, reference)`         the others: journal.record.frame_all and marks,
-                                        journal.codec's splicing of assigned fields
+                                        journal.codec's splicing and batch encoding
 """
 import os
 
@@ -38,6 +40,12 @@ def describe():
     if PURE:
         return "pure Python hot paths (ZSPARK_PURE is set)"
     return f"pure Python hot paths: the compiled module is missing ({_MISSING}); reinstall zspark to build it"
+
+
+def plain_events(raws, limits):
+    if not COMPILED:
+        return None
+    return _native.plain_events(raws, limits.max_string_bytes, limits.max_depth, limits.max_fields)
 
 
 # The top-level fields plain_bson_frames checks but does not hand over.

@@ -3,12 +3,14 @@ against the pure-Python reference (tests/native_reference.py).
 
     .venv/bin/python -m tests.fuzz.fuzz_native -max_total_time=60 [corpus_dir ...]
 
-The input's fourth byte chooses the entry point: a ZeroMQ BSON frame for plain_bson_frames (the
-first three bytes choose the limits), or bytes to splice and frame as journal records. Without a
+The input's fourth byte chooses the entry point: a ZeroMQ BSON frame for plain_bson_frames, bytes
+to splice and frame as journal records, or an HTTP body's JSON for plain_events and the batch
+encoder (the first three bytes choose the limits). Without a
 corpus directory it starts from a few events' frames (in a temporary one). A failure prints the
 input and leaves it in crash-<hash>; `python -m tests.fuzz.fuzz_native crash-<hash>` replays it.
 """
 import datetime
+import json
 import os
 import sys
 import tempfile
@@ -20,7 +22,8 @@ with atheris.instrument_imports():
     from zspark import _native
     from zspark.event import Limits
     from zspark.journal import codec, record
-    from tests.native_reference import check_plain_frame
+    from zspark.sources import fastjson
+    from tests.native_reference import check_encode_batch, check_plain_events, check_plain_frame
 
 SEED_EVENTS = [
     {"type": "page_view", "level": "info", "topic": "web", "context": {"user": "u1", "n": 1, "ok": True}},
@@ -55,13 +58,36 @@ def check_journal_writing(data):
     assert _native.record_marks(records, 99, spacing) == record._marks(records, 99, spacing)
 
 
+def check_json(data, limits):
+    """The HTTP path: a body's JSON decoded as the source decodes it, then the plain check and
+    the batch encoder."""
+    try:
+        value = fastjson.decode(data)
+        if value is fastjson.NOT_DECODED:
+            value = json.loads(data.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return
+    raws = value if isinstance(value, list) else [value]
+    check_plain_events(raws, limits)
+    fields = [raw for raw in raws if isinstance(raw, dict)]
+    try:
+        codec._encode_batch(fields, 7, ASSIGNED)
+    except Exception:
+        assert _native.encode_spliced(fields, 7, *ASSIGNED) is None
+    else:
+        check_encode_batch(fields, 7, ASSIGNED)
+
+
 def one_input(data):
     if len(data) < 4:
         return
-    if data[3] & 1:
+    entry = data[3] % 3
+    if entry == 0:
+        check_plain_frame(data[4:], limits_of(data))
+    elif entry == 1:
         check_journal_writing(data[4:])
     else:
-        check_plain_frame(data[4:], limits_of(data))
+        check_json(data[4:], limits_of(data))
 
 
 def main(argv):
@@ -70,6 +96,8 @@ def main(argv):
         for i, event in enumerate(SEED_EVENTS):
             with open(os.path.join(corpus, f"seed{i}"), "wb") as f:
                 f.write(b"\xff\x20\xff" + bytes([i % 2]) + bson.encode(event))
+            with open(os.path.join(corpus, f"seed{i}.json"), "wb") as f:
+                f.write(b"\xff\x20\xff\x02" + json.dumps(event, default=str).encode())
         argv = argv + [corpus]
     atheris.Setup(argv, one_input)
     atheris.Fuzz()

@@ -152,10 +152,20 @@ def encode_batch(fields, timestamp, source, node, offset):
     a small event), and the assigned fields are spliced around each one's bytes as for a
     FrameEvent (encoding a datetime costs more than all the sender's fields together).
     """
+    assigned = _assigned(timestamp, source, node)
+    if _native_encode is not None:
+        payloads = _native_encode(fields, offset, *assigned)
+        if payloads is not None:
+            return payloads
+    return _encode_batch(fields, offset, assigned)
+
+
+def _encode_batch(fields, offset, assigned):
+    """encode_batch in Python: the reference of the compiled encoder, and what decides whatever
+    that one leaves to it."""
     buf = memoryview(_encode({"": fields}, False, _ENCODE_OPTIONS))
     # buf: int32 size, 0x04 (array) "" NUL, the array: int32 size, then one element per event:
     # 0x03 (document), its index as decimal digits, NUL, the document: int32 size, elements, NUL.
-    assigned = _assigned(timestamp, source, node)
     unpack = _INT32.unpack_from
     payloads = []
     pos = 10
@@ -272,4 +282,5 @@ def _compiled_splice_all(docs, offset, assigned):
 
 
 _native_splice = native.compiled("splice", None)
+_native_encode = native.compiled("encode_spliced", None)
 splice_all = _compiled_splice_all if _native_splice is not None else _splice_all
