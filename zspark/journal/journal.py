@@ -107,7 +107,6 @@ class Stats:
         self.sync_seconds_total = 0.0
         self.sync_seconds_last = 0.0
         self.sync_seconds_max = 0.0
-        self.records_appended = 0
         self.write_errors = 0
 
     def record_sync(self, seconds):
@@ -296,7 +295,6 @@ class Journal:
             self._index_batch(batch, position)
             self._segments[-1][1] += len(data)
             self._end_offset = batch.last + 1
-            self.stats.records_appended += batch.last - batch.first + 1
             self._notify_readers()
         finally:
             self._pending_bytes -= batch.nbytes
