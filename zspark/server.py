@@ -20,7 +20,7 @@ from . import __version__, descriptors, sinks
 from .config import config_warnings
 from .event import Limits
 from .forwarder import Forwarder
-from .hours import HourTracker, clock_from_environment
+from .hours import HourTracker
 from .ingest import Ingest
 from .journal import Journal, JournalError
 from .metrics import Metrics
@@ -168,8 +168,7 @@ class Server:
         if self.notices is not None and nc.hour_complete and tracked is not None:
             # Before the forwarder starts, so that it counts every batch from the first.
             self.hours = HourTracker(self.journal, tracked, tracked.sink.topic_for, self.notices.publish,
-                                     grace_s=nc.hour_grace_s, check_s=nc.check_s,
-                                     clock=clock_from_environment(), follows=self.topics.follows)
+                                     grace_s=nc.hour_grace_s, check_s=nc.check_s, follows=self.topics.follows)
         for forwarder in self.forwarders:
             self._watch(forwarder.start(), f"forwarder {forwarder.name}")
             log.info("forwarding to %s from offset %d", forwarder.sink.describe(), forwarder.cursor.offset)
