@@ -101,6 +101,10 @@ class Forwarder:
         except Exception as e:  # a sink that cannot close cleanly must not block the shutdown
             log.warning("forwarder %s: closing the sink failed: %s", self.name, e)
 
+    def status(self):
+        """The forwarder's part of `/status`: as_dict() and where it delivers (URIs redacted)."""
+        return {**self.as_dict(), "destination": self.sink.describe()}
+
     def as_dict(self):
         return {"state": self.state, "cursor": self.cursor.offset, "lag": self.lag,
                 "delivered": self.delivered, "failed": self.failed,

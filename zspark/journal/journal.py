@@ -378,6 +378,27 @@ class Journal:
     def cursor(self, name):
         return Cursor(self.directory, name)
 
+    def status(self):
+        """The journal's part of `/status`."""
+        syncs = self.stats.syncs
+        return {
+            "dir": self.directory,
+            "first_offset": self.first_offset,
+            "end_offset": self.end_offset,
+            "bytes": self.size_bytes,
+            "max_bytes": self.max_bytes,
+            "segments": len(self._segments),
+            "sync": self.sync,
+            "syncs": syncs,
+            "sync_latency_ms": {
+                "last": round(self.stats.sync_seconds_last * 1000, 3),
+                "avg": round(self.stats.sync_seconds_total / syncs * 1000, 3) if syncs else 0.0,
+                "max": round(self.stats.sync_seconds_max * 1000, 3),
+            },
+            "write_errors": self.stats.write_errors,
+            "damage": self.damage.as_dict(),  # cut at open, skipped and missing (damage.py)
+        }
+
     # -- retention ----------------------------------------------------------------------------
 
     def apply_retention(self, consumers, now=None):
