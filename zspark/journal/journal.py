@@ -513,12 +513,14 @@ class Journal:
         return ahead
 
 
-def last_offset_on_disk(directory):
-    """The offset of the last intact record in the journal at `directory`, or None (read-only)."""
+def last_offset_on_disk(directory, offset_index=None):
+    """The offset of the last intact record in the journal at `directory`, or None (read-only).
+    `offset_index` (an OffsetIndex of the directory) is told where the records it parses start."""
     for base in reversed(record.list_segments(directory)):
+        note = None if offset_index is None else (lambda offset, pos, base=base: offset_index.note(base, offset, pos))
         try:
             _, last, _ = _scan_segment(os.open(os.path.join(directory, record.segment_name(base)),
-                                               files.READ_FLAGS))
+                                               files.READ_FLAGS), note)
         except FileNotFoundError:
             continue
         if last is not None:
