@@ -117,6 +117,21 @@ class Stats:
         self.sync_bucket_counts[bisect.bisect_left(SYNC_BUCKETS, seconds)] += 1
 
 
+class Segment:
+    """One segment of the open journal: its base offset (the offset it is named by) and the bytes
+    of durable records in it (the file's size, less a write in progress)."""
+
+    __slots__ = ("base", "size")
+
+    def __init__(self, base, size=0):
+        self.base = base
+        self.size = size
+
+    @property
+    def name(self):
+        return record.segment_name(self.base)
+
+
 class Journal:
     def __init__(self, directory, sync="batch", sync_interval=0.005, segment_bytes=64 * 1024**2,
                  max_bytes=10 * 1024**3, retain_hours=168.0, on_fatal=None, allow_shared_dir=False):
@@ -134,7 +149,7 @@ class Journal:
         self.index = OffsetIndex()  # where records start in each segment, for readers (index.py)
         self._log_write_error = RateLimitedLog(log, logging.ERROR)  # a full disk fails every write
         self._on_fatal = on_fatal
-        self._segments = []  # [base_offset, size_bytes], ascending; the last is active
+        self._segments = []  # Segment, ascending by base; the last is active
         self._fd = None
         self._dir_fd = None  # the journal directory, checked at open; segments are opened relative to it
         self._lock_fd = None
@@ -265,10 +280,10 @@ class Journal:
 
     def _write_batch(self, batch):
         try:
-            if self._segments[-1][1] >= self.segment_bytes:
+            if self._segments[-1].size >= self.segment_bytes:
                 self._roll(self._end_offset)
             data = b"".join(batch.chunks)
-            position = self._segments[-1][1]
+            position = self._segments[-1].size
             started = time.monotonic()
             blocking.call(_write_at, self._fd, data, position, self.sync != "never")
             if self.sync != "never":
@@ -293,7 +308,7 @@ class Journal:
             raise
         else:
             self._index_batch(batch, position)
-            self._segments[-1][1] += len(data)
+            self._segments[-1].size += len(data)
             self._end_offset = batch.last + 1
             self._notify_readers()
         finally:
@@ -304,7 +319,7 @@ class Journal:
         """Tell the index where the batch's records start: its first one, and in a batch larger
         than the index's spacing, one every SPACING bytes (its chunks are each record's header
         and payload, in turn: record.frame_all)."""
-        base = self._segments[-1][0]
+        base = self._segments[-1].base
         self.index.note(base, batch.first, position)
         if batch.nbytes <= SPACING:
             return
@@ -325,7 +340,7 @@ class Journal:
         between segments means records are missing (see reader.py)."""
         new_fd = blocking.call(_create_segment, self._dir_fd, self.directory, base)
         old_fd, self._fd = self._fd, new_fd
-        self._segments.append([base, 0])
+        self._segments.append(Segment(base))
         blocking.call(_sync_and_close, old_fd)
         log.info("journal: rolled to segment %s", record.segment_name(base))
 
@@ -346,20 +361,20 @@ class Journal:
 
     @property
     def first_offset(self):
-        return self._segments[0][0] if self._segments else 0
+        return self._segments[0].base if self._segments else 0
 
     @property
     def size_bytes(self):
-        return sum(size for _, size in self._segments)
+        return sum(segment.size for segment in self._segments)
 
     def segment_bases(self):
-        return [base for base, _ in self._segments]
+        return [segment.base for segment in self._segments]
 
     def durable_bytes(self, base):
         """How many bytes of segment `base` hold durable records (0 for a segment not known)."""
-        for segment_base, size in reversed(self._segments):
-            if segment_base == base:
-                return size
+        for segment in reversed(self._segments):
+            if segment.base == base:
+                return segment.size
         return 0
 
     def reader(self, offset=0):
@@ -409,21 +424,20 @@ class Journal:
         cursors = consumers if isinstance(consumers, dict) else {
             name: read_cursor(self.directory, name) for name in consumers}
         passed = min(cursors.values()) if cursors else self._end_offset
-        if self._refused and passed >= self._end_offset and self._segments[-1][1] > 0:
+        if self._refused and passed >= self._end_offset and self._segments[-1].size > 0:
             # Full, and every consumer has passed even the active segment: roll it, so that it
             # can go too. Otherwise no write would come to roll it (all are refused), and a
             # journal whose whole size is in its active segment would stay full for ever.
             self._refused = False
             with self._writing:
-                if self._segments[-1][1] > 0:
+                if self._segments[-1].size > 0:
                     self._roll(self._end_offset)
         deleted = []
         while len(self._segments) > 1:
-            base, _ = self._segments[0]
-            next_base = self._segments[1][0]
-            if next_base > passed:
+            oldest = self._segments[0]
+            if self._segments[1].base > passed:
                 break
-            name = record.segment_name(base)
+            base, name = oldest.base, oldest.name
             mtime = blocking.call(_mtime, name, self._dir_fd)
             if mtime is not None and (now - mtime) / 3600.0 < self.retain_hours:
                 break
@@ -470,11 +484,11 @@ class Journal:
         if not bases:
             start = self._past_every_cursor(0)
             self._fd = _create_segment(self._dir_fd, self.directory, start)
-            self._segments = [[start, 0]]
+            self._segments = [Segment(start)]
             self._next_offset = self._end_offset = start
             return
-        self._segments = [[b, os.stat(record.segment_name(b), dir_fd=self._dir_fd,
-                                      follow_symlinks=False).st_size] for b in bases]
+        self._segments = [Segment(b, os.stat(record.segment_name(b), dir_fd=self._dir_fd,
+                                             follow_symlinks=False).st_size) for b in bases]
         last_base = bases[-1]
         path = os.path.join(self.directory, record.segment_name(last_base))
         fd = files.open_file(record.segment_name(last_base), os.O_RDWR, dir_fd=self._dir_fd, shown=path)
@@ -483,7 +497,7 @@ class Journal:
         except BaseException:
             os.close(fd)
             raise
-        size = self._segments[-1][1]
+        size = self._segments[-1].size
         if skipped:
             log.warning("journal recovery: %d damaged region(s) inside %s will be skipped by readers",
                         skipped, record.segment_name(last_base))
@@ -494,7 +508,7 @@ class Journal:
             os.ftruncate(fd, valid_end)
             os.fsync(fd)
             self.damage.cut_bytes += size - valid_end
-            self._segments[-1][1] = valid_end
+            self._segments[-1].size = valid_end
         self._fd = fd
         self._next_offset = self._past_every_cursor(max(last_base, last_offset + 1 if last_offset is not None else 0))
         self._end_offset = self._next_offset
