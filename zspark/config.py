@@ -110,6 +110,9 @@ class HttpConfig:
     idle_timeout_s: float = 75.0
     tls_handshake_timeout_s: float = 10.0
     max_connections: int = 10000
+    # One line per request (zspark/accesslog.py), to access_log_file ("" = stdout; reopened on SIGHUP).
+    access_log: _choice("off", "combined", "json") = "off"
+    access_log_file: Path = Path("")
 
 
 @dataclass
@@ -137,6 +140,8 @@ class EventConfig:
     max_string_bytes: ByteSize = ByteSize(64 * 1024)
     max_depth: int = 32
     max_fields: int = 1000
+    # A top-level field the schema does not know: moved into `context`, or the event refused.
+    unknown_fields: _choice("context", "refuse") = "context"
 
 
 @dataclass
@@ -209,6 +214,8 @@ class PubConfig:
 @dataclass
 class LogConfig:
     level: _choice("debug", "info", "warning", "error") = "info"
+    format: _choice("text", "json") = "text"  # zspark/logsetup.py
+    file: Path = Path("")  # "" = stderr; reopened on SIGHUP (after logrotate moved it)
 
 
 @dataclass

@@ -16,7 +16,7 @@ import gevent
 import zmq.green as zmq_green
 from gevent.event import Event
 
-from . import __version__, descriptors, sinks
+from . import __version__, accesslog, descriptors, sinks
 from .config import config_warnings
 from .event import Limits
 from .forwarder import Forwarder
@@ -127,6 +127,11 @@ class Server:
             except OSError as e:
                 raise StartupError(f"cannot listen for HTTP on {cfg.http.host}:{cfg.http.port} "
                                    f"(config key http.port): {e.strerror or e}") from None
+            try:  # before any request is served: nothing yields since start()
+                self.http.server.access_log = accesslog.build(cfg.http)
+            except OSError as e:
+                raise StartupError(f"cannot open the access log {cfg.http.access_log_file} "
+                                   f"(config key http.access_log_file): {e.strerror or e}") from None
         curve = self._start_curve()
         for name, address, decode in (("zmq_bson", cfg.zmq.bson_bind, decode_bson),
                                       ("zmq_json", cfg.zmq.json_bind, decode_json)):

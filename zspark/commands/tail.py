@@ -18,7 +18,7 @@ matching ones among the last N. `zcmd replay` and GET /tail take the same patter
   zcmd tail --server --url https://10.0.0.5:8080/tail -n 0
 
 Exit status: 0; 1 no journal (or the stream from the server broke off); 2 bad arguments; 3 no
-server answered (--server).
+server answered (--server); 130 stopped by Ctrl-C.
 """
 import os
 import socket
@@ -90,8 +90,6 @@ def run(args, config):
             if not args.follow:
                 return 0
             reader.wait()
-    except KeyboardInterrupt:
-        return 0
     except BrokenPipeError:
         sys.stderr.close()  # the reader went away (| head): not an error
         return 0
@@ -128,8 +126,6 @@ def _follow_server(args, config):
                     # (its events and whatever else it sends) is not trusted with the terminal.
                     out.write(json_line(line.decode("utf-8", "replace").rstrip("\r\n")) + "\n")
                     out.flush()
-    except KeyboardInterrupt:
-        return 0
     except BrokenPipeError:
         sys.stderr.close()
         return 0

@@ -30,6 +30,7 @@ import bottle
 import gevent
 from gevent.pool import Pool
 
+from ..event import InvalidEvent, from_query
 from ..ingest import BatchRejected
 from ..journal import JournalError, JournalFull, TooLargeForJournal
 from ..metrics import RateLimitedLog
@@ -40,8 +41,6 @@ from .tap import TailStream
 log = logging.getLogger("zspark.http")
 
 SOURCE = "http"
-QUERY_FIELDS = {"type": "type", "level": "level", "topic": "topic", "env": "env", "ver": "version",
-                "version": "version", "stimestamp": "stimestamp", "ip": "ip"}
 # Events in a batch above which its request lets the rest of the server run between decoding,
 # validating and journaling it (each about 50 ms of the event loop for 4 MiB of small events).
 _LARGE_BATCH = 5000
@@ -81,14 +80,19 @@ class HttpSource:
         self.stats = ingest.metrics.source(SOURCE)
         self._warn = RateLimitedLog(log)
         self._trusted = [ipaddress.ip_network(p, strict=False) for p in self.config.trusted_proxies]
-        self._tokens = [t.encode() for t in self.config.tokens]  # /log
-        self._status_tokens = [t.encode() for t in self.config.status_tokens] or self._tokens
+        self.set_tokens(self.config.tokens, self.config.status_tokens)
         self.tail = TailStream(ingest.journal, stopping, self.config.tail_max_last, self.config.tail_max_clients,
                                self.config.retry_after_s)
         self.budget = httpbody.InflightBudget(self.config.max_inflight_bytes)
         self.app = self._build_app()
         self.server = None
         self._in_flight = 0  # requests being answered now (a stop waits for them)
+
+    def set_tokens(self, tokens, status_tokens):
+        """The bearer tokens of /log, and of /status, /metrics and /tail (else the same); also
+        while serving (SIGHUP: zspark/reload.py)."""
+        self._tokens = [t.encode() for t in tokens]
+        self._status_tokens = [t.encode() for t in status_tokens] or self._tokens
 
     # -- serving ------------------------------------------------------------------------------
 
@@ -312,15 +316,10 @@ class HttpSource:
             pairs = urllib.parse.parse_qsl(raw_qs, keep_blank_values=True, errors="strict")
         except (UnicodeError, ValueError):
             raise Refusal(400, "the query string is not valid UTF-8") from None
-        event = {}
-        context = {}
-        for name, value in pairs:
-            if name in QUERY_FIELDS:
-                event[QUERY_FIELDS[name]] = value
-            else:
-                context[name] = value
-        if context:
-            event["context"] = context
+        try:
+            event = from_query(pairs, self.ingest.limits)  # the fields, and context (event.py)
+        except InvalidEvent as e:
+            raise Refusal(400, str(e)) from None
         event.setdefault("ip", self._client_ip(environ))
         # The raw latin-1 strings from environ: bottle's request.headers decodes them as strict
         # UTF-8 and raises on anything else.
