@@ -3,10 +3,11 @@
 
 `RecordFilter({"type": [...], "topic": [...]})`: an event matches when, for every field given,
 its value is a string that matches one of that field's patterns. A pattern is a shell wildcard,
-matched case-sensitively against the whole value (fnmatch): `*` any characters (dots too), `?` one,
-`[abc]` / `[!abc]` one of (or none of) those; `[*]`, `[?]`, `[[]` match the character itself. A
-pattern without wildcards matches exactly that value. So `--type 'page.*' --type click --topic
-web` is "type page.something or click, and topic web".
+matched case-sensitively against the whole value (fnmatch): `*` any characters (dots too), `?`
+one, `[abc]` / `[!abc]` one of (or none of) those; `[*]`, `[?]`, `[[]` match the character
+itself. A pattern without wildcards matches exactly that value. So `--type 'page.*' --type click
+--topic web` is "type page.something or click, and topic web". (`Patterns` is that meaning alone;
+`kafka.topics_allowed` takes its patterns the same way, topics.py.)
 
 `may_match(payload)` is the cheap test on a record's bytes before decoding it: False only for a
 record that cannot match (a literal pattern's value is nowhere in it), so that a filter which
@@ -28,7 +29,7 @@ LOOKBACK_BATCH = 500  # records read and tested between two pauses for the rest 
 class RecordFilter:
     def __init__(self, fields=None):
         """`fields`: {top-level field name: [patterns]}; a field with no patterns is not tested."""
-        self._tests = [(name, _Patterns(patterns)) for name, patterns in (fields or {}).items() if patterns]
+        self._tests = [(name, Patterns(patterns)) for name, patterns in (fields or {}).items() if patterns]
         needles = [(name, p.literal_needles(name)) for name, p in self._tests]
         # Only fields whose patterns are all literal can rule a record out by its bytes.
         self._needles = [found for _, found in needles if found is not None]
@@ -62,7 +63,11 @@ class RecordFilter:
         return [(offset, event) for offset, event in decode_records(candidates, skipped) if self.matches(event)]
 
 
-class _Patterns:
+class Patterns:
+    """Shell wildcards, as a RecordFilter field and kafka.topics_allowed (topics.py) take them:
+    `match(value)` is True for a string that matches one of them whole; `exact` holds those
+    without wildcards."""
+
     def __init__(self, patterns):
         self.exact = frozenset(p for p in patterns if not _WILDCARD.search(p))
         wild = [p for p in patterns if p not in self.exact]
