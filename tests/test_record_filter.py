@@ -123,15 +123,16 @@ class Help(unittest.TestCase):
 class LastMatching(unittest.TestCase):
     """`zcmd tail -n 5 --type T` (issue 12): the last 5 T events, however many others follow."""
 
-    def setUp(self):
-        self.tmp = TempDir()
-        self.addCleanup(self.tmp.remove)
-        self.dir = self.tmp.join("journal")
+    @classmethod
+    def setUpClass(cls):  # the tests only read the journal: one for all of them
+        cls.tmp = TempDir()
+        cls.addClassCleanup(cls.tmp.remove)
+        cls.dir = cls.tmp.join("journal")
         stamp = {"timestamp": datetime.datetime(2026, 1, 1), "node": "n", "source": "http"}
         # About 12 MiB in one segment: far more than a reader reads at once (1 MiB).
         events = [{"type": "wanted" if i < 500 else "noise", "context": {"i": i, "pad": "x" * 4000}, **stamp}
                   for i in range(3000)]
-        write_journal(self.dir, events, segment_bytes=64 * 1024**2, chunk=500)
+        write_journal(cls.dir, events, segment_bytes=64 * 1024**2, chunk=500)
 
     def tail(self, *args):
         result = zcmd("tail", "--journal", self.dir, *args)
