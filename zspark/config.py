@@ -21,7 +21,7 @@ from typing import get_args, get_origin
 import yaml
 
 from .journal.files import others_can_write
-from .redact import is_secret_name, redact, redact_data
+from .redact import holds_secret, is_secret_name, redact, redact_data
 
 
 class ConfigError(Exception):
@@ -628,7 +628,7 @@ def secret_file_warnings(config):
     and the path and says how to fix it."""
     files = [("http.keyfile", config.http.keyfile), ("zmq.curve_secret_key", config.zmq.curve_secret_key)]
     files += config.secret_files
-    if _uri_password(config.mongo.uri):
+    if holds_secret(config.mongo.uri):
         files.append(("mongo.uri", config.source))
     for name, value in config.kafka.producer.items():
         if name.endswith((".location", ".file")) and "key" in name:
@@ -661,13 +661,6 @@ def config_warnings(config):
         warnings.append(f"{config.source}: Zarkov's keys {', '.join(config.ignored_zarkov_keys)} mean "
                         "nothing to zspark and are ignored (README: Coming from Zarkov)")
     return warnings + secret_file_warnings(config)
-
-
-def _uri_password(uri):
-    try:
-        return urllib.parse.urlsplit(uri).password
-    except ValueError:
-        return None
 
 
 def _parse_size(value, fail):

@@ -1,6 +1,6 @@
 """The event schema: `normalize` turns what any source received into one valid event document.
 
-Fields (DESIGN.md): `_id` (assigned by the journal), `timestamp` (when zspark received it, UTC),
+Fields (README.md, "The event"): `_id` (assigned by the journal), `timestamp` (when zspark received it, UTC),
 `stimestamp` (the sender's own time), `type` (required), `level`, `topic`, `env`, `version`, `ip`,
 `referrer`, `user_agent`, `cookies`, `context`, `extra`, `source`, `node`.
 

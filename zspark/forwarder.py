@@ -27,7 +27,7 @@ import gevent
 from gevent.event import Event
 
 from . import blocking
-from .journal import decode_event, decode_events, event_to_json, files
+from .journal import decode_records, event_to_json, files
 from .metrics import RateLimitedLog
 from .redact import redact
 
@@ -101,6 +101,10 @@ class Forwarder:
         except Exception as e:  # a sink that cannot close cleanly must not block the shutdown
             log.warning("forwarder %s: closing the sink failed: %s", self.name, e)
 
+    def status(self):
+        """The forwarder's part of `/status`: as_dict() and where it delivers (URIs redacted)."""
+        return {**self.as_dict(), "destination": self.sink.describe()}
+
     def as_dict(self):
         return {"state": self.state, "cursor": self.cursor.offset, "lag": self.lag,
                 "delivered": self.delivered, "failed": self.failed,
@@ -153,16 +157,9 @@ class Forwarder:
         return records
 
     def _deliver(self, records):
-        try:
-            events = decode_events([payload for _, payload in records])
-            items, undecodable = [(offset, event) for (offset, _), event in zip(records, events)], []
-        except Exception:  # one by one, to tell which
-            items, undecodable = [], []
-            for offset, payload in records:
-                try:
-                    items.append((offset, decode_event(payload)))
-                except Exception as e:  # an intact record that is not an event: set it aside
-                    undecodable.append((offset, {"payload_hex": payload[:4096].hex()}, f"undecodable: {e}"))
+        undecodable = []  # intact records that are not events: set aside (dead-lettered)
+        items = decode_records(records, lambda offset, payload, e: undecodable.append(
+            (offset, {"payload_hex": payload[:4096].hex()}, f"undecodable: {e}")))
         attempt = 0
         while True:
             try:

@@ -18,6 +18,10 @@ Selecting records (all the conditions given must hold):
   --topic T ...       event `topic` field is one of these (wildcards allowed); this is the event's
                       field, not the Kafka topic (see --kafka-topic for that)
 
+A pattern is a shell wildcard matched against the whole value, case-sensitively: `*` any
+characters, `?` one, `[abc]`/`[!abc]` one of (none of) those, `[*]` a literal *; `zcmd tail` and
+GET /tail take the same patterns.
+
 TIME is ISO 8601 ("2024-05-01", "2024-05-01T12:30:00Z", "2024-05-01 14:30+02:00"; no zone means
 UTC), a time ago ("30s", "30m", "2h", "1d", "1w", "1h30m", "2h ago") or "now". A time selection
 still reads the whole offset range; add --from-offset to start nearer.
@@ -55,7 +59,6 @@ Examples:
 import argparse
 import contextlib
 import datetime
-import fnmatch
 import os
 import random
 import re
@@ -66,8 +69,9 @@ import gevent
 
 from . import argtypes
 from .. import sinks
-from ..journal import Reader, decode_event, event_to_json, list_segments
+from ..journal import Reader, decode_records, event_to_json, list_segments
 from ..journal.journal import last_offset_on_disk
+from ..recordfilter import RecordFilter
 from ..safetext import json_line, one_line
 from ..sinks import first_line as _first_line
 
@@ -170,8 +174,7 @@ class Selection:
     def __init__(self, args):
         self.since = args.since
         self.until = args.until
-        self.types = _matcher(args.types)
-        self.topics = _matcher(args.topics)
+        self.fields = RecordFilter({"type": args.types, "topic": args.topics})
 
     def matches(self, event):
         if self.since is not None or self.until is not None:
@@ -184,24 +187,7 @@ class Selection:
                 return False
             if self.until is not None and ts >= self.until:
                 return False
-        if self.types is not None and not self.types(event.get("type")):
-            return False
-        if self.topics is not None and not self.topics(event.get("topic")):
-            return False
-        return True
-
-
-def _matcher(patterns):
-    if not patterns:
-        return None
-    exact = {p for p in patterns if not any(c in p for c in "*?[")}
-    globs = [p for p in patterns if p not in exact]
-
-    def match(value):
-        if not isinstance(value, str):
-            return False
-        return value in exact or any(fnmatch.fnmatchcase(value, g) for g in globs)
-    return match
+        return self.fields.matches(event)
 
 
 # -- destinations -------------------------------------------------------------------------------
@@ -408,23 +394,19 @@ def _replay(directory, start, end, selection, batch_size, target, args, counts, 
     reader = Reader(directory, start)
     pending = []
     position = start  # progress: every offset below this has been looked at
+
+    def skipped(offset, payload, error):  # an intact record that is not an event
+        counts.undecodable += 1
+        _say(f"zcmd replay: offset {offset}: not an event, skipped: {_first_line(error)}")
     try:
         while position < end:
             records = reader.read(max_records=max(batch_size, 100))
             if not records:
                 break
-            for offset, payload in records:
-                if offset >= end:
-                    position = end
-                    break
-                counts.scanned += 1
-                position = offset + 1
-                try:
-                    event = decode_event(payload)
-                except Exception as e:  # an intact record that is not an event
-                    counts.undecodable += 1
-                    _say(f"zcmd replay: offset {offset}: not an event, skipped: {_first_line(e)}")
-                    continue
+            inside = [r for r in records if r[0] < end]
+            counts.scanned += len(inside)
+            position = end if len(inside) < len(records) else inside[-1][0] + 1
+            for offset, event in decode_records(inside, skipped):
                 if not selection.matches(event):
                     continue
                 counts.matched += 1

@@ -208,6 +208,31 @@ def decode_events(payloads):
 _SIZE_FIELD = operator.itemgetter(slice(0, 4))
 
 
+def decode_records(records, skipped=None):
+    """`[(offset, event)]` for the `(offset, payload)` records (a list) that hold an event: the one
+    way every reader of the journal decodes what it read, or passes it over.
+
+    An intact record that is not one BSON document (written by something other than zspark's
+    ingest, or by a bug) is left out, and `skipped(offset, payload, error)` hears of it when
+    given (`error`: the decoder's exception), so that each caller counts it and says so in its
+    own place (a warning, a summary, a dead letter). All the payloads go to the
+    decoder in one call when they all decode, else one at a time to tell which did not."""
+    if not records:
+        return []
+    try:
+        return list(zip([offset for offset, _ in records], decode_events([payload for _, payload in records])))
+    except Exception:
+        pass
+    out = []
+    for offset, payload in records:
+        try:
+            out.append((offset, decode_event(payload)))
+        except Exception as e:  # bson raises more than InvalidBSON for garbage (ValueError, OverflowError...)
+            if skipped is not None:
+                skipped(offset, payload, e)
+    return out
+
+
 def to_json_value(value):
     """`json.dumps(default=...)` hook: ids as hex, times as ISO 8601, bytes as hex."""
     if isinstance(value, ObjectId):

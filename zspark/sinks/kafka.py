@@ -25,8 +25,8 @@ import time
 import bson
 import gevent
 from confluent_kafka import KafkaError, KafkaException, Producer
-from gevent.hub import get_hub
 
+from .. import blocking
 from ..event import NOTICE_SOURCE
 from ..journal.codec import event_json_bytes, to_json_value
 from ..metrics import RateLimitedLog
@@ -98,7 +98,6 @@ class KafkaSink:
         self._warn = RateLimitedLog(log, burst=5)
         self.producer = Producer(settings)
         self._legal_topics = set()  # topic names seen legal lately (the same few come again and again)
-        self._threadpool = get_hub().threadpool
         self.encode = {"json": event_json_bytes, "bson": bson.encode, "plain": self._as_plain}[config.format]
 
     def describe(self):
@@ -222,7 +221,7 @@ class KafkaSink:
         # Drop what the old one still holds (the forwarder sends the batch again) and let it go
         # in the thread pool: destroying a producer waits for its threads.
         old.purge()
-        self._threadpool.spawn(old.flush, 1.0)
+        blocking.spawn(old.flush, 1.0)
 
     def _wait_for_reports(self, reported, expected):
         # A report for every message comes at the latest after message.timeout.ms.
@@ -278,7 +277,7 @@ class KafkaSink:
                 self.producer.list_topics(timeout=timeout)
             except Exception as e:
                 return e
-        e = self._threadpool.apply(metadata)
+        e = blocking.call(metadata)
         if e is not None:
             err = e.args[0] if e.args else None
             reason = err.str() if hasattr(err, "str") else first_line(e)
@@ -288,7 +287,7 @@ class KafkaSink:
     def close(self, abandon=False):
         if abandon:  # giving up: drop what librdkafka still holds rather than wait for it
             self.producer.purge()
-        remaining = self._threadpool.apply(self.producer.flush, (5.0,))
+        remaining = blocking.call(self.producer.flush, 5.0)
         if remaining:
             log.warning("Kafka: %d message(s) still unconfirmed at close; they are sent again at the "
                         "next start", remaining)

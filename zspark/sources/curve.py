@@ -18,11 +18,11 @@ import os
 import stat
 
 import gevent
-from gevent.hub import get_hub
 import zmq.green as zmq
 from zmq.auth import load_certificate
 from zmq.utils import z85
 
+from .. import blocking
 from ..metrics import RateLimitedLog
 
 log = logging.getLogger("zspark.zmq")
@@ -180,7 +180,7 @@ class ZapHandler:
         if mechanism != b"CURVE" or len(key) != 32:
             return self._refuse(request_id, where, who, f"mechanism {mechanism.decode('ascii', 'replace')}")
         public = z85.encode(key)
-        found = get_hub().threadpool.apply(_keys_or_error, (self.directory, self._parsed))  # disk: off the loop
+        found = blocking.call(_keys_or_error, self.directory, self._parsed)  # disk: off the loop
         if isinstance(found, CurveError):
             self._error("%s", found)
             return self._refuse(request_id, where, who, "the authorized keys cannot be read")
