@@ -13,6 +13,7 @@ import gevent
 from gevent.event import Event
 
 from zspark import forwarder as forwarder_module
+from zspark.errors import PermanentDeliveryError, TransientDeliveryError
 from zspark.event import normalize
 from zspark.forwarder import BACKING_OFF, RUNNING, STOPPED, Forwarder
 from zspark.journal import Journal, encode_event
@@ -210,7 +211,7 @@ class Retry(ForwarderCase):
     def test_backoff_is_capped_at_backoff_max(self):
         # An initial delay of 60 s capped at 0.05 s: without the cap the second attempt would
         # not come for at least 30 s.
-        sink = FakeSink(failures=[RuntimeError("x")] * 5)
+        sink = FakeSink(failures=[TransientDeliveryError("x")] * 5)
         forwarder = self.forwarder(sink, backoff_initial=60, backoff_max=0.05)
         self.append(1)
         wait_until(lambda: forwarder.cursor.offset == 1, timeout=10,

@@ -15,6 +15,7 @@ import bson
 from bson import Binary, Int64, ObjectId
 from confluent_kafka import KafkaError
 
+from zspark.errors import PermanentDeliveryError, TransientDeliveryError
 from zspark.config import KafkaConfig
 from zspark.journal.codec import decode_event, decode_events, encode_event, event_json_bytes, event_to_json
 from zspark.sinks.kafka import KafkaSink
@@ -226,7 +227,7 @@ class Reports(unittest.TestCase):
 
     def test_a_transient_failure_of_one_message_fails_the_batch(self):
         sink = self.sink(lambda value: KafkaError(KafkaError._MSG_TIMED_OUT) if b'"i":3' in value else None)
-        with self.assertRaisesRegex(RuntimeError, "1 of 5 message"):
+        with self.assertRaisesRegex(TransientDeliveryError, "1 of 5 message"):
             sink.send(self.items([{"i": i} for i in range(5)]))
 
     def test_a_message_refused_for_good_is_matched_to_its_event(self):
@@ -250,7 +251,7 @@ class Reports(unittest.TestCase):
         sink = self.sink(lambda value: KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
         real_produce = sink.producer.produce
         sink.producer.produce = lambda topic, value, key, on_delivery: real_produce(topic, value + b" ", key, on_delivery)
-        with self.assertRaisesRegex(RuntimeError, "not delivered"):
+        with self.assertRaisesRegex(PermanentDeliveryError, "not delivered"):
             sink.send(self.items([{"i": 0}]))
 
 

@@ -34,6 +34,7 @@ from bson.raw_bson import RawBSONDocument
 from gevent.hub import get_hub
 
 from ..blocking import fsync_dir
+from ..errors import CommandError
 from ..redact import redact
 
 DEFAULT_KEEP = 7
@@ -41,7 +42,7 @@ EXIT_OK, EXIT_FAILED = 0, 1
 WRITE_CHUNK = 1024 * 1024
 
 
-class RotateFailed(Exception):
+class RotateFailed(CommandError):
     pass
 
 
