@@ -228,9 +228,9 @@ class Forwarder:
         self.last_error = redact(reason)
         self.last_error_time = time.time()
         self.state = FAILED
-        log.critical("forwarder %s: FAILED, delivery to %s stopped until a restart: %s; offsets %d.. "
+        log.critical("forwarder %s: FAILED, its delivery stopped until a restart: %s; offsets %d.. "
                      "wait in the journal (the cursor stays at %d); the server goes on journaling",
-                     self.name, self.sink.describe(), self.last_error, records[0][0], self.cursor.offset)
+                     self.name, self.last_error, records[0][0], self.cursor.offset)
 
     def _on_destination(self, reason):
         """The sink's word on its destination: down (`reason`) or answering again (None)."""

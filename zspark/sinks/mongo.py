@@ -73,7 +73,7 @@ class MongoSink:
         try:
             return self._send(items)
         except pymongo.errors.PyMongoError as e:
-            raise TransientDeliveryError(f"MongoDB: {type(e).__name__}: {first_line(e)}") from e
+            raise TransientDeliveryError(f"{type(e).__name__}: {e}") from e  # as the driver said it
 
     def _send(self, items):
         if not self._indexed:
