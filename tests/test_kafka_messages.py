@@ -9,9 +9,11 @@ Also the forwarder's batch decoder (codec.decode_events): the events decode_even
 error whenever any payload is not exactly one document."""
 import datetime
 import json
+import socket
 import unittest
 
 import bson
+import gevent
 from bson import Binary, Int64, ObjectId
 from confluent_kafka import KafkaError
 
@@ -20,7 +22,7 @@ from zspark.config import KafkaConfig
 from zspark.journal.codec import decode_event, decode_events, encode_event, event_json_bytes, event_to_json
 from zspark.sinks.kafka import KafkaSink
 
-from .support import TempDir, kafka_read, start_broker
+from .support import TempDir, free_port, kafka_read, start_broker, wait_until
 
 UTC = datetime.timezone.utc
 NOW = datetime.datetime(2026, 3, 4, 5, 6, 7, 891000, tzinfo=UTC)
@@ -253,6 +255,37 @@ class Reports(unittest.TestCase):
         sink.producer.produce = lambda topic, value, key, on_delivery: real_produce(topic, value + b" ", key, on_delivery)
         with self.assertRaisesRegex(PermanentDeliveryError, "not delivered"):
             sink.send(self.items([{"i": 0}]))
+
+
+class Outage(unittest.TestCase):
+    """A broker that goes away mid-batch, with a message timeout far beyond the test: the sink
+    says so at once from librdkafka's error callback, and once something accepts connections at
+    the broker's address again, the batch in flight is failed for a resend on a new producer
+    instead of waiting out the timeout. (No broker: a bare listening socket is "back".)"""
+
+    def test_all_brokers_down_is_reported_at_once_and_their_return_ends_the_batch_in_flight(self):
+        port = free_port()  # nothing listens here yet
+        sink = KafkaSink(KafkaConfig(enabled=True, brokers=f"127.0.0.1:{port}", message_timeout_ms=600000))
+        self.addCleanup(sink.close, abandon=True)
+        said = []
+        sink.on_destination = said.append
+        items = [(0, decoded({"type": "t", "topic": "outage"}, 0))]
+        sending = gevent.spawn(sink.send, items)
+        self.addCleanup(sending.kill)
+        wait_until(lambda: said, timeout=20, message="the sink saying the broker is down")
+        self.assertEqual(said, ["Kafka: 1/1 brokers are down"])
+        self.assertFalse(sending.ready(), "the batch waits for its reports meanwhile")
+
+        listener = socket.socket()
+        self.addCleanup(listener.close)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen(16)
+        sending.join(timeout=20)
+        self.assertEqual(said, ["Kafka: 1/1 brokers are down", None], "and that it answers again")
+        self.assertTrue(sending.ready(), "the batch in flight ended without waiting for its timeout")
+        self.assertIsInstance(sending.exception, TransientDeliveryError)
+        self.assertIn("resent on a new producer", str(sending.exception))
 
 
 if __name__ == "__main__":

@@ -153,8 +153,8 @@ class Forwarder:
                     log.info("forwarder %s: reading the journal again", self.name)
                 if records:
                     self._deliver(records)
-            # Failed: stay (stopped, not dead: the server stops when a forwarder's greenlet
-            # ends) until the server stops; a restart sends the batch again.
+            # Failed (or stopping): wait for the stop. The greenlet must not end before, since
+            # the server stops when one of its forwarders' greenlets ends.
             self._stop_requested.wait()
         finally:
             if reader is not None:

@@ -37,6 +37,7 @@ import gevent
 import gevent.socket
 from confluent_kafka import KafkaError, KafkaException, Producer
 from gevent.hub import get_hub
+from gevent.monkey import get_original
 
 from ..errors import PermanentDeliveryError, TransientDeliveryError
 from ..event import NOTICE_SOURCE
@@ -47,6 +48,7 @@ from ..topics import LEGAL_TOPIC, TopicPolicy, state_path
 from . import Unreachable, first_line
 
 log = logging.getLogger("zspark.sinks.kafka")
+_thread_id = get_original("_thread", "get_ident")  # the OS thread's (gevent's is the greenlet's)
 
 # Delivery errors no retry can mend: the message itself is unacceptable.
 PERMANENT_ERRORS = {
@@ -116,6 +118,9 @@ class KafkaSink:
         self._down = None  # why, while all brokers are down (librdkafka said so; no answer since)
         self._back_at = None  # when a broker answered again after an outage (monotonic)
         self._probe = None  # the greenlet probing the brokers while they are down
+        # Callbacks run in the thread that polls: this one, or the thread pool's while close()
+        # or a replaced producer flushes; only this one may touch greenlets and the forwarder.
+        self._loop_thread = _thread_id()
         self._warn = RateLimitedLog(log, burst=5)
         self.producer = Producer(settings)
         self._legal_topics = set()  # topic names seen legal lately (the same few come again and again)
@@ -309,7 +314,7 @@ class KafkaSink:
             log.error("Kafka producer fatal error: %s", err.str())
             return
         self._warn("Kafka: %s", err.str())
-        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+        if err.code() == KafkaError._ALL_BROKERS_DOWN and _thread_id() == self._loop_thread:
             self._destination_down(f"Kafka: {err.str()}")
 
     def _destination_down(self, reason):
