@@ -326,14 +326,18 @@ class Failures(ForwarderCase):
         sink.on_destination("Kafka: 1/1 brokers are down")
         self.assertEqual((forwarder.state, forwarder.last_error), (BACKING_OFF, "Kafka: 1/1 brokers are down"))
         self.assertEqual(forwarder.failed, 0, "no attempt has failed yet")
-        # The attempt fails, the backoff would be a minute; the destination's return ends it.
-        sink.failures = [TransientDeliveryError("Kafka: the batch is resent on a new producer")]
-        sink.gate = None
-        sink.on_destination(None)
         gate.set()
-        wait_until(lambda: forwarder.cursor.offset == 2, timeout=20,
-                   message="delivered without waiting out the backoff")
+        wait_until(lambda: forwarder.cursor.offset == 2, message="the batch delivered")
         self.assertEqual(forwarder.state, RUNNING)
+
+        # A failed attempt backs off for at least 30 s; the destination's return ends that wait.
+        sink.failures = [TransientDeliveryError("Kafka: 1 of 1 message(s) not delivered")]
+        self.append(1, 2)
+        wait_until(lambda: forwarder.failed == 1, message="a failed attempt")
+        sink.on_destination(None)
+        wait_until(lambda: forwarder.cursor.offset == 3, timeout=20,
+                   message="delivered without waiting out the backoff")
+        self.assertEqual((forwarder.state, len(sink.calls)), (RUNNING, 3))
 
 
 class DeadLetter(ForwarderCase):
