@@ -287,6 +287,11 @@ class Outage(unittest.TestCase):
         self.assertIsInstance(sending.exception, TransientDeliveryError)
         self.assertIn("resent on a new producer", str(sending.exception))
 
+    def test_the_probe_reaches_every_bootstrap_broker_as_librdkafka_would(self):
+        from zspark.sinks.kafka import _addresses
+        self.assertEqual(_addresses("127.0.0.1:9092, SSL://b2:9094,broker3,[::1]:9093,[::1]"),
+                         [("127.0.0.1", 9092), ("b2", 9094), ("broker3", 9092), ("::1", 9093), ("::1", 9092)])
+
 
 if __name__ == "__main__":
     unittest.main()

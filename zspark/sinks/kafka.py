@@ -385,12 +385,14 @@ def _reason(exc):
 
 
 def _addresses(brokers):
-    """(host, port) of each bootstrap broker in a `bootstrap.servers` list."""
+    """(host, port) of each bootstrap broker in a `bootstrap.servers` list (port 9092 if none)."""
     out = []
     for entry in brokers.split(","):
         entry = entry.strip().rpartition("://")[2]  # SSL://host:port
         host, _, port = entry.rpartition(":")
-        if host and port.isdigit():
+        if not port.isdigit():  # no port: "host", "[::1]"
+            host, port = entry, "9092"
+        if host:
             out.append((host.strip("[]"), int(port)))
     return out
 
