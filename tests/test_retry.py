@@ -57,16 +57,21 @@ class Deadline(unittest.TestCase):
 
 
 class Waiting(unittest.TestCase):
-    def test_wake_ends_the_wait_in_progress(self):
+    def waiting(self, then=None):
+        """A Backoff in a minute-long wait; `then` is called on it a moment later."""
         backoff = Backoff(60.0, 60.0)
         backoff.failed()
-        gevent.spawn_later(0.05, backoff.wake)
+        if then is not None:
+            gevent.spawn_later(0.05, then, backoff)
+        return backoff
+
+    def test_wake_ends_the_wait_in_progress(self):
+        backoff = self.waiting(then=Backoff.wake)
         with gevent.Timeout(10):
             self.assertTrue(backoff.wait())
 
     def test_a_wake_before_the_wait_ends_the_next_one_only(self):
-        backoff = Backoff(60.0, 60.0)
-        backoff.failed()
+        backoff = self.waiting()
         backoff.wake()
         with gevent.Timeout(10):
             self.assertTrue(backoff.wait())
@@ -74,9 +79,7 @@ class Waiting(unittest.TestCase):
             backoff.wait()
 
     def test_stop_ends_every_wait(self):
-        backoff = Backoff(60.0, 60.0)
-        backoff.failed()
-        gevent.spawn_later(0.05, backoff.stop)
+        backoff = self.waiting(then=Backoff.stop)
         with gevent.Timeout(10):
             self.assertFalse(backoff.wait())
             self.assertFalse(backoff.wait())

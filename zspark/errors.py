@@ -14,6 +14,7 @@ and the class decides what the caller does.
         KeyFileError                a TLS or CURVE key file that cannot be used
           TlsError, CurveError      (zspark/sources/curve.py)
         Unreachable                 a sink's healthcheck found its destination unreachable
+        ServiceError, PortInUse     a local development service (zspark/localservices.py)
       JournalError                  the journal cannot take or hold records (zspark/journal/journal.py:
                                     JournalFull, TooLargeForJournal, JournalClosed, JournalLocked,
                                     UnsafeJournal)
