@@ -20,12 +20,9 @@ from typing import get_args, get_origin
 
 import yaml
 
+from .errors import ConfigError  # noqa: F401 (importable from here too)
 from .journal.files import others_can_write
 from .redact import holds_secret, is_secret_name, redact, redact_data
-
-
-class ConfigError(Exception):
-    """A config value that cannot be used; the message names the key and the file."""
 
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,

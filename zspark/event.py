@@ -19,7 +19,7 @@ import re
 
 from bson import ObjectId
 
-from .safetext import one_line
+from .errors import InvalidEvent
 
 _ZONE_ID = re.compile(r"[A-Za-z0-9._~-]{1,64}")
 
@@ -40,14 +40,6 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 NOTICE_SOURCE = "notice"
 
 
-class InvalidEvent(ValueError):
-    """The event cannot be accepted; str() is the reason to give the sender.
-
-    The reason names the sender's own keys and values, so it is made one safe line here, once
-    for every message: it goes to the log, to /status and to `zcmd status` as it is."""
-
-    def __init__(self, reason):
-        super().__init__(one_line(reason))
 
 
 UNKNOWN_FIELDS = ("context", "refuse")  # event.unknown_fields

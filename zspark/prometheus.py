@@ -13,10 +13,10 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from . import __version__, blocking
-from .forwarder import BACKING_OFF, RUNNING, STOPPED
+from .forwarder import BACKING_OFF, FAILED, RUNNING, STOPPED
 from .journal.journal import SYNC_BUCKETS
 
-FORWARDER_STATES = (RUNNING, BACKING_OFF, STOPPED)
+FORWARDER_STATES = (RUNNING, BACKING_OFF, STOPPED, FAILED)
 
 # What the sources count of their connections (SourceStats.details: the HTTP server's counters
 # and in-flight budget, ZeroMQ's under "connections"), as metric families labelled by source:

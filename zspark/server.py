@@ -18,6 +18,7 @@ from gevent.event import Event
 
 from . import __version__, accesslog, descriptors, native, sinks
 from .config import config_warnings
+from .errors import StartupError  # noqa: F401 (importable from here too)
 from .event import Limits
 from .forwarder import Forwarder
 from .hours import HourTracker
@@ -34,10 +35,6 @@ from .topics import TopicPolicy
 from .topics import state_path as topics_state_path
 
 log = logging.getLogger("zspark.server")
-
-
-class StartupError(Exception):
-    """The server cannot start (a port in use, the journal locked...); the message says why."""
 
 
 def build_sinks(config, topics=None):

@@ -60,7 +60,6 @@ import argparse
 import contextlib
 import datetime
 import os
-import random
 import re
 import sys
 import time
@@ -69,9 +68,11 @@ import gevent
 
 from . import argtypes
 from .. import sinks
+from ..errors import RETRYABLE, CommandError, PermanentDeliveryError, describe
 from ..journal import Reader, decode_records, event_to_json, list_segments
 from ..journal.journal import last_offset_on_disk
 from ..recordfilter import RecordFilter
+from ..retry import Backoff
 from ..safetext import json_line, one_line
 from ..sinks import first_line as _first_line
 
@@ -91,11 +92,11 @@ _RELATIVE = re.compile(r"(?:\d+(?:\.\d+)?[smhdw])+(?:\s*ago)?", re.IGNORECASE)
 _RELATIVE_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])", re.IGNORECASE)
 
 
-class UsageError(Exception):
+class UsageError(CommandError):
     """Bad arguments or a config the replay cannot use: exit status 2."""
 
 
-class DeliveryFailed(Exception):
+class DeliveryFailed(CommandError):
     """A batch could not be delivered within --timeout: exit status 1."""
 
 
@@ -243,24 +244,25 @@ def check_reachable(sink, timeout):
 
 
 def deliver(sink, items, timeout):
-    """`sink.send(items)` with retries and backoff for up to `timeout` seconds; return refused."""
-    deadline = time.monotonic() + timeout
-    attempt = 0
+    """`sink.send(items)` with retries and backoff for up to `timeout` seconds; return refused.
+    A transient failure is retried (zspark/errors.py RETRYABLE), a permanent one ends the replay,
+    anything else is a bug and goes up with its traceback."""
+    backoff = Backoff(BACKOFF_INITIAL_S, BACKOFF_MAX_S, jitter=0.3, timeout=timeout)
+    where = f"offsets {items[0][0]}..{items[-1][0]}"
     while True:
         try:
             return sink.send(items)
-        except Exception as e:
-            attempt += 1
-            remaining = deadline - time.monotonic()
-            reason = f"{type(e).__name__}: {_first_line(e)}"
-            if remaining <= 0:
-                raise DeliveryFailed(f"giving up on offsets {items[0][0]}..{items[-1][0]} after "
-                                     f"{attempt} attempt(s) in {timeout:g}s (--timeout): {reason}") from None
-            delay = min(remaining, BACKOFF_MAX_S, BACKOFF_INITIAL_S * 2 ** (attempt - 1))
-            delay *= random.uniform(0.7, 1.0)
-            _say(f"zcmd replay: sending offsets {items[0][0]}..{items[-1][0]} failed (attempt {attempt}), "
+        except RETRYABLE as e:
+            reason = _first_line(describe(e))
+            delay = backoff.failed()
+            if delay is None:
+                raise DeliveryFailed(f"giving up on {where} after {backoff.attempt} attempt(s) in "
+                                     f"{timeout:g}s (--timeout): {reason}") from None
+            _say(f"zcmd replay: sending {where} failed (attempt {backoff.attempt}), "
                  f"retrying in {delay:.1f}s: {reason}")
-            gevent.sleep(delay)
+            backoff.wait()
+        except PermanentDeliveryError as e:
+            raise DeliveryFailed(f"{where} refused for good: {_first_line(e)}") from None
 
 
 # -- the replay ---------------------------------------------------------------------------------

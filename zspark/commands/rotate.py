@@ -33,6 +33,7 @@ from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
 
 from .. import blocking
+from ..errors import CommandError
 from ..redact import redact
 
 DEFAULT_KEEP = 7
@@ -40,7 +41,7 @@ EXIT_OK, EXIT_FAILED = 0, 1
 WRITE_CHUNK = 1024 * 1024
 
 
-class RotateFailed(Exception):
+class RotateFailed(CommandError):
     pass
 
 

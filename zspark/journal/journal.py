@@ -31,6 +31,7 @@ from gevent.event import Event
 from gevent.lock import Semaphore
 
 from .. import blocking
+from ..errors import JournalError
 from ..metrics import RateLimitedLog
 from . import files, record
 from .cursor import Cursor, read_cursor, read_cursors
@@ -41,10 +42,6 @@ from .reader import Reader
 log = logging.getLogger("zspark.journal")
 
 SYNC_POLICIES = ("always", "batch", "never")
-
-
-class JournalError(Exception):
-    """The journal could not take the records (a write or fsync failed, or it is closed)."""
 
 
 class JournalFull(JournalError):

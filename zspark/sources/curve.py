@@ -23,6 +23,7 @@ from zmq.auth import load_certificate
 from zmq.utils import z85
 
 from .. import blocking
+from ..errors import KeyFileError
 from ..metrics import RateLimitedLog
 
 log = logging.getLogger("zspark.zmq")
@@ -33,7 +34,7 @@ KEY_SUFFIX = ".key"  # the public key files of the authorized directory (as czmq
 MAX_KEY_FILE_BYTES = 64 * 1024  # a certificate is a few hundred bytes
 
 
-class CurveError(Exception):
+class CurveError(KeyFileError):
     """A key file that cannot be used; the message names the config key."""
 
 

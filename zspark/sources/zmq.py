@@ -36,6 +36,7 @@ from ..event import InvalidEvent
 from ..journal import JournalClosed, JournalError, JournalFull, TooLargeForJournal
 from ..journal.codec import DECODE_OPTIONS, decode_events
 from ..metrics import RateLimitedLog
+from ..retry import Backoff
 from . import fastjson
 from .curve import make_server
 from .zmqwatch import ConnectionCounts, ConnectionWatch
@@ -51,7 +52,7 @@ SPLICEABLE_FIELDS = frozenset(("type", "level", "topic", "env", "version", "ip",
 # The hard limit, as a multiple of max_message_bytes: frames a little too big (the usual mistake)
 # are counted and skipped, while what one frame can make libzmq allocate stays a few MiB.
 HARD_LIMIT_FACTOR = 4
-RETRY_SECONDS = 1.0
+RETRY_SECONDS = 1.0  # while the journal refuses events: a full disk empties at its own pace
 DRAIN_SECONDS = 2.0  # at stop, frames still arriving this long after it are no longer taken
 
 
@@ -109,6 +110,7 @@ class ZmqSource:
         self._drain_seconds = self._drain_deadline = None
         self._unbound = False
         self._warn = RateLimitedLog(log)
+        self._retry = Backoff(RETRY_SECONDS, RETRY_SECONDS, jitter=0.0)
         self._watch = None
         self.connections = ConnectionCounts()
         self.stats.details = lambda: {"connections": self.connections.as_dict()}
@@ -142,6 +144,7 @@ class ZmqSource:
         self._drain_seconds = drain_seconds
         self._drain_deadline = time.monotonic() + drain_seconds
         self._stopping = True
+        self._retry.stop()  # a burst waiting for the journal gets one last try now
         if self._greenlet is not None:
             self._greenlet.join()
         if self._watch is not None:
@@ -328,7 +331,8 @@ class ZmqSource:
                       "are lost: %s", self.name, len(events), error)
             return False
         self.stats.refused += len(events)
+        delay = self._retry.failed()
         self._warn("ZeroMQ %s: the journal refused %d event(s); holding them and retrying in %gs: %s",
-                   self.name, len(events), RETRY_SECONDS, error)
-        gevent.sleep(RETRY_SECONDS)
+                   self.name, len(events), delay, error)
+        self._retry.wait()
         return True
