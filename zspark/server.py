@@ -16,7 +16,7 @@ import gevent
 import zmq.green as zmq_green
 from gevent.event import Event
 
-from . import __version__, accesslog, descriptors, sinks
+from . import __version__, accesslog, descriptors, native, sinks
 from .config import config_warnings
 from .errors import StartupError  # noqa: F401 (importable from here too)
 from .event import Limits
@@ -110,6 +110,7 @@ class Server:
         if self.hours is not None:
             self._watch(gevent.spawn(self.hours.run), "hour-complete notices")
         log.info("zspark %s serving as node %r (pid %d)", __version__, self.config.node.id, os.getpid())
+        (log.info if native.COMPILED or native.PURE else log.warning)("%s", native.describe())
 
     def _start_sources(self):
         cfg = self.config

@@ -105,6 +105,11 @@ class TopicPolicy:
 
     # -- the decision -------------------------------------------------------------------------
 
+    @property
+    def template_fields(self):
+        """The event fields the topic template reads."""
+        return tuple(self._fields)
+
     def topic_of(self, event):
         """The topic the template gives `event` (a mapping with .get), before any policy."""
         if self._field is not None:

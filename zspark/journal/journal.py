@@ -234,7 +234,8 @@ class Journal:
             payloads = list(items)
         if not payloads:
             return PendingAppend([], _done_batch())
-        frames, nbytes = record.frame_all(first, payloads)
+        records = record.frame_all(first, payloads)
+        nbytes = len(records)
         offset = first + len(payloads)
         if nbytes > self.max_bytes:
             raise TooLargeForJournal(f"{nbytes} bytes of records at once can never fit in the journal, "
@@ -248,7 +249,7 @@ class Journal:
         if batch.first is None:
             batch.first = self._next_offset
         batch.last = offset - 1
-        batch.chunks.extend(frames)
+        batch.chunks.append(records)
         batch.nbytes += nbytes
         self._pending_bytes += nbytes
         offsets = list(range(self._next_offset, offset))
@@ -304,31 +305,14 @@ class Journal:
             batch.error = JournalError(f"journal write interrupted: {e!r}")
             raise
         else:
-            self._index_batch(batch, position)
+            for offset, at in record.marks(data, position, SPACING):
+                self.index.note(self._segments[-1].base, offset, at)
             self._segments[-1].size += len(data)
             self._end_offset = batch.last + 1
             self._notify_readers()
         finally:
             self._pending_bytes -= batch.nbytes
             batch.done.set()
-
-    def _index_batch(self, batch, position):
-        """Tell the index where the batch's records start: its first one, and in a batch larger
-        than the index's spacing, one every SPACING bytes (its chunks are each record's header
-        and payload, in turn: record.frame_all)."""
-        base = self._segments[-1].base
-        self.index.note(base, batch.first, position)
-        if batch.nbytes <= SPACING:
-            return
-        chunks = batch.chunks
-        offset = batch.first
-        due = position + SPACING
-        for i in range(0, len(chunks), 2):
-            if position >= due:
-                self.index.note(base, offset, position)
-                due = position + SPACING
-            position += len(chunks[i]) + len(chunks[i + 1])
-            offset += 1
 
     def _roll(self, base):
         """Close the active segment (synced) and start a new one named `base`: the end of the

@@ -45,6 +45,7 @@ log = logging.getLogger("zspark.zmq")
 
 COMMANDS = ("event", "event_noval")
 _NO_COMMAND = object()
+_UNDECODED = object()
 # Fields normalize keeps exactly as sent (a timestamp or stimestamp may be converted).
 SPLICEABLE_FIELDS = frozenset(("type", "level", "topic", "env", "version", "ip", "referrer",
                                "user_agent", "cookies", "context", "extra"))
@@ -213,11 +214,20 @@ class ZmqSource:
         frames = self._within_limit(frames)
         events = []
         now = datetime.datetime.now(datetime.timezone.utc)  # one burst, one receive time
-        docs = self._decode_burst(frames) if self.splice else None
+        # Frames the compiled check finds valid as they are need no decoding (native.py); the
+        # rest are decoded and validated here in Python, which words every rejection.
+        plain = self.ingest.plain_bson_frames(frames) if self.splice else None
+        slow = frames if plain is None else [frame for frame, fields in zip(frames, plain) if fields is None]
+        docs = iter(self._decode_burst(slow) or ()) if self.splice and slow else None
         for index, frame in enumerate(frames):
-            if docs is not None:
-                doc = docs[index]
-            else:
+            if plain is not None and plain[index] is not None:
+                try:
+                    events.append(self.ingest.frame_event(plain[index], frame, self.name, now))
+                except InvalidEvent as e:  # a topic refused: counted by frame_event
+                    self._warn("ZeroMQ %s: rejected an event: %s", self.name, e)
+                continue
+            doc = next(docs, _UNDECODED) if docs is not None else _UNDECODED
+            if doc is _UNDECODED:
                 try:
                     doc = self.decode(frame)
                 except Exception as e:  # any decoder error (RecursionError included) is bad input
