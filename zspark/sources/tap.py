@@ -29,6 +29,7 @@ import gevent
 from ..journal import event_to_json
 from ..recordfilter import RecordFilter, start_of_last
 from ..safetext import json_line
+from .httperrors import HttpError
 
 KEEPALIVE_S = 5.0
 WAIT_S = 0.5  # how often a quiet stream looks whether the server is stopping
@@ -44,23 +45,21 @@ class TailStream:
         self.retry_after_s = retry_after_s
         self.clients = 0  # streams open now
 
-    def wsgi(self, environ, start_response):
+    def answer(self, environ):
+        """(200, headers, the stream) for httproutes.Router; HttpError 400 or 503."""
         query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
         text = query.get("last", ["0"])[-1]
         if not (text.isascii() and text.isdigit()):
-            start_response("400 Bad Request", [("Content-Type", "application/json")])
-            return [b'{"ok":false,"error":"last: expected a non-negative number of records"}']
+            raise HttpError(400, "last: expected a non-negative number of records")
         if self.clients >= self.max_clients:
-            start_response("503 Service Unavailable", [("Content-Type", "application/json"),
-                                                       ("Retry-After", str(self.retry_after_s))])
-            return [(f'{{"ok":false,"error":"{self.clients} /tail clients already, as many as may be '
-                     f'(http.tail_max_clients); try again later"}}').encode()]
+            raise HttpError(503, f"{self.clients} /tail clients already, as many as may be (http.tail_max_clients); "
+                                 "try again later", {"Retry-After": str(self.retry_after_s)})
         digits = text.lstrip("0")
         last = self.max_last if len(digits) > 18 else min(int(digits or "0"), self.max_last)
         wanted = RecordFilter({"type": query.get("type", ()), "topic": query.get("topic", ())})
-        start_response("200 OK", [("Content-Type", "application/x-ndjson"), ("Cache-Control", "no-cache")])
         # Where "now" is, before the answer: what is journaled once the client hears back is new.
-        return _Stream(self, self._lines(self.journal.end_offset, last, wanted))
+        return 200, [("Content-Type", "application/x-ndjson"), ("Cache-Control", "no-cache")], _Stream(
+            self, self._lines(self.journal.end_offset, last, wanted))
 
     def _lines(self, end, last, wanted):
         reader = self.journal.reader(end)
