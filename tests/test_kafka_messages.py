@@ -7,9 +7,11 @@ every report came back without error, a message refused for good is matched to i
 dead-letter file, and a refusal that cannot be matched fails the batch rather than pass it over.
 Also the forwarder's batch decoder (codec.decode_events): the events decode_event gives, or an
 error whenever any payload is not exactly one document."""
+import collections
 import datetime
 import json
 import socket
+import sys
 import unittest
 
 import bson
@@ -158,6 +160,27 @@ class Broker(unittest.TestCase):
                                ("zspark", None, str(events[2]["_id"])), ("zspark.notify", b"node-1", None)})
         self.assertEqual(len(messages), 4)
 
+    def test_a_confirmed_batch_costs_no_python_call_per_message(self):
+        """Confirming a batch is the producer's queue draining with no error reported, not a
+        delivery callback per message (which cost as much as producing it)."""
+        sink = self.sink(topic="quiet")
+        items = [(offset, decoded({"type": "t", "context": {"i": offset}}, offset)) for offset in range(2000)]
+        calls = collections.Counter()
+
+        def profile(frame, event, arg):
+            if event == "call":
+                calls[frame.f_code.co_name] += 1
+
+        sys.setprofile(profile)
+        try:
+            rejected = sink.send(items)
+        finally:
+            sys.setprofile(None)
+        self.assertEqual(rejected, [])
+        self.assertEqual(calls["on_delivery"], 0)
+        messages = kafka_read(self.broker.address, ["quiet"], done=lambda m: len(m) >= 2000)
+        self.assertEqual(sorted(json.loads(m.value)["context"]["i"] for m in messages), list(range(2000)))
+
     def test_bson_and_plain_formats_are_unchanged(self):
         event = decoded({"type": "t", "topic": "formats", "level": "info", "context": {"x": 1.5}})
         self.sink(format="bson").send([(0, event)])
@@ -207,6 +230,9 @@ class ScriptedProducer:
 
     def purge(self):
         self.pending = []
+
+    def __len__(self):  # what the producer's queue still holds: messages not yet reported
+        return len(self.pending)
 
 
 class Reports(unittest.TestCase):

@@ -1,5 +1,7 @@
-"""The Kafka sink (confluent-kafka / librdkafka): a batch is done only when every message's
-delivery report came back without error.
+"""The Kafka sink (confluent-kafka / librdkafka): a batch is done only when every message of it
+has been confirmed by the broker: the producer's queue has drained and no delivery report came
+back with an error (only errors are reported, so confirming a batch costs no Python call per
+message).
 
 The topic is the TopicPolicy's (zspark/topics.py): a template over event fields (`{topic}`,
 `events.{env}.{type}`), `default_topic` when the event lacks a field the template names or its
@@ -107,6 +109,7 @@ class KafkaSink:
             "message.timeout.ms": config.message_timeout_ms,
             "linger.ms": 2,
             "queue.buffering.max.messages": 1000000,
+            "delivery.report.only.error": True,  # a batch is confirmed by the queue draining
             "error_cb": self._on_error,
             # librdkafka logs each failed connection attempt (many a second while a broker is
             # down); through a rate-limited logger they say it a few times a minute.
@@ -148,14 +151,13 @@ class KafkaSink:
                         self._timed_out_batches)
             self._replace_producer()
         rejected = []
-        # One callback for every message of the batch (a callable per message costs more than
-        # producing it): it counts the reports and keeps those with an error. Which item a
-        # failed message was is worked out only for permanent errors (_refused).
-        reported = [0]
+        # Only failed messages come back (delivery.report.only.error): a Python call per
+        # message would cost as much as producing it. A message has been confirmed once it has
+        # left the producer's queue with no error report; which item a failed message was is
+        # worked out only for permanent errors (_refused).
         failed = []
 
         def on_delivery(err, msg):
-            reported[0] += 1
             if err is not None:
                 failed.append((err, msg))
 
@@ -195,7 +197,7 @@ class KafkaSink:
                             raise
                         rejected.append((offset, event, f"Kafka refused it: {err.str()}"))
                         break
-            self._wait_for_reports(reported, sent)
+            self._wait_for_reports()
         except Exception as e:
             # A fatal error (the idempotent producer's state lost, e.g. a broker that restarted
             # empty) comes out of produce/flush as an exception, not through error_cb: this
@@ -259,24 +261,26 @@ class KafkaSink:
         old.purge()
         blocking.spawn(old.flush, 1.0)
 
-    def _wait_for_reports(self, reported, expected):
-        # A report for every message comes at the latest after message.timeout.ms.
+    def _wait_for_reports(self):
+        """Wait until the producer's queue is empty: every message of the batch (the only one
+        this producer has in flight) confirmed by the broker, or failed and reported, and every
+        report served. That happens at the latest after message.timeout.ms."""
         deadline_s = self.config.message_timeout_ms / 1000.0 + 30
         started = time.monotonic()
         poll = self.producer.poll
         while True:
             poll(0)  # serves the reports already in, here in the event loop's thread; never blocks
-            if reported[0] >= expected:
+            waiting = len(self.producer)  # messages unconfirmed, reports and callbacks unserved
+            if not waiting:
                 return
             waited = time.monotonic() - started
             if waited > deadline_s:
-                raise TransientDeliveryError(f"Kafka: no delivery report for {expected - reported[0]} "
-                                             f"message(s) after {deadline_s:.0f}s")
+                raise TransientDeliveryError(f"Kafka: {waiting} message(s) or report(s) still waiting "
+                                             f"after {deadline_s:.0f}s")
             if self._back_at is not None and time.monotonic() - self._back_at > RESUME_GRACE_S:
                 self._back_at = None
                 log.warning("Kafka: a broker answers again but %d message(s) of the batch are still "
-                            "unconfirmed; resending the batch on a new producer",
-                            expected - reported[0])
+                            "unconfirmed; resending the batch on a new producer", waiting)
                 self._replace_producer()
                 raise TransientDeliveryError("Kafka: the batch in flight during the outage is resent "
                                              "on a new producer")
