@@ -8,6 +8,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(exclude=["tests", "tests.*"]),
+    package_data={"zspark.sources": ["static/zspark.js"]},  # served at /zspark.js
     install_requires=[
         # zspark/sources/httpserver.py and logsetup.py rely on pywsgi and hub internals checked
         # against this range (tests/test_gevent_contract.py fails first if they change).
@@ -27,7 +28,8 @@ setup(
         "orjson>=3.9",
     ],
     extras_require={
-        "test": ["nose2>=0.14", "hypothesis>=6.100"],
+        # selenium drives Debian's chromium + chromium-driver for tests/test_browser.py.
+        "test": ["nose2>=0.14", "hypothesis>=6.100", "selenium>=4.15"],
     },
     entry_points={"console_scripts": ["zcmd = zspark.cli:main"]},
     scripts=["scripts/zsend"],
