@@ -14,7 +14,6 @@ setup(
         # against this range (tests/test_gevent_contract.py fails first if they change).
         "gevent>=26.9,<27",
         "pyzmq>=25.1",
-        "bottle>=0.12.25",
         # BSON comes from pymongo's own `bson` module; never install the PyPI package `bson`.
         "pymongo>=4.6",
         "PyYAML>=6.0",

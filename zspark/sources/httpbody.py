@@ -22,18 +22,10 @@ import zlib
 
 import gevent
 
+from .httperrors import HttpError
+
 CHUNK = 64 * 1024  # read from the socket, and fed to the decoder, at most this much at a time
 FIRST_SLICE = 64  # a gzip member is first fed this many bytes, then twice as many each time
-
-
-class BodyError(Exception):
-    """The body cannot be taken: an HTTP status, the reason, extra headers."""
-
-    def __init__(self, status, reason, headers=None):
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-        self.headers = headers or {}
 
 
 class OverBudget(Exception):
@@ -86,14 +78,14 @@ class Held:
 
 def read_body(environ, limit, timeout_s, held, retry_after_s):
     """The body of the request in `environ` (bytes, inflated when it is gzip), at most `limit`
-    bytes before and after gunzip, all of it within `timeout_s` seconds; BodyError otherwise
+    bytes before and after gunzip, all of it within `timeout_s` seconds; HttpError otherwise
     (the server closes the connection of a body left unread: httpserver.RequestHandler)."""
     return _read(environ, environ["wsgi.input"], limit, timeout_s, held, retry_after_s)
 
 
 def _read(environ, stream, limit, timeout_s, held, retry_after_s):
-    too_large = BodyError(413, f"the body is larger than {limit} bytes")
-    busy = BodyError(503, "the server holds as many request bodies in memory as it may "
+    too_large = HttpError(413, f"the body is larger than {limit} bytes")
+    busy = HttpError(503, "the server holds as many request bodies in memory as it may "
                           "(http.max_inflight_bytes); send again later",
                      {"Retry-After": str(retry_after_s), "Connection": "close"})  # shed the load
     length = environ.get("CONTENT_LENGTH") or ""
@@ -101,7 +93,7 @@ def _read(environ, stream, limit, timeout_s, held, retry_after_s):
         try:
             length = int(length)
         except ValueError:
-            raise BodyError(400, "bad Content-Length") from None
+            raise HttpError(400, "bad Content-Length") from None
         if length > limit:
             raise too_large
     else:
@@ -112,7 +104,7 @@ def _read(environ, stream, limit, timeout_s, held, retry_after_s):
     elif encoding in ("identity", ""):
         decoder = None
     else:
-        raise BodyError(415, f"unsupported Content-Encoding {encoding!r}: use gzip or none")
+        raise HttpError(415, f"unsupported Content-Encoding {encoding!r}: use gzip or none")
 
     def charge(nbytes):
         """Hold `nbytes` of the budget in all for this request, else the 503."""
@@ -151,9 +143,9 @@ def _read(environ, stream, limit, timeout_s, held, retry_after_s):
     except gevent.Timeout as t:
         if t is not deadline:
             raise
-        raise BodyError(408, f"the body did not arrive within {timeout_s:g} s (http.body_timeout_s)") from None
+        raise HttpError(408, f"the body did not arrive within {timeout_s:g} s (http.body_timeout_s)") from None
     except (OSError, ValueError) as e:
-        raise BodyError(400, f"could not read the body: {e}") from None
+        raise HttpError(400, f"could not read the body: {e}") from None
     finally:
         deadline.close()
         if not read_whole and decoder is not None:
@@ -161,7 +153,7 @@ def _read(environ, stream, limit, timeout_s, held, retry_after_s):
             # until the cycle collector runs, and sixty refusals would hold sixty bodies).
             decoder.drop()
     if length is not None and received < length:
-        raise BodyError(400, f"the body ended after {received} of its {length} bytes (Content-Length)")
+        raise HttpError(400, f"the body ended after {received} of its {length} bytes (Content-Length)")
     if decoder is not None:
         return decoder.finish()
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -195,13 +187,13 @@ class Gunzip:
                 # Never inflate more than the limit allows (0 would mean no limit; size <= limit here).
                 out = self._decompressor.decompress(piece, self.limit + 1 - self.size)
             except zlib.error as e:
-                raise BodyError(400, f"the gzip body is damaged: {e}") from None
+                raise HttpError(400, f"the gzip body is damaged: {e}") from None
             self._started = True
             if out:
                 self.size += len(out)
                 self._out.append(out)
             if self.size > self.limit or self._decompressor.unconsumed_tail:
-                raise BodyError(413, f"the body is larger than {self.limit} bytes after gunzip")
+                raise HttpError(413, f"the body is larger than {self.limit} bytes after gunzip")
             if self._decompressor.eof:
                 pos += len(piece) - len(self._decompressor.unused_data)
                 self._members += 1
@@ -216,7 +208,7 @@ class Gunzip:
         self._decompressor = None
 
     def finish(self):
-        """The inflated body; BodyError if the stream ends inside a member (or holds none)."""
+        """The inflated body; HttpError if the stream ends inside a member (or holds none)."""
         if self._started or not self._members:
-            raise BodyError(400, "the gzip body is truncated")
+            raise HttpError(400, "the gzip body is truncated")
         return self._out[0] if len(self._out) == 1 else b"".join(self._out)

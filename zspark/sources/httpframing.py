@@ -28,6 +28,8 @@ A request with neither Content-Length nor Transfer-Encoding has no body (§6.3 r
 import re
 from dataclasses import dataclass
 
+from .httperrors import HttpError
+
 MAX_REQUEST_LINE = 8192  # pywsgi's limit: a longer request line is answered 414
 MAX_HEAD_BYTES = 64 * 1024  # the whole head; more is answered 431
 MAX_HEADERS = 100  # header lines (http.client's limit, which pywsgi had); more is answered 431
@@ -41,13 +43,8 @@ _OWS = b" \t"
 VERSIONS = ("1.0", "1.1")
 
 
-class FramingError(ValueError):
+class FramingError(HttpError):
     """A request head that breaks a framing rule: answer `status` with `reason`, then close."""
-
-    def __init__(self, status, reason):
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
 
 
 @dataclass

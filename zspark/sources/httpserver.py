@@ -31,17 +31,16 @@ about framing and bounded in what a connection can hold.
 """
 import contextlib
 import errno
-import json
 import logging
 import socket
 import time
 from collections import OrderedDict
-from http import HTTPStatus
 
 from gevent import GreenletExit, Timeout, get_hub, getcurrent, spawn_later
 from gevent.pywsgi import WSGIHandler, WSGIServer, format_date_time
 
 from ..metrics import RateLimitedLog
+from .httperrors import JSON, HttpError, error_answer, error_body, respond, status_line
 from .httpframing import MAX_HEAD_BYTES, MAX_REQUEST_LINE, FramingError, parse_head
 from .httpheaders import Headers
 
@@ -60,10 +59,6 @@ COUNTERS = ("accepted",  # connections accepted
             "timeouts",  # a request head or a TLS handshake that did not finish in time
             "tls_errors",  # failed TLS handshakes
             "accept_errors")  # accept() failed for want of descriptors or memory; retried
-
-
-def status_line(code):
-    return f"{code} {HTTPStatus(code).phrase}"
 
 
 _date_cache = [None, b""]  # [second, its HTTP date]
@@ -189,8 +184,8 @@ class RequestHandler(WSGIHandler):
         return super().start_response(status, headers, exc_info)
 
     def _closing_answer(self, code, reason):
-        body = json.dumps({"ok": False, "error": reason}, separators=(",", ":")).encode()
-        head = (f"HTTP/1.1 {status_line(code)}\r\nContent-Type: application/json\r\n"
+        body = error_body(reason)
+        head = (f"HTTP/1.1 {status_line(code)}\r\nContent-Type: {JSON}\r\n"
                 f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n").encode()
         return str(code), head if self.command == "HEAD" else head + body
 
@@ -443,11 +438,9 @@ class Server(WSGIServer):
         if environ.get("PATH_INFO") == self.imok_path and environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
             return self.application(environ, start_response)
         self._refused((environ.get("REMOTE_ADDR", "?"),), "answered 503")
-        body = json.dumps({"ok": False, "error": f"too many connections (http.max_connections: "
-                                                 f"{self.max_connections}); try again later"}).encode()
-        start_response(status_line(503), [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-                                          ("Retry-After", str(self.retry_after_s)), ("Connection", "close")])
-        return [body]
+        error = HttpError(503, f"too many connections (http.max_connections: {self.max_connections}); "
+                               "try again later", {"Retry-After": str(self.retry_after_s), "Connection": "close"})
+        return respond(start_response, *error_answer(error))
 
     def _refused(self, address, what):
         self.counts["refused"] += 1

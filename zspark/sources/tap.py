@@ -24,6 +24,7 @@ import gevent
 
 from ..journal import decode_event, event_to_json
 from ..safetext import json_line
+from .httperrors import HttpError
 
 KEEPALIVE_S = 5.0
 WAIT_S = 0.5  # how often a quiet stream looks whether the server is stopping
@@ -39,22 +40,20 @@ class TailStream:
         self.retry_after_s = retry_after_s
         self.clients = 0  # streams open now
 
-    def wsgi(self, environ, start_response):
+    def answer(self, environ):
+        """(200, headers, the stream) for httproutes.Router; HttpError 400 or 503."""
         query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
         text = query.get("last", ["0"])[-1]
         if not (text.isascii() and text.isdigit()):
-            start_response("400 Bad Request", [("Content-Type", "application/json")])
-            return [b'{"ok":false,"error":"last: expected a non-negative number of records"}']
+            raise HttpError(400, "last: expected a non-negative number of records")
         if self.clients >= self.max_clients:
-            start_response("503 Service Unavailable", [("Content-Type", "application/json"),
-                                                       ("Retry-After", str(self.retry_after_s))])
-            return [(f'{{"ok":false,"error":"{self.clients} /tail clients already, as many as may be '
-                     f'(http.tail_max_clients); try again later"}}').encode()]
+            raise HttpError(503, f"{self.clients} /tail clients already, as many as may be (http.tail_max_clients); "
+                                 "try again later", {"Retry-After": str(self.retry_after_s)})
         digits = text.lstrip("0")
         last = self.max_last if len(digits) > 18 else min(int(digits or "0"), self.max_last)
         start = max(self.journal.first_offset, self.journal.end_offset - last)
-        start_response("200 OK", [("Content-Type", "application/x-ndjson"), ("Cache-Control", "no-cache")])
-        return _Stream(self, self._lines(start, set(query.get("type", ())), set(query.get("topic", ()))))
+        return 200, [("Content-Type", "application/x-ndjson"), ("Cache-Control", "no-cache")], _Stream(
+            self, self._lines(start, set(query.get("type", ())), set(query.get("topic", ()))))
 
     def _lines(self, start, types, topics):
         may_match = _prefilter(types, topics)

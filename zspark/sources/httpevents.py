@@ -1,0 +1,85 @@
+"""Turning an HTTP request into event dicts: Sparkngin's query form, and what the request says of
+its sender.
+
+    GET /log?type=&level=&topic=&env=&ver=&stimestamp=&ip=&...
+
+The named parameters are event fields (`ver` is `version`), any other lands in `context`; `ip`
+defaults to the client's address (`client_ip`: the peer, or the rightmost address in
+X-Forwarded-For that is not of a proxy in `http.trusted_proxies` when the peer is one), and the
+Referer, User-Agent and Cookie headers give `referrer`, `user_agent` and `cookies`. The dicts
+are raw: event.normalize (through ingest) validates them.
+"""
+import ipaddress
+import urllib.parse
+
+from .httperrors import HttpError
+
+QUERY_FIELDS = {"type": "type", "level": "level", "topic": "topic", "env": "env", "ver": "version",
+                "version": "version", "stimestamp": "stimestamp", "ip": "ip"}
+
+
+class RequestEvents:
+    def __init__(self, trusted_proxies):
+        self._trusted = [ipaddress.ip_network(p, strict=False) for p in trusted_proxies]
+
+    def from_query(self, environ):
+        """The one event of a GET /log: [event dict]; HttpError 400 if the query is not UTF-8."""
+        try:
+            raw_qs = environ.get("QUERY_STRING", "").encode("latin-1").decode("utf-8")
+            pairs = urllib.parse.parse_qsl(raw_qs, keep_blank_values=True, errors="strict")
+        except (UnicodeError, ValueError):
+            raise HttpError(400, "the query string is not valid UTF-8") from None
+        event = {}
+        context = {}
+        for name, value in pairs:
+            if name in QUERY_FIELDS:
+                event[QUERY_FIELDS[name]] = value
+            else:
+                context[name] = value
+        if context:
+            event["context"] = context
+        event.setdefault("ip", self.client_ip(environ))
+        # The raw latin-1 strings from environ, read as the UTF-8 most clients meant.
+        if environ.get("HTTP_REFERER"):
+            event["referrer"] = header_text(environ["HTTP_REFERER"])
+        if environ.get("HTTP_USER_AGENT"):
+            event["user_agent"] = header_text(environ["HTTP_USER_AGENT"])
+        cookies = parse_cookies(environ.get("HTTP_COOKIE", ""))
+        if cookies:
+            event["cookies"] = cookies
+        return [event]
+
+    def client_ip(self, environ):
+        peer = environ.get("REMOTE_ADDR", "")
+        forwarded = environ.get("HTTP_X_FORWARDED_FOR")
+        if not forwarded or not self._is_trusted(peer):
+            return peer
+        # The rightmost address not of a trusted proxy is the client's.
+        for hop in reversed([h.strip() for h in forwarded.split(",") if h.strip()]):
+            if not self._is_trusted(hop):
+                return hop
+        return peer
+
+    def _is_trusted(self, address):
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self._trusted)
+
+
+def parse_cookies(header):
+    cookies = {}
+    for part in header.split(";"):
+        name, sep, value = part.strip().partition("=")
+        if sep and name:
+            cookies[header_text(name)] = header_text(value.strip().strip('"'))
+    return cookies
+
+
+def header_text(value):
+    """Header values arrive as latin-1 strings; most clients meant UTF-8."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value
