@@ -18,7 +18,7 @@ from .support import journal_events, request, wait_until
 SERVICES = Services()
 setUpModule, tearDownModule = SERVICES.start, SERVICES.stop
 
-TEN_YEARS_S = 3650 * 86400
+CHROMIUM_MAX_COOKIE_S = 400 * 86400
 
 
 class BrowserCase(ApplianceCase):
@@ -98,7 +98,8 @@ class PixelTest(BrowserCase):
         self.assertRegex(cookie["value"], r"\A[0-9a-f]{32}\Z")
         self.assertEqual((cookie["domain"], cookie["path"], cookie["httpOnly"], cookie["sameSite"]),
                          ("127.0.0.1", "/", True, "Lax"))
-        self.assertAlmostEqual(cookie["expires"], time.time() + TEN_YEARS_S, delta=3600)
+        # Asked for 10 years (Zarkov's), kept by Chromium for its longest, 400 days from the last visit.
+        self.assertAlmostEqual(cookie["expires"], time.time() + CHROMIUM_MAX_COOKIE_S, delta=3600)
         # A second visit keeps the visitor's id.
         self.assertEqual(self.browser.run(load, src.replace("n=1", "n=2"))["loaded"], True)
 
@@ -121,7 +122,7 @@ class PixelTest(BrowserCase):
             img.src = args[0];""", f"{self.zspark}/pixel.gif?level=info")  # no type
         self.assertEqual(seen, "load 1", "the page must see the pixel load, whatever became of its event")
         wait_until(lambda: self.status_http()["rejected"] == 1, message="the refused pixel counted")
-        self.assertEqual(self.status_http()["last_rejection"], "event 0: type: required, a non-empty string")
+        self.assertEqual(self.status_http()["last_rejection"], "type: required, a non-empty string")
         self.assertEqual(journal_events(self.journal_dir), [])
 
 
@@ -166,7 +167,7 @@ class FetchTest(BrowserCase):
                                 {"method": "POST", "headers": {"Content-Type": "application/json"},
                                  "body": json.dumps({"level": "info"})})
         self.assertEqual(seen, {"status": 400, "body": {"ok": False, "index": 0,
-                                                        "error": "event 0: type: required, a non-empty string"}})
+                                                        "error": "type: required, a non-empty string"}})
 
     def test_a_refused_origin_is_counted_and_nothing_is_journaled(self):
         self.start(cors={"allowed_origins": ["https://shop.example"]})
@@ -209,7 +210,9 @@ class FetchTest(BrowserCase):
 
 class BeaconTest(BrowserCase):
     def test_send_beacon_with_a_string_and_with_a_json_blob(self):
-        self.start()
+        # A beacon always sends cookies: a JSON Blob's preflight needs credentials, which only a
+        # listed origin gets (with "*" only string beacons, the snippet's, arrive).
+        self.start(cors={"allowed_origins": [self.pages.origin]})
         self.open_page()
         queued = self.browser.run("""done([
             navigator.sendBeacon(args[0], JSON.stringify({type: "beacon_text", topic: args[1]})),
@@ -246,6 +249,10 @@ class SnippetTest(BrowserCase):
                           {"url": page, "title": f"Shop {self.uid}", "referrer": "", "section": "news"}])
         (signup,) = by_type["signup"]
         self.assertEqual((signup["topic"], signup["context"]), (self.topic, {"plan": "pro", "seats": 3}))
+        status, headers, script = request(self.port, "GET", "/zspark.js")
+        self.assertEqual((status, headers["content-type"], headers["cache-control"]),
+                         (200, "application/javascript; charset=utf-8", "public, max-age=3600"))
+        self.assertLess(len(script), 1100, "a snippet of about 1 KB")
 
     def test_without_send_beacon_it_fetches(self):
         self.start()

@@ -133,7 +133,7 @@ class PixelTest(HttpCase):
         status, headers, body = self.call("GET", "/pixel.gif?type=x&ip=caf%C3%A9%0A")
         self.assertEqual((status, body, headers["content-type"]), (400, GIF, "image/gif"))
         self.assertEqual({k: headers[k] for k in NO_CACHE}, NO_CACHE)
-        self.assertEqual(headers["x-zspark-error"], "event 0: ip: not an IP address: 'caf\\xe9\\n'")
+        self.assertEqual(headers["x-zspark-error"], "ip: not an IP address: 'caf\\xe9\\n'")
         self.assertIn("set-cookie", headers)
         status, headers, body = self.call("GET", "/pixel.gif?type=%FF")
         self.assertEqual((status, body, headers["x-zspark-error"]), (400, GIF, "the query string is not valid UTF-8"))
