@@ -40,7 +40,7 @@ class HttpSource:
         log_tokens, status_tokens = httpauth.from_config(c)
         self.endpoint = LogEndpoint(c, ingest, RequestEvents(c.trusted_proxies), log_tokens, stopping)
         self.tail = TailStream(ingest.journal, stopping, c.tail_max_last, c.tail_max_clients, c.retry_after_s)
-        admin = AdminRoutes(status_tokens, status_provider, metrics_provider, self.tail)
+        self.admin = admin = AdminRoutes(status_tokens, status_provider, metrics_provider, self.tail)
         self.root = "/" + c.root.strip("/") if c.root.strip("/") else ""
         self.web = WebRoutes(c, self.endpoint.get)  # CORS on /log, the pixel, /zspark.js
         self.router = Router({**self.web.routes(self.root, self.endpoint.routes(self.root)),

@@ -71,9 +71,8 @@ class LogEndpoint:
         return 200, _JSON_HEADERS, b'{"ok":true,"ids":["' + '","'.join(ids).encode() + b'"]}'
 
     def _journal(self, environ, read_events, held):
-        retry = {"Retry-After": str(self.config.retry_after_s)}
         if self.stopping():
-            raise HttpError(503, "the server is stopping", {**retry, "Connection": "close"})
+            raise HttpError(503, "the server is stopping", {**self._retry(), "Connection": "close"})
         self.tokens.check(environ)
         raws = read_events(environ, held)
         if len(raws) > _LARGE_BATCH:
@@ -86,9 +85,12 @@ class LogEndpoint:
         except TooLargeForJournal as e:  # no retry would ever fit it: not a 503
             raise HttpError(413, str(e)) from None
         except JournalFull as e:
-            raise HttpError(503, str(e), retry) from None
+            raise HttpError(503, str(e), self._retry()) from None
         except JournalError as e:
-            raise HttpError(503, f"the journal cannot take events now: {e}", retry) from None
+            raise HttpError(503, f"the journal cannot take events now: {e}", self._retry()) from None
+
+    def _retry(self):
+        return {"Retry-After": str(self.config.retry_after_s)}
 
     def _count(self, address, error):
         """A refused request in /status and the log (rate-limited)."""
