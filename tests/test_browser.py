@@ -52,8 +52,7 @@ class BrowserCase(ApplianceCase):
 
     def events(self, count):
         """The journal's events once it holds `count` (and no more after a moment)."""
-        events = wait_until(lambda: (lambda e: e if len(e) >= count else None)(journal_events(self.journal_dir)),
-                            message=f"{count} events in the journal")
+        wait_until(lambda: len(journal_events(self.journal_dir)) >= count, message=f"{count} events in the journal")
         time.sleep(0.3)  # anything more would be a duplicate
         events = journal_events(self.journal_dir)
         self.assertEqual(len(events), count, events)

@@ -7,7 +7,7 @@ import unittest
 
 from tests.support import TempDir, config_data, write_config
 from tests.test_http import HttpCase
-from zspark.config import ConfigError, load
+from zspark.config import ConfigError, from_dict, load
 from zspark.sources.httpweb import GIF
 
 ORIGIN = "https://shop.example"
@@ -99,6 +99,24 @@ class ListedOriginTest(HttpCase):
         self.assertNotIn("access-control-allow-origin", headers, "the browser keeps the answer from that page")
         self.assertEqual(headers["vary"], "Origin")
         self.assertEqual(self.status()["sources"]["http"]["cors_refused"], 1)
+
+
+class ReloadTest(HttpCase):
+    http_settings = {"cors": {"allowed_origins": ["https://old.example"]}}
+
+    def test_new_origins_apply_at_once_and_the_count_goes_on(self):
+        self.assertEqual(self.call("OPTIONS", "/log", headers=PREFLIGHT)[0], 403)
+        new = self.load_cors({"allowed_origins": [ORIGIN], "max_age_s": 5})
+        self.server.http.web.reload_cors(new)
+        status, headers, _ = self.call("OPTIONS", "/log", headers=PREFLIGHT)
+        self.assertEqual((status, headers["access-control-allow-origin"], headers["access-control-max-age"]),
+                         (204, ORIGIN, "5"))
+        self.assertEqual(self.call("OPTIONS", "/log", headers={**PREFLIGHT, "Origin": "https://old.example"})[0], 403)
+        self.assertEqual(self.status()["sources"]["http"]["cors_refused"], 2)
+
+    @staticmethod
+    def load_cors(cors):
+        return from_dict({"http": {"cors": cors}}).http.cors
 
 
 class PixelTest(HttpCase):

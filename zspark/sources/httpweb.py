@@ -154,6 +154,12 @@ class WebRoutes:
         self.log_get = log_get
         self._warn = RateLimitedLog(log)
 
+    def reload_cors(self, cors_config):
+        """Take new `http.cors` settings (a SIGHUP's reload); the refused count goes on."""
+        refused = self.cors.refused
+        self.cors = Cors(cors_config.allowed_origins, cors_config.max_age_s)
+        self.cors.refused = refused
+
     def routes(self, root, log_routes):
         """The router's table for `log_routes` ({path: {method: handler}} of /log) with CORS,
         and the pixel's and the snippet's routes under `root`."""
