@@ -167,6 +167,9 @@ class FetchTest(BrowserCase):
                                  "body": json.dumps({"level": "info"})})
         self.assertEqual(seen, {"status": 400, "body": {"ok": False, "index": 0,
                                                         "error": "type: required, a non-empty string"}})
+        seen = self.browser.run(self.FETCH, f"{self.zspark}/log", {"method": "POST", "body": "{"})
+        self.assertEqual(seen["status"], 400, seen)
+        self.assertTrue(seen["body"]["error"].startswith("the body is not valid JSON"), seen)
 
     def test_a_refused_origin_is_counted_and_nothing_is_journaled(self):
         self.start(cors={"allowed_origins": ["https://shop.example"]})
