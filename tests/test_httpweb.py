@@ -174,6 +174,15 @@ class PixelWithTokensTest(HttpCase):
         self.assertRegex(headers["set-cookie"], r"\Av=[0-9a-f]{32}; Max-Age=86400; Path=/; SameSite=None; HttpOnly; Secure\Z")
         self.assertEqual(self.call("GET", "/pixel.gif?type=a")[0], 404)
 
+    def test_a_preflight_needs_no_token_and_lets_the_page_send_one(self):
+        # Browsers never send credentials with a preflight; the POST after it needs the token.
+        status, headers, _ = self.call("OPTIONS", "/log", headers={
+            **PREFLIGHT, "Access-Control-Request-Headers": "authorization, content-type"})
+        self.assertEqual((status, headers["access-control-allow-headers"]), (204, "authorization, content-type"))
+        self.assertEqual(self.call("POST", "/log", {"type": "a"}, {"Origin": ORIGIN})[0], 401)
+        status, headers, _ = self.call("POST", "/log", {"type": "a"}, {"Origin": ORIGIN, "Authorization": "Bearer secret"})
+        self.assertEqual((status, headers["access-control-allow-origin"]), (200, "*"))
+
 
 class SnippetTest(HttpCase):
     http_settings = {"root": "/sp", "pixel": {"path": "/px.gif"}}
