@@ -163,6 +163,24 @@ class PixelTest(HttpCase):
         self.assertEqual((status, headers["allow"]), (405, "GET"))
 
 
+class PixelOnAFullJournalTest(HttpCase):
+    journal_settings = {"max_bytes": 1500}
+    http_settings = {"retry_after_s": 7}
+
+    def test_503_is_a_gif_too(self):
+        for i in range(100):
+            status, headers, body = self.call("GET", f"/pixel.gif?type=fill&i={i}")
+            if status != 200:
+                break
+        else:
+            self.fail("the journal never filled up")
+        self.assertEqual((status, body, headers["content-type"]), (503, GIF, "image/gif"))
+        self.assertTrue(headers["x-zspark-error"].startswith("the journal is full"), headers)
+        self.assertEqual(headers["retry-after"], "7")
+        self.assertEqual(len(self.events()), i)
+        self.assertEqual(self.status()["sources"]["http"]["refused"], 1)
+
+
 class PixelWithTokensTest(HttpCase):
     http_settings = {"tokens": ["secret"], "pixel": {"path": "/t/p.gif", "cookie": "v", "cookie_same_site": "None",
                                                      "cookie_secure": True, "cookie_max_age_days": 1}}
