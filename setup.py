@@ -1,4 +1,4 @@
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 setup(
     name="zspark",
@@ -27,9 +27,12 @@ setup(
         "orjson>=3.9",
     ],
     extras_require={
-        # selenium drives Debian's chromium + chromium-driver for tests/test_browser.py.
-        "test": ["nose2>=0.14", "hypothesis>=6.100", "selenium>=4.15"],
+        # selenium drives Debian's chromium + chromium-driver for tests/test_browser.py; atheris:
+        # the coverage-guided fuzzer of the compiled module (tests/fuzz/, run by CI).
+        "test": ["nose2>=0.14", "hypothesis>=6.100", "atheris>=2.3", "selenium>=4.15"],
     },
+    # The compiled hot paths (zspark/native.py says what each does and how to run without them).
+    ext_modules=[Extension("zspark._native", ["zspark/_native.c"], libraries=["z"], extra_compile_args=["-O2", "-Wall"])],
     entry_points={"console_scripts": ["zcmd = zspark.cli:main"]},
     scripts=["scripts/zsend"],
 )

@@ -3,7 +3,9 @@
 `zcmd` with it registered (tests/test_sink_registry.py).
 
 It appends each event as a JSON line to `jsonfile.path`; its healthcheck fails while the file's
-directory does not exist."""
+directory does not exist. Faults on demand (tests/test_sink_registry.py): `jsonfile.bug` makes
+every send raise a TypeError, as a bug in a sink would; `jsonfile.transient_failures: N` makes the
+first N sends fail with a TransientDeliveryError, as a destination that is down for a while."""
 import json
 import os
 import sys
@@ -14,6 +16,7 @@ from gevent import monkey
 monkey.patch_all()
 
 from zspark import cli, sinks  # noqa: E402
+from zspark.errors import TransientDeliveryError  # noqa: E402
 from zspark.journal import event_to_json  # noqa: E402
 
 
@@ -21,6 +24,8 @@ from zspark.journal import event_to_json  # noqa: E402
 class JsonFileConfig:
     enabled: bool = False
     path: str = ""
+    bug: bool = False
+    transient_failures: int = 0
 
 
 class JsonFileSink:
@@ -28,12 +33,20 @@ class JsonFileSink:
 
     def __init__(self, config):
         self.path = config.path
+        self.bug = config.bug
+        self.transient_failures = config.transient_failures
         self.closed = False
 
     def describe(self):
         return f"JSON lines in {self.path}"
 
     def send(self, items):
+        if self.bug:
+            return len(items) + "records"  # TypeError
+        if self.transient_failures:
+            self.transient_failures -= 1
+            raise TransientDeliveryError(f"JSON lines: the disk is away ({self.transient_failures} "
+                                         "more failure(s) to come)")
         with open(self.path, "a") as f:
             for _, event in items:
                 f.write(json.dumps(json.loads(event_to_json(event))) + "\n")

@@ -4,7 +4,7 @@ import unittest
 
 from bson import ObjectId
 
-from zspark.event import InvalidEvent, Limits, normalize, sender_fields
+from zspark.event import InvalidEvent, Limits, from_query, normalize, sender_fields
 
 UTC = datetime.timezone.utc
 NOW = datetime.datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
@@ -48,6 +48,12 @@ class Accepts(unittest.TestCase):
         event = norm({"type": "t", "custom": {"a": 1}, "oid": ObjectId()}, trusted=True)
         self.assertEqual(event["custom"], {"a": 1})
 
+    def test_unknown_fields_go_into_context(self):
+        event = norm({"type": "t", "user": "rick", "context": {"page": "/"}, "tags": ["a"]})
+        self.assertEqual(event["context"], {"page": "/", "user": "rick", "tags": ["a"]})
+        self.assertEqual(set(event), {"type", "context", "timestamp", "source", "node"})
+        self.assertEqual(norm({"type": "t", "user": "rick"})["context"], {"user": "rick"})
+
     def test_null_optional_fields_are_dropped(self):
         self.assertNotIn("level", norm({"type": "t", "level": None}))
 
@@ -84,7 +90,20 @@ class Rejects(unittest.TestCase):
         self.assertRejected({"type": "x" * 300}, "type", "longer than")
 
     def test_unknown_fields_are_named(self):
-        self.assertRejected({"type": "t", "colour": "red"}, "unknown field 'colour'")
+        self.assertRejected({"type": "t", "colour": "red"}, "unknown field 'colour'",
+                            limits=Limits(unknown_fields="refuse"))
+
+    def test_unknown_fields_going_into_context_are_checked_there(self):
+        self.assertRejected({"type": "t", "user": "a", "context": {"user": "b"}},
+                            "unknown field 'user' is also in context")
+        self.assertRejected({"type": "t", "n": 2**70}, "context.n", "64-bit")
+        self.assertRejected({"type": "t", "$set": 1}, "must not start with '$'")
+        # Moved into context, a value is one level deeper, and counts among context's values.
+        self.assertEqual(norm({"type": "t", "extra": {"e": {}}}, limits=Limits(max_depth=2))["extra"], {"e": {}})
+        self.assertRejected({"type": "t", "d": {"e": {}}}, "context.d.e: nested deeper than 2",
+                            limits=Limits(max_depth=2))
+        self.assertRejected({"type": "t", "a": 1, "context": {"b": 2}}, "more than 2 values",
+                            limits=Limits(max_fields=2))
 
     def test_wrong_types(self):
         self.assertRejected({"type": "t", "context": [1]}, "context", "must be an object")
@@ -125,6 +144,31 @@ class Rejects(unittest.TestCase):
                             limits=Limits(max_string_bytes=50))
         self.assertRejected({"type": "t", "context": {str(i): i for i in range(20)}}, "more than 10",
                             limits=Limits(max_fields=10))
+
+
+class FromQuery(unittest.TestCase):
+    def test_fields_and_context(self):
+        self.assertEqual(from_query([("type", "t"), ("ver", "1"), ("user", "rick"), ("type2", "")]),
+                         {"type": "t", "version": "1", "context": {"user": "rick", "type2": ""}})
+
+    def test_a_repeated_parameter_is_a_list_of_its_values(self):
+        self.assertEqual(from_query([("type", "t"), ("tag", "a"), ("x", "1"), ("tag", "b"), ("tag", "a")]),
+                         {"type": "t", "context": {"tag": ["a", "b", "a"], "x": "1"}})
+
+    def test_a_repeated_field_is_refused_naming_it(self):
+        for pairs, field in (([("type", "a"), ("type", "b")], "type"),
+                             ([("type", "a"), ("ver", "1"), ("version", "2")], "version"),
+                             ([("type", "a"), ("stimestamp", "1"), ("stimestamp", "1")], "stimestamp")):
+            with self.subTest(pairs=pairs):
+                with self.assertRaises(InvalidEvent) as ctx:
+                    from_query(pairs)
+                self.assertIn(f"{field}: given more than once", str(ctx.exception))
+
+    def test_unknown_parameters_refused_when_so_configured(self):
+        with self.assertRaises(InvalidEvent) as ctx:
+            from_query([("type", "a"), ("user", "rick")], Limits(unknown_fields="refuse"))
+        self.assertIn("unknown field 'user'", str(ctx.exception))
+        self.assertEqual(from_query([("type", "a")], Limits(unknown_fields="refuse")), {"type": "a"})
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@ import gevent
 from gevent.event import Event
 
 from zspark import forwarder as forwarder_module
+from zspark.errors import PermanentDeliveryError, TransientDeliveryError
 from zspark.event import normalize
-from zspark.forwarder import BACKING_OFF, RUNNING, STOPPED, Forwarder
+from zspark.forwarder import BACKING_OFF, FAILED, RUNNING, STOPPED, Forwarder
 from zspark.journal import Journal, encode_event
 from zspark.journal import cursor as cursor_module
 
@@ -210,7 +211,7 @@ class Retry(ForwarderCase):
     def test_backoff_is_capped_at_backoff_max(self):
         # An initial delay of 60 s capped at 0.05 s: without the cap the second attempt would
         # not come for at least 30 s.
-        sink = FakeSink(failures=[RuntimeError("x")] * 5)
+        sink = FakeSink(failures=[TransientDeliveryError("x")] * 5)
         forwarder = self.forwarder(sink, backoff_initial=60, backoff_max=0.05)
         self.append(1)
         wait_until(lambda: forwarder.cursor.offset == 1, timeout=10,
@@ -258,6 +259,85 @@ class Retry(ForwarderCase):
         self.assertEqual(forwarder.state, STOPPED)
         self.assertEqual(forwarder.cursor.offset, 0)
         self.assertIsNone(self.cursor_file())
+
+
+class Failures(ForwarderCase):
+    """Only transient errors are retried; a sink's bug or a permanent refusal stops the
+    forwarder loudly, its cursor where it was, and a restart after the fix delivers it all."""
+
+    def test_a_bug_in_the_sink_stops_the_forwarder_loudly_and_nothing_is_lost(self):
+        sink = FakeSink(fail_forever=TypeError("unsupported operand type(s) for +: 'int' and 'str'"))
+        with self.assertLogs("zspark.forwarder", "ERROR") as logs:
+            forwarder = self.forwarder(sink, batch_size=4)
+            self.append(6)
+            wait_until(lambda: forwarder.state == FAILED, message="the forwarder failed")
+            gevent.sleep(0.2)  # time enough for retries it must not make
+        self.assertEqual(len(sink.calls), 1, "a bug is not retried")
+        self.assertEqual(forwarder.as_dict()["state"], "failed")
+        self.assertEqual(forwarder.last_error, "TypeError: unsupported operand type(s) for +: 'int' and 'str'")
+        self.assertEqual((forwarder.failed, forwarder.cursor.offset, forwarder.lag), (1, 0, 6))
+        self.assertIsNone(self.cursor_file())
+        text = "\n".join(logs.output)
+        self.assertIn("Traceback (most recent call last)", text, "a bug is logged with its traceback")
+        self.assertIn("TypeError: unsupported operand", text)
+        self.assertIn("CRITICAL:zspark.forwarder:forwarder fake: FAILED", text)
+        self.assertFalse(forwarder._greenlet.dead, "a failed forwarder waits for the stop, it does not end")
+        self.append(2, 6)
+        gevent.sleep(0.1)
+        self.assertEqual((len(sink.calls), forwarder.lag), (1, 8), "nothing more is sent")
+        forwarder.stop(2)
+        self.assertEqual(forwarder.state, STOPPED)
+
+        fixed = FakeSink()
+        again = self.forwarder(fixed, batch_size=4)
+        wait_until(lambda: again.cursor.offset == 8, message="all 8 delivered after the fix")
+        self.assertEqual([o for o, _ in fixed.delivered], list(range(8)))
+        self.assertEqual(self.dead_letters(), [], "a failure is never dead-lettered")
+
+    def test_a_permanent_refusal_that_names_no_record_stops_the_forwarder_without_a_traceback(self):
+        sink = FakeSink(fail_forever=PermanentDeliveryError("Kafka: refused for good, matched to no event"))
+        with self.assertLogs("zspark.forwarder", "ERROR") as logs:
+            forwarder = self.forwarder(sink)
+            self.append(3)
+            wait_until(lambda: forwarder.state == FAILED, message="the forwarder failed")
+        self.assertEqual(forwarder.last_error, "Kafka: refused for good, matched to no event")
+        self.assertEqual((len(sink.calls), forwarder.cursor.offset), (1, 0))
+        self.assertNotIn("Traceback", "\n".join(logs.output), "not a bug: no traceback")
+        self.assertEqual(self.dead_letters(), [])
+
+    def test_transient_errors_and_os_errors_are_retried_then_delivered(self):
+        failures = [TransientDeliveryError("Kafka: 3 of 3 message(s) not delivered: timed out"),
+                    OSError(28, "No space left on device")]
+        sink = FakeSink(failures=failures)
+        forwarder = self.forwarder(sink)
+        self.append(3)
+        wait_until(lambda: forwarder.cursor.offset == 3, message="delivered after two failures")
+        self.assertEqual((len(sink.calls), forwarder.failed, forwarder.state), (3, 2, RUNNING))
+        self.assertEqual(forwarder.last_error, "OSError: [Errno 28] No space left on device")
+
+    def test_a_destination_the_sink_knows_is_down_shows_at_once_and_its_return_ends_the_backoff(self):
+        gate = Event()
+        sink = FakeSink(gate=gate)
+        sink.on_destination = None  # the attribute that says: this sink reports outages
+        forwarder = self.forwarder(sink, backoff_initial=60, backoff_max=60)
+        self.assertIsNotNone(sink.on_destination, "the forwarder hands the sink its callback")
+        self.append(2)
+        wait_until(lambda: sink.calls, message="the batch in flight")
+        sink.on_destination("Kafka: 1/1 brokers are down")
+        self.assertEqual((forwarder.state, forwarder.last_error), (BACKING_OFF, "Kafka: 1/1 brokers are down"))
+        self.assertEqual(forwarder.failed, 0, "no attempt has failed yet")
+        gate.set()
+        wait_until(lambda: forwarder.cursor.offset == 2, message="the batch delivered")
+        self.assertEqual(forwarder.state, RUNNING)
+
+        # A failed attempt backs off for at least 30 s; the destination's return ends that wait.
+        sink.failures = [TransientDeliveryError("Kafka: 1 of 1 message(s) not delivered")]
+        self.append(1, 2)
+        wait_until(lambda: forwarder.failed == 1, message="a failed attempt")
+        sink.on_destination(None)
+        wait_until(lambda: forwarder.cursor.offset == 3, timeout=20,
+                   message="delivered without waiting out the backoff")
+        self.assertEqual((forwarder.state, len(sink.calls)), (RUNNING, 3))
 
 
 class DeadLetter(ForwarderCase):

@@ -40,6 +40,7 @@ class HttpCase(unittest.TestCase):
 
     http_settings = {}
     journal_settings = {}
+    event_settings = {}
 
     def setUp(self):
         self.server = self.start_server()
@@ -49,7 +50,7 @@ class HttpCase(unittest.TestCase):
         self.addCleanup(tmp.remove)
         data = config_data(tmp.path, http={"port": 0, **self.http_settings, **(http or {})},
                            zmq={"bson_bind": "", "json_bind": ""},
-                           journal={**self.journal_settings, **(journal or {})})
+                           journal={**self.journal_settings, **(journal or {})}, event=self.event_settings)
         server = Server(from_dict(data))
         server.start()
         self.addCleanup(server.shutdown)
@@ -176,6 +177,57 @@ class GetLogTest(HttpCase):
         self.assertEqual(self.events(), [])
 
 
+class QueryParametersTest(HttpCase):
+    def test_a_repeated_parameter_is_a_list_in_context(self):
+        self.assert_accepted(self.call_json("GET", "/log?type=a&tag=x&page=%2F&tag=y&tag=x"), 1)
+        (event,) = self.events()
+        self.assertEqual(event["context"], {"tag": ["x", "y", "x"], "page": "/"})
+
+    def test_a_repeated_field_is_refused_naming_it(self):
+        for query, field in (("type=a&type=b", "type"), ("type=a&level=info&level=warn", "level"),
+                             ("type=a&ver=1&version=2", "version"), ("type=a&ip=10.0.0.1&ip=10.0.0.2", "ip")):
+            with self.subTest(query):
+                self.assert_refused(self.call_json("GET", "/log?" + query), 400,
+                                    f"{field}: given more than once in the query string")
+        self.assertEqual(self.events(), [])
+        self.assertEqual(self.http_counts(), (0, 4))
+
+
+class UnknownFieldsTest(HttpCase):
+    """event.unknown_fields: the same answer whether the event came by GET or by POST."""
+
+    def test_by_default_they_go_into_context_from_get_and_post(self):
+        self.assert_accepted(self.call_json("GET", "/log?type=get&user=rick"), 1)
+        self.assert_accepted(self.post({"type": "post", "user": "rick", "context": {"page": "/"}}), 1)
+        self.assert_accepted(self.post(b'{"type":"nd","user":"rick"}\n', NDJSON), 1)
+        get, post, ndjson = self.events()
+        self.assertEqual(get["context"], {"user": "rick"})
+        self.assertEqual(post["context"], {"page": "/", "user": "rick"})
+        self.assertEqual(ndjson["context"], {"user": "rick"})
+        self.assertNotIn("user", post)
+
+    def test_one_also_in_context_is_refused(self):
+        self.assert_refused(self.post({"type": "x", "user": "a", "context": {"user": "b"}}), 400,
+                            "unknown field 'user' is also in context", 0)
+        self.assertEqual(self.events(), [])
+
+    def test_what_goes_into_context_is_checked_as_context(self):
+        self.assert_refused(self.post({"type": "x", "n": 2**64}), 400, "context.n: integer out of the 64-bit range", 0)
+        self.assert_refused(self.post({"type": "x", "$where": "1"}), 400, "must not start with '$'", 0)
+        self.assertEqual(self.events(), [])
+
+
+class RefuseUnknownFieldsTest(HttpCase):
+    event_settings = {"unknown_fields": "refuse"}
+
+    def test_get_and_post_refuse_them_naming_the_field(self):
+        self.assert_refused(self.call_json("GET", "/log?type=get&user=rick"), 400, "unknown field 'user'")
+        self.assert_refused(self.post({"type": "post", "user": "rick"}), 400, "unknown field 'user'", 0)
+        self.assert_accepted(self.call_json("GET", "/log?type=get&level=info"), 1)
+        self.assertEqual([e["type"] for e in self.events()], ["get"])
+        self.assertEqual(self.http_counts(), (1, 2))
+
+
 class TrustedProxyTest(HttpCase):
     http_settings = {"trusted_proxies": ["127.0.0.1/32", "10.0.0.0/8"]}
 
@@ -294,6 +346,7 @@ class PostLogTest(HttpCase):
 
 
 class BadInputTest(HttpCase):
+    event_settings = {"unknown_fields": "refuse"}  # the default moves them into context
     # (name, body, extra headers, reason, index in the answer, events counted as rejected)
     CASES = [
         ("malformed JSON", b'{"type": "x",', {}, "the body is not valid JSON", None, 1),

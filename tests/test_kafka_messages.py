@@ -9,17 +9,20 @@ Also the forwarder's batch decoder (codec.decode_events): the events decode_even
 error whenever any payload is not exactly one document."""
 import datetime
 import json
+import socket
 import unittest
 
 import bson
+import gevent
 from bson import Binary, Int64, ObjectId
 from confluent_kafka import KafkaError
 
+from zspark.errors import PermanentDeliveryError, TransientDeliveryError
 from zspark.config import KafkaConfig
 from zspark.journal.codec import decode_event, decode_events, encode_event, event_json_bytes, event_to_json
 from zspark.sinks.kafka import KafkaSink
 
-from .support import TempDir, kafka_read, start_broker
+from .support import TempDir, free_port, kafka_read, start_broker, wait_until
 
 UTC = datetime.timezone.utc
 NOW = datetime.datetime(2026, 3, 4, 5, 6, 7, 891000, tzinfo=UTC)
@@ -226,7 +229,7 @@ class Reports(unittest.TestCase):
 
     def test_a_transient_failure_of_one_message_fails_the_batch(self):
         sink = self.sink(lambda value: KafkaError(KafkaError._MSG_TIMED_OUT) if b'"i":3' in value else None)
-        with self.assertRaisesRegex(RuntimeError, "1 of 5 message"):
+        with self.assertRaisesRegex(TransientDeliveryError, "1 of 5 message"):
             sink.send(self.items([{"i": i} for i in range(5)]))
 
     def test_a_message_refused_for_good_is_matched_to_its_event(self):
@@ -250,8 +253,44 @@ class Reports(unittest.TestCase):
         sink = self.sink(lambda value: KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
         real_produce = sink.producer.produce
         sink.producer.produce = lambda topic, value, key, on_delivery: real_produce(topic, value + b" ", key, on_delivery)
-        with self.assertRaisesRegex(RuntimeError, "not delivered"):
+        with self.assertRaisesRegex(PermanentDeliveryError, "not delivered"):
             sink.send(self.items([{"i": 0}]))
+
+
+class Outage(unittest.TestCase):
+    """A broker that goes away mid-batch, with a message timeout far beyond the test: the sink
+    says so at once from librdkafka's error callback, and once something accepts connections at
+    the broker's address again, the batch in flight is failed for a resend on a new producer
+    instead of waiting out the timeout. (No broker: a bare listening socket is "back".)"""
+
+    def test_all_brokers_down_is_reported_at_once_and_their_return_ends_the_batch_in_flight(self):
+        port = free_port()  # nothing listens here yet
+        sink = KafkaSink(KafkaConfig(enabled=True, brokers=f"127.0.0.1:{port}", message_timeout_ms=600000))
+        self.addCleanup(sink.close, abandon=True)
+        said = []
+        sink.on_destination = said.append
+        items = [(0, decoded({"type": "t", "topic": "outage"}, 0))]
+        sending = gevent.spawn(sink.send, items)
+        self.addCleanup(sending.kill)
+        wait_until(lambda: said, timeout=20, message="the sink saying the broker is down")
+        self.assertEqual(said, ["Kafka: 1/1 brokers are down"])
+        self.assertFalse(sending.ready(), "the batch waits for its reports meanwhile")
+
+        listener = socket.socket()
+        self.addCleanup(listener.close)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen(16)
+        sending.join(timeout=20)
+        self.assertEqual(said, ["Kafka: 1/1 brokers are down", None], "and that it answers again")
+        self.assertTrue(sending.ready(), "the batch in flight ended without waiting for its timeout")
+        self.assertIsInstance(sending.exception, TransientDeliveryError)
+        self.assertIn("resent on a new producer", str(sending.exception))
+
+    def test_the_probe_reaches_every_bootstrap_broker_as_librdkafka_would(self):
+        from zspark.sinks.kafka import _addresses
+        self.assertEqual(_addresses("127.0.0.1:9092, SSL://b2:9094,broker3,[::1]:9093,[::1]"),
+                         [("127.0.0.1", 9092), ("b2", 9094), ("broker3", 9092), ("::1", 9093), ("::1", 9092)])
 
 
 if __name__ == "__main__":

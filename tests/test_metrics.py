@@ -254,7 +254,7 @@ class Forwarders(MetricsCase):
         self.assertGreaterEqual(m("zspark_forwarder_last_failure_time_seconds", forwarder="kafka"), started)
         self.assertIsNone(m.get("zspark_forwarder_last_delivery_time_seconds", forwarder="kafka"))
         self.assertEqual(m.labelled("zspark_forwarder_state"),
-                         [{"forwarder": "kafka", "state": s} for s in ("running", "backing_off", "stopped")])
+                         [{"forwarder": "kafka", "state": s} for s in ("running", "backing_off", "stopped", "failed")])
 
 
 class Tokens(MetricsCase):

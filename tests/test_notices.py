@@ -1,19 +1,19 @@
 """The node's notices end to end: `zcmd serve` as a child process with the real local broker and
 database. node_online, heartbeats and node_offline arrive in Kafka's notice topic and MongoDB's
-notice collection; hour_complete notices, with the clock moved by $ZSPARK_CLOCK_OFFSET_FILE,
+notice collection; hour_complete notices, with the clock moved (tests/shifted_clock.py),
 arrive once per hour and topic with the count of events delivered, across a SIGKILL and restart,
 and only after the broker, down at the hour boundary, is back."""
 import calendar
 import collections
 import json
-import os
 import signal
 import time
 import unittest
 import uuid
 
-from zspark.hours import CLOCK_OFFSET_ENV, HOUR, hour_text
+from zspark.hours import HOUR, hour_text
 
+from .shifted_clock import CLOCK_OFFSET_ENV, MODULE as SHIFTED_CLOCK
 from .support import (ServeProcess, TempDir, config_data, journal_events, kafka_read, mongo_client,
                       request, start_broker, start_mongo, wait_until, write_config)
 
@@ -74,11 +74,8 @@ class NoticeCase(unittest.TestCase):
                                     "check_s": 0.1, **notices})
         self.port = data["http"]["port"]
         path = write_config(self.tmp.path, data)
-        os.environ[CLOCK_OFFSET_ENV] = self.clock_file
-        try:
-            server = ServeProcess(path, self.port, self.tmp.join("serve.log")).start()
-        finally:
-            del os.environ[CLOCK_OFFSET_ENV]
+        server = ServeProcess(path, self.port, self.tmp.join("serve.log"), module=SHIFTED_CLOCK,
+                              env={CLOCK_OFFSET_ENV: self.clock_file}).start()
         self.addCleanup(server.stop, signal.SIGKILL)
         self.server = server
         return server

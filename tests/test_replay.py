@@ -244,6 +244,56 @@ class ToStdout(ReplayCase):
         self.assertEqual(summary(result.stderr)["sent"], 20)
 
 
+class Retries(unittest.TestCase):
+    """How replay's sending retries (in-process, a scripted sink): transient failures with the
+    one retry policy until --timeout, a permanent refusal ends the replay at once, a bug in the
+    sink goes up with its traceback instead of being retried."""
+
+    class Sink:
+        def __init__(self, *failures):
+            self.failures = list(failures)
+            self.calls = 0
+
+        def send(self, items):
+            self.calls += 1
+            if self.failures:
+                raise self.failures.pop(0)
+            return []
+
+    items = [(7, {"type": "t"}), (8, {"type": "t"})]
+
+    def test_transient_failures_are_retried_until_sent(self):
+        from zspark.commands.replay import deliver
+        from zspark.errors import TransientDeliveryError
+        sink = self.Sink(TransientDeliveryError("Kafka: down"), ConnectionRefusedError(111, "refused"))
+        self.assertEqual(deliver(sink, self.items, timeout=30), [])
+        self.assertEqual(sink.calls, 3)
+
+    def test_a_permanent_refusal_ends_the_replay_at_once(self):
+        from zspark.commands.replay import DeliveryFailed, deliver
+        from zspark.errors import PermanentDeliveryError
+        sink = self.Sink(PermanentDeliveryError("Kafka: refused for good, matched to no event"))
+        with self.assertRaisesRegex(DeliveryFailed, "offsets 7..8 refused for good: Kafka: refused"):
+            deliver(sink, self.items, timeout=30)
+        self.assertEqual(sink.calls, 1)
+
+    def test_a_bug_in_the_sink_is_not_retried(self):
+        from zspark.commands.replay import deliver
+        sink = self.Sink(TypeError("a bug"))
+        with self.assertRaisesRegex(TypeError, "a bug"):
+            deliver(sink, self.items, timeout=30)
+        self.assertEqual(sink.calls, 1)
+
+    def test_giving_up_after_the_timeout(self):
+        from zspark.commands.replay import DeliveryFailed, deliver
+        from zspark.errors import TransientDeliveryError
+        sink = self.Sink(*[TransientDeliveryError("Kafka: down")] * 100)
+        with self.assertRaisesRegex(DeliveryFailed, r"giving up on offsets 7..8 after \d+ attempt\(s\) "
+                                                    r"in 0.5s \(--timeout\): Kafka: down"):
+            deliver(sink, self.items, timeout=0.5)
+        self.assertGreater(sink.calls, 1)
+
+
 class ServicesCase(ReplayCase):
     """One real service for the class, in a temporary state dir, stopped at the end."""
     service = None

@@ -87,6 +87,83 @@ class TestSinkRegistry(unittest.TestCase):
         self.assertIn(self.out, result.stdout)  # shown with the other sections
 
 
+class Failures(unittest.TestCase):
+    """A sink's errors as the server's users see them: a transient one is retried until the
+    events are delivered; a bug stops that forwarder loudly (/status, /metrics, `zcmd check`
+    CRITICAL, the traceback in the log) while the server goes on journaling, and once fixed, a
+    restart delivers everything."""
+
+    def setUp(self):
+        self.tmp = TempDir()
+        self.addCleanup(self.tmp.remove)
+        self.out = self.tmp.join("out.jsonl")
+        self.data = config_data(self.tmp.path, jsonfile={"enabled": True, "path": self.out},
+                                forward={"backoff_initial_ms": 20, "backoff_max_s": 0.2})
+        self.port = self.data["http"]["port"]
+
+    def serve(self, **jsonfile):
+        self.data["jsonfile"].update(jsonfile)
+        config = write_config(self.tmp.path, self.data)
+        server = ServeProcess(config, self.port, self.tmp.join("serve.log"), module="tests.sink_plugin")
+        self.addCleanup(server.kill)
+        server.start(timeout=30)
+        return server, config
+
+    def forwarder(self):
+        status, _, body = request(self.port, "GET", "/status")
+        self.assertEqual(status, 200)
+        return json.loads(body)["forwarders"]["jsonfile"]
+
+    def send(self, names):
+        for name in names:
+            self.assertEqual(request(self.port, "GET", f"/log?type={name}")[0], 200)
+
+    def test_a_transient_error_is_retried_then_delivered(self):
+        server, _ = self.serve(transient_failures=3)
+        self.send([f"retried.{n}" for n in range(4)])
+        delivered = wait_until(lambda: len(lines(self.out)) >= 4 and lines(self.out), timeout=20,
+                               message="4 events in the test sink's file")
+        self.assertEqual(sorted(e["type"] for e in delivered), [f"retried.{n}" for n in range(4)])
+        forwarder = self.forwarder()
+        self.assertEqual((forwarder["state"], forwarder["failed"], forwarder["lag"]), ("running", 3, 0))
+        self.assertIn("JSON lines: the disk is away", forwarder["last_error"])
+        self.assertEqual(server.stop(), 0, server.log())
+        self.assertIn("delivered after 3 failed attempt(s)", server.log())
+
+    def test_a_bug_in_a_sink_fails_its_forwarder_loudly_and_a_restart_after_the_fix_delivers_all(self):
+        server, config = self.serve(bug=True)
+        self.send(["early.0", "early.1", "early.2"])
+        forwarder = wait_until(lambda: self.forwarder()["state"] == "failed" and self.forwarder(),
+                               timeout=20, message="the forwarder failed")
+        self.assertEqual(forwarder["failed"], 1, "a bug is not retried")
+        self.assertTrue(forwarder["last_error"].startswith("TypeError: "), forwarder)
+        self.assertEqual(forwarder["cursor"], 0)
+
+        self.send(["late.0", "late.1"])  # the server goes on journaling
+        wait_until(lambda: self.forwarder()["lag"] == 5, message="a lag of the 5 events")
+        metrics = request(self.port, "GET", "/metrics")[2].decode()
+        self.assertIn('zspark_forwarder_state{forwarder="jsonfile",state="failed"} 1.0', metrics)
+        self.assertIn('zspark_forwarder_state{forwarder="jsonfile",state="running"} 0.0', metrics)
+        result = plugin("-y", config, "check")
+        self.assertEqual(result.returncode, 2, result.stdout + result.stderr)
+        self.assertTrue(result.stdout.startswith("ZSPARK CRITICAL - jsonfile failed (TypeError: "),
+                        result.stdout)
+        result = plugin("-y", config, "check", "--not-running", "warning")
+        self.assertEqual(result.returncode, 2, "failed is CRITICAL whatever --not-running says")
+        self.assertEqual(lines(self.out), [], "nothing delivered")
+        self.assertEqual(server.stop(), 0, server.log())
+        log = server.log()
+        self.assertIn("forwarder jsonfile: FAILED", log)
+        self.assertIn("Traceback (most recent call last)", log)
+
+        server, _ = self.serve(bug=False)
+        delivered = wait_until(lambda: len(lines(self.out)) >= 5 and lines(self.out), timeout=20,
+                               message="the 5 events delivered after the fix")
+        self.assertEqual([e["type"] for e in delivered], ["early.0", "early.1", "early.2", "late.0", "late.1"])
+        self.assertEqual(self.forwarder()["state"], "running")
+        self.assertEqual(server.stop(), 0, server.log())
+
+
 class TestRegister(unittest.TestCase):
     def test_a_name_or_section_already_taken_is_refused(self):
         from zspark import sinks

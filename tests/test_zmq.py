@@ -34,6 +34,7 @@ EVENT_KEYS = {"_id", "timestamp", "type", "source", "node"}
 class ZmqCase(unittest.TestCase):
     zmq_settings = {}
     journal_settings = {}
+    event_settings = {}
 
     def setUp(self):
         tmp = TempDir()
@@ -41,7 +42,7 @@ class ZmqCase(unittest.TestCase):
         data = config_data(tmp.path, http={"port": 0},
                            zmq={"bson_bind": "tcp://127.0.0.1:*", "json_bind": "tcp://127.0.0.1:*",
                                 **self.zmq_settings},
-                           journal=self.journal_settings)
+                           journal=self.journal_settings, event=self.event_settings)
         self.server = Server(from_dict(data))
         self.server.start()
         self.addCleanup(self.server.shutdown)
@@ -94,6 +95,8 @@ class ZmqCase(unittest.TestCase):
 
 
 class EventsTest(ZmqCase):
+    event_settings = {"unknown_fields": "refuse"}  # the default moves them into context
+
     def test_bson_event_from_the_client(self):
         stimestamp = datetime.datetime(2024, 2, 3, 4, 5, 6, 789000, tzinfo=UTC)
         when = datetime.datetime(2024, 1, 1, tzinfo=UTC)
@@ -226,7 +229,19 @@ def _nested(depth):
     return value
 
 
+class UnknownFieldsTest(ZmqCase):
+    def test_they_go_into_context_from_both_sockets(self):
+        for addr, format in ((self.bson_addr, "bson"), (self.json_addr, "json")):
+            self.client(addr, format=format).event(f"via-{format}", {"page": "/"}, user="rick")
+        events = sorted(self.wait_events(2), key=lambda e: e["type"])
+        self.assertEqual([(e["type"], e["context"]) for e in events],
+                         [("via-bson", {"page": "/", "user": "rick"}), ("via-json", {"page": "/", "user": "rick"})])
+        self.assertFalse(any("user" in e for e in events))
+
+
 class GarbageTest(ZmqCase):
+    event_settings = {"unknown_fields": "refuse"}  # an unknown field is garbage only then
+
     def bson_garbage(self):
         rng = random.Random(4321)
         good = bson.encode({"type": "x"})

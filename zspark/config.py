@@ -20,12 +20,9 @@ from typing import get_args, get_origin
 
 import yaml
 
+from .errors import ConfigError  # noqa: F401 (importable from here too)
 from .journal.files import others_can_write
-from .redact import is_secret_name, redact, redact_data
-
-
-class ConfigError(Exception):
-    """A config value that cannot be used; the message names the key and the file."""
+from .redact import holds_secret, is_secret_name, redact, redact_data
 
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
@@ -129,6 +126,9 @@ class HttpConfig:
     idle_timeout_s: float = 75.0
     tls_handshake_timeout_s: float = 10.0
     max_connections: int = 10000
+    # One line per request (zspark/accesslog.py), to access_log_file ("" = stdout; reopened on SIGHUP).
+    access_log: _choice("off", "combined", "json") = "off"
+    access_log_file: Path = Path("")
     cors: CorsConfig = field(default_factory=CorsConfig)
     pixel: PixelConfig = field(default_factory=PixelConfig)
     snippet: bool = True  # serve /zspark.js
@@ -162,6 +162,8 @@ class EventConfig:
     max_string_bytes: ByteSize = ByteSize(64 * 1024)
     max_depth: int = 32
     max_fields: int = 1000
+    # A top-level field the schema does not know: moved into `context`, or the event refused.
+    unknown_fields: _choice("context", "refuse") = "context"
 
 
 @dataclass
@@ -234,6 +236,8 @@ class PubConfig:
 @dataclass
 class LogConfig:
     level: _choice("debug", "info", "warning", "error") = "info"
+    format: _choice("text", "json") = "text"  # zspark/logsetup.py
+    file: Path = Path("")  # "" = stderr; reopened on SIGHUP (after logrotate moved it)
 
 
 @dataclass
@@ -680,7 +684,7 @@ def secret_file_warnings(config):
     and the path and says how to fix it."""
     files = [("http.keyfile", config.http.keyfile), ("zmq.curve_secret_key", config.zmq.curve_secret_key)]
     files += config.secret_files
-    if _uri_password(config.mongo.uri):
+    if holds_secret(config.mongo.uri):
         files.append(("mongo.uri", config.source))
     for name, value in config.kafka.producer.items():
         if name.endswith((".location", ".file")) and "key" in name:
@@ -713,13 +717,6 @@ def config_warnings(config):
         warnings.append(f"{config.source}: Zarkov's keys {', '.join(config.ignored_zarkov_keys)} mean "
                         "nothing to zspark and are ignored (README: Coming from Zarkov)")
     return warnings + secret_file_warnings(config)
-
-
-def _uri_password(uri):
-    try:
-        return urllib.parse.urlsplit(uri).password
-    except ValueError:
-        return None
 
 
 def _parse_size(value, fail):

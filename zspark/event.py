@@ -1,11 +1,16 @@
 """The event schema: `normalize` turns what any source received into one valid event document.
 
-Fields (DESIGN.md): `_id` (assigned by the journal), `timestamp` (when zspark received it, UTC),
+Fields (README.md, "The event"): `_id` (assigned by the journal), `timestamp` (when zspark received it, UTC),
 `stimestamp` (the sender's own time), `type` (required), `level`, `topic`, `env`, `version`, `ip`,
 `referrer`, `user_agent`, `cookies`, `context`, `extra`, `source`, `node`.
 
 Every source calls `normalize`; a bad event raises `InvalidEvent` with a reason a sender can act
 on ("context.user: nested deeper than 32 levels"). Nothing here raises anything else for bad input.
+
+A top-level field the schema does not know is decided here, the same for every source (HTTP GET
+and POST, ZeroMQ BSON and JSON), by `event.unknown_fields`: `context` (the default) moves it into
+`context`, `refuse` refuses the event naming it. `from_query` makes the raw event of a `GET /log`
+query string (Sparkngin's form) by the same rule.
 """
 import datetime
 import ipaddress
@@ -14,7 +19,7 @@ import re
 
 from bson import ObjectId
 
-from .safetext import one_line
+from .errors import InvalidEvent
 
 _ZONE_ID = re.compile(r"[A-Za-z0-9._~-]{1,64}")
 
@@ -35,27 +40,25 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 NOTICE_SOURCE = "notice"
 
 
-class InvalidEvent(ValueError):
-    """The event cannot be accepted; str() is the reason to give the sender.
 
-    The reason names the sender's own keys and values, so it is made one safe line here, once
-    for every message: it goes to the log, to /status and to `zcmd status` as it is."""
 
-    def __init__(self, reason):
-        super().__init__(one_line(reason))
+UNKNOWN_FIELDS = ("context", "refuse")  # event.unknown_fields
 
 
 class Limits:
-    """Size limits applied by normalize (from the `event` config section)."""
+    """The rules of the `event` config section that normalize applies: size limits, and what
+    becomes of an unknown top-level field (`unknown_fields`, one of UNKNOWN_FIELDS)."""
 
-    def __init__(self, max_string_bytes=64 * 1024, max_depth=32, max_fields=1000):
+    def __init__(self, max_string_bytes=64 * 1024, max_depth=32, max_fields=1000, unknown_fields="context"):
         self.max_string_bytes = max_string_bytes
         self.max_depth = max_depth
         self.max_fields = max_fields
+        self.unknown_fields = unknown_fields
 
     @classmethod
     def from_config(cls, event_config):
-        return cls(event_config.max_string_bytes, event_config.max_depth, event_config.max_fields)
+        return cls(event_config.max_string_bytes, event_config.max_depth, event_config.max_fields,
+                   event_config.unknown_fields)
 
 
 DEFAULT_LIMITS = Limits()
@@ -83,6 +86,7 @@ def sender_fields(raw, limits=DEFAULT_LIMITS, trusted=False):
     if not isinstance(raw, dict):
         raise InvalidEvent(f"an event must be a JSON object / BSON document, got {_kind(raw)}")
     fields = {}
+    unknown = None  # {name: value} of the unknown fields, for context (event.unknown_fields)
     fast_limit = min(SHORT_LIMIT, limits.max_string_bytes)  # under every string field's limit
     for name, value in raw.items():
         if not isinstance(name, str):
@@ -113,8 +117,15 @@ def sender_fields(raw, limits=DEFAULT_LIMITS, trusted=False):
         elif trusted:
             _check_key(name, "event")  # the name must still be storable (no NUL, no lone surrogate)
             fields[name] = _value(value, name, 1, limits, [0])
+        elif limits.unknown_fields == "refuse":
+            raise InvalidEvent(_unknown_field(name))
         else:
-            raise InvalidEvent(f"unknown field {_short(name)!r} (known: {', '.join(sorted(FIELDS - set(ASSIGNED)))})")
+            _check_key(name, "event")
+            if unknown is None:
+                unknown = {}
+            unknown[name] = value
+    if unknown:
+        fields["context"] = _into_context(fields.get("context"), unknown, limits)
     if "type" not in fields:
         raise InvalidEvent("type: required, a non-empty string")
     if not fields["type"]:
@@ -130,6 +141,56 @@ def sender_fields(raw, limits=DEFAULT_LIMITS, trusted=False):
         except ValueError:
             raise InvalidEvent(f"ip: not an IP address: {_short(fields['ip'])!r}") from None
     return fields
+
+
+def _unknown_field(name):
+    return f"unknown field {_short(name)!r} (known: {', '.join(sorted(FIELDS - set(ASSIGNED)))})"
+
+
+def _into_context(context, unknown, limits):
+    """`context` (already checked, or None) with the unknown top-level fields added, checked
+    again as a whole: the limits hold for what is stored."""
+    merged = dict(context) if context else {}
+    for name, value in unknown.items():
+        if name in merged:  # one of the two values would be lost
+            raise InvalidEvent(f"unknown field {_short(name)!r} is also in context: send it once")
+        merged[name] = value
+    return _value(merged, "context", 1, limits, [0])
+
+
+# GET /log's query parameters that are event fields (Sparkngin's names); each takes one value.
+QUERY_FIELDS = {"type": "type", "level": "level", "topic": "topic", "env": "env", "ver": "version",
+                "version": "version", "stimestamp": "stimestamp", "ip": "ip"}
+
+
+def from_query(pairs, limits=DEFAULT_LIMITS):
+    """The raw event (for `normalize`) of a GET /log query string's (name, value) pairs.
+
+    A QUERY_FIELDS parameter is its field, given at most once (`ver` and `version` are one
+    field): a repeat is refused, naming it, rather than one value being dropped. Any other
+    parameter goes into `context` (a list of its values, in order, when it repeats), or, with
+    event.unknown_fields: refuse, is refused as an unknown field."""
+    event = {}
+    context = {}
+    for name, value in pairs:
+        field = QUERY_FIELDS.get(name)
+        if field is not None:
+            if field in event:
+                raise InvalidEvent(f"{field}: given more than once in the query string; it takes one value")
+            event[field] = value
+        elif limits.unknown_fields == "refuse":
+            raise InvalidEvent(_unknown_field(name))
+        elif name in context:
+            values = context[name]
+            if type(values) is list:
+                values.append(value)
+            else:
+                context[name] = [values, value]
+        else:
+            context[name] = value
+    if context:
+        event["context"] = context
+    return event
 
 
 # Fields that, when valid, normalize keeps exactly as sent and checks without converting.

@@ -6,34 +6,47 @@ A sink is any object with (the protocol of zspark/sinks/__init__.py, whose regis
     name                      used for the cursor file and in /status
     send(items) -> rejected   deliver `items` (a list of (offset, event)) and return only once the
                               destination confirmed them; return a list of (offset, event, reason)
-                              the destination refused *for good*; raise for anything transient
+                              the destination refused *for good*; raise TransientDeliveryError
+                              for anything worth retrying (zspark/errors.py)
     describe() -> str         where it delivers, for the log and /status (no secrets)
     healthcheck(timeout)      return once the destination answers, else raise sinks.Unreachable
                               (used by `zcmd replay` before it sends)
     close(abandon=False)      release it; `abandon`: drop what is still queued instead of waiting
+    on_destination            optional: a sink that has this attribute learns of outages on its
+                              own (Kafka's error callback); the forwarder sets it to a callable,
+                              called with a reason when the destination goes down (the forwarder
+                              shows `backing_off` at once) and with None when it answers again
+                              (the retry then comes at once, not after the backoff)
 
-A transient failure (an exception) is retried with capped exponential backoff and jitter, for as
-long as it takes: the journal holds the events meanwhile. A permanently refused record is written
-with its reason to the dead-letter file next to the journal (`dead-letter/<sink>.jsonl`), counted,
-and passed over. Nothing is ever skipped silently.
+A transient failure (TransientDeliveryError, or an OSError: a socket, a full disk, descriptors
+running out -- the machine's trouble, never a bug in the sink) is retried with the one retry
+policy (zspark/retry.py: capped exponential backoff with jitter) for as long as it takes: the
+journal holds the events meanwhile. A permanently refused record is written with its reason to
+the dead-letter file next to the journal (`dead-letter/<sink>.jsonl`), counted, and passed over.
+Anything else a sink raises -- PermanentDeliveryError (refused for good, no record named), or a
+bug such as a TypeError -- stops this forwarder loudly: logged (a bug with its traceback), state
+`failed` with the reason in /status, /metrics and `zcmd check`, the cursor where it was, so that
+a restart after the fix sends the batch again; the server goes on journaling. Nothing is ever
+skipped silently.
 """
 import json
 import logging
 import os
-import random
 import time
 
 import gevent
 from gevent.event import Event
 
 from . import blocking
-from .journal import decode_event, decode_events, event_to_json, files
+from .errors import RETRYABLE, PermanentDeliveryError, describe
+from .journal import decode_records, event_to_json, files
 from .metrics import RateLimitedLog
 from .redact import redact
+from .retry import Backoff
 
 log = logging.getLogger("zspark.forwarder")
 
-RUNNING, BACKING_OFF, STOPPED = "running", "backing_off", "stopped"
+RUNNING, BACKING_OFF, STOPPED, FAILED = "running", "backing_off", "stopped", "failed"
 
 
 class Forwarder:
@@ -44,8 +57,7 @@ class Forwarder:
         self.name = sink.name
         self.batch_size = batch_size
         self.batch_wait = batch_wait
-        self.backoff_initial = backoff_initial
-        self.backoff_max = backoff_max
+        self._backoff = Backoff(backoff_initial, backoff_max)
         self.cursor = journal.cursor(self.name)
         self.state = STOPPED
         self.delivered = 0
@@ -55,13 +67,15 @@ class Forwarder:
         self.last_error_time = None
         self.last_delivery_time = None  # when the destination last confirmed a batch
         self._stopping = False
-        self._stop_requested = Event()  # wakes a backoff sleep at once
+        self._stop_requested = Event()  # set by stop(): ends a failed forwarder's wait
         self._greenlet = None
         # Called after each confirmed batch as on_delivered(first_offset, next_offset, events),
         # `events` an iterable of the delivered events (not those dead-lettered); see hours.py.
         self.on_delivered = None
         self.dead_letter_path = os.path.join(journal.directory, "dead-letter", f"{self.name}.jsonl")
         self._warn = RateLimitedLog(log, logging.ERROR)
+        if hasattr(sink, "on_destination"):
+            sink.on_destination = self._on_destination
 
     @property
     def lag(self):
@@ -85,6 +99,7 @@ class Forwarder:
         """Finish the batch in flight (up to `timeout` seconds), save the cursor, stop."""
         self._stopping = True
         self._stop_requested.set()
+        self._backoff.stop()
         if self._greenlet is not None:
             self._greenlet.join(timeout)
             if not self._greenlet.dead:
@@ -101,6 +116,10 @@ class Forwarder:
         except Exception as e:  # a sink that cannot close cleanly must not block the shutdown
             log.warning("forwarder %s: closing the sink failed: %s", self.name, e)
 
+    def status(self):
+        """The forwarder's part of `/status`: as_dict() and where it delivers (URIs redacted)."""
+        return {**self.as_dict(), "destination": self.sink.describe()}
+
     def as_dict(self):
         return {"state": self.state, "cursor": self.cursor.offset, "lag": self.lag,
                 "delivered": self.delivered, "failed": self.failed,
@@ -111,9 +130,9 @@ class Forwarder:
         self.state = RUNNING
         log.info("forwarder %s: starting at offset %d (lag %d)", self.name, self.cursor.offset, self.lag)
         reader = None
-        attempt = 0
+        reading_failed = False
         try:
-            while not self._stopping:
+            while not self._stopping and self.state != FAILED:
                 try:
                     if reader is None:
                         reader = self.journal.reader(self.cursor.offset)
@@ -124,18 +143,23 @@ class Forwarder:
                     if reader is not None:
                         reader.close()
                         reader = None
-                    attempt += 1
-                    delay = self._failed_attempt(f"cannot read the journal: {e}", attempt)
-                    _say_retry(attempt, "forwarder %s: reading the journal at offset %d failed (attempt %d), "
-                               "retrying in %.1fs: %s", self.name, self.cursor.offset, attempt, delay, e)
-                    self._stop_requested.wait(delay)
+                    reading_failed = True
+                    delay = self._failed_attempt(f"cannot read the journal: {e}")
+                    self._say_retry("forwarder %s: reading the journal at offset %d failed (attempt %d), "
+                                    "retrying in %.1fs: %s", self.name, self.cursor.offset,
+                                    self._backoff.attempt, delay, e)
+                    self._backoff.wait()
                     continue
-                if attempt:
-                    attempt = 0
+                if reading_failed:
+                    reading_failed = False
+                    self._backoff.reset()
                     self.state = RUNNING
                     log.info("forwarder %s: reading the journal again", self.name)
                 if records:
                     self._deliver(records)
+            # Failed (or stopping): wait for the stop. The greenlet must not end before, since
+            # the server stops when one of its forwarders' greenlets ends.
+            self._stop_requested.wait()
         finally:
             if reader is not None:
                 reader.close()
@@ -153,32 +177,36 @@ class Forwarder:
         return records
 
     def _deliver(self, records):
-        try:
-            events = decode_events([payload for _, payload in records])
-            items, undecodable = [(offset, event) for (offset, _), event in zip(records, events)], []
-        except Exception:  # one by one, to tell which
-            items, undecodable = [], []
-            for offset, payload in records:
-                try:
-                    items.append((offset, decode_event(payload)))
-                except Exception as e:  # an intact record that is not an event: set it aside
-                    undecodable.append((offset, {"payload_hex": payload[:4096].hex()}, f"undecodable: {e}"))
-        attempt = 0
+        undecodable = []  # intact records that are not events: set aside (dead-lettered)
+        items = decode_records(records, lambda offset, payload, e: undecodable.append(
+            (offset, {"payload_hex": payload[:4096].hex()}, f"undecodable: {e}")))
         while True:
             try:
                 rejected = self.sink.send(items) if items else []
                 break
-            except Exception as e:
+            except RETRYABLE as e:
                 if self._stopping:
                     return  # cursor unchanged: the batch goes again at the next start
-                attempt += 1
-                delay = self._failed_attempt(f"{type(e).__name__}: {e}", attempt)
-                _say_retry(attempt, "forwarder %s: delivering offsets %d..%d failed (attempt %d), retrying in "
-                           "%.1fs: %s", self.name, records[0][0], records[-1][0], attempt, delay, self.last_error)
-                if self._stop_requested.wait(delay):
+                delay = self._failed_attempt(describe(e))
+                self._say_retry("forwarder %s: delivering offsets %d..%d failed (attempt %d), retrying in "
+                                "%.1fs: %s", self.name, records[0][0], records[-1][0],
+                                self._backoff.attempt, delay, self.last_error)
+                if not self._backoff.wait():
                     return  # stopping: the cursor is unchanged, the batch goes again at the next start
-        if attempt:
-            log.info("forwarder %s: delivered after %d failed attempt(s)", self.name, attempt)
+            except PermanentDeliveryError as e:
+                self._fail(records, describe(e))
+                return
+            except Exception as e:  # a bug in the sink: no retry mends it
+                if self._stopping:
+                    return
+                log.exception("forwarder %s: the sink raised %s delivering offsets %d..%d (a bug, not "
+                              "the destination's trouble)", self.name, type(e).__name__,
+                              records[0][0], records[-1][0])
+                self._fail(records, describe(e))
+                return
+        if self._backoff.attempt:
+            log.info("forwarder %s: delivered after %d failed attempt(s)", self.name, self._backoff.attempt)
+            self._backoff.reset()
         dead = undecodable + list(rejected)
         if dead and not self._dead_letter(dead):
             return  # stopping: the cursor is unchanged, the batch goes again at the next start
@@ -190,6 +218,25 @@ class Forwarder:
             refused = {offset for offset, _, _ in rejected}
             self.on_delivered(records[0][0], records[-1][0] + 1,
                               (event for offset, event in items if offset not in refused))
+
+    def _fail(self, records, reason):
+        """Stop delivering for good (until a restart), loudly; the cursor stays where it is."""
+        self.failed += 1
+        self.last_error = redact(reason)
+        self.last_error_time = time.time()
+        self.state = FAILED
+        log.critical("forwarder %s: FAILED, its delivery stopped until a restart: %s; offsets %d.. "
+                     "wait in the journal (the cursor stays at %d); the server goes on journaling",
+                     self.name, self.last_error, records[0][0], self.cursor.offset)
+
+    def _on_destination(self, reason):
+        """The sink's word on its destination: down (`reason`) or answering again (None)."""
+        if reason is None:
+            self._backoff.wake()  # retry now rather than at the end of a long backoff
+        elif self.state == RUNNING:
+            self.state = BACKING_OFF
+            self.last_error = redact(reason)
+            self.last_error_time = time.time()
 
     def _save_cursor(self, offset):
         """Move the cursor past a delivered batch. If the file cannot be written (a full disk),
@@ -211,40 +258,35 @@ class Forwarder:
         for offset, event, reason in dead:
             lines.append(json.dumps({"offset": offset, "sink": self.name, "reason": reason,
                                      "time": time.time(), "event": json.loads(event_to_json(event))}))
-        attempt = 0
         while True:
             try:
                 blocking.call(_append_lines, self.dead_letter_path, lines)
                 break
             except OSError as e:
-                attempt += 1
-                delay = self._failed_attempt(f"cannot write the dead-letter file: {e}", attempt)
+                self._failed_attempt(f"cannot write the dead-letter file: {e}")
                 self._warn("forwarder %s: cannot write %d refused record(s) to %s (%s); retrying",
                            self.name, len(dead), self.dead_letter_path, e)
-                if self._stop_requested.wait(delay):
+                if not self._backoff.wait():
                     return False
+        self._backoff.reset()
         for offset, _, reason in dead:
             log.error("forwarder %s: offset %d refused for good, written to %s: %s",
                       self.name, offset, self.dead_letter_path, reason)
         self.dead_lettered += len(dead)
         return True
 
-    def _failed_attempt(self, error, attempt):
+    def _failed_attempt(self, error):
         """Note a failed attempt in /status; return how long to back off before the next."""
         self.failed += 1
         self.last_error = redact(error)  # a driver may quote its URI, password and all
         self.last_error_time = time.time()
         self.state = BACKING_OFF
-        return self._backoff(attempt)
+        return self._backoff.failed()
 
-    def _backoff(self, attempt):
-        delay = min(self.backoff_max, self.backoff_initial * 2 ** min(attempt - 1, 20))
-        return delay * random.uniform(0.5, 1.0)
-
-
-def _say_retry(attempt, msg, *args):
-    """A failed attempt: a warning for the first and every tenth, the others at debug level."""
-    (log.warning if attempt == 1 or attempt % 10 == 0 else log.debug)(msg, *args)
+    def _say_retry(self, msg, *args):
+        """A failed attempt: a warning for the first and every tenth, the others at debug level."""
+        attempt = self._backoff.attempt
+        (log.warning if attempt == 1 or attempt % 10 == 0 else log.debug)(msg, *args)
 
 
 def _append_lines(path, lines):

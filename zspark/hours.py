@@ -27,8 +27,8 @@ allowed, under the default topic), so only topics the node writes to are followe
 changed) is dropped. An event stamped
 in an hour already announced (one held longer than the grace) is counted as late and logged.
 
-The clock is injectable. `ZSPARK_CLOCK_OFFSET_FILE` names a file holding a number of seconds added
-to the real time (read at every look), so tests can move this clock past an hour's end.
+The clock (`clock`, time.time by default) is the tracker's own: tests move it past an hour's end
+(tests/shifted_clock.py).
 """
 import json
 import logging
@@ -36,10 +36,10 @@ import os
 import time
 
 import gevent
-from gevent.hub import get_hub
 
+from . import blocking
 from .event import NOTICE_SOURCE
-from .journal import JournalError, decode_event, files
+from .journal import JournalError, decode_records, files
 from .journal.cursor import write_atomically
 from .metrics import RateLimitedLog
 
@@ -48,22 +48,6 @@ log = logging.getLogger("zspark.hours")
 HOUR = 3600
 KEEP_TOPICS_S = 24 * HOUR
 SAVE_EVERY_S = 5.0  # counting progress is saved this often (it is recounted after a crash)
-CLOCK_OFFSET_ENV = "ZSPARK_CLOCK_OFFSET_FILE"
-
-
-def clock_from_environment():
-    """time.time, shifted by the seconds in $ZSPARK_CLOCK_OFFSET_FILE when that is set."""
-    path = os.environ.get(CLOCK_OFFSET_ENV)
-    if not path:
-        return time.time
-
-    def clock():
-        try:
-            with open(path, encoding="ascii") as f:
-                return time.time() + float(f.read().strip() or 0)
-        except (OSError, ValueError):
-            return time.time()
-    return clock
 
 
 def hour_text(hour):
@@ -126,7 +110,7 @@ class HourTracker:
                  "boundaries": {str(h): b for h, b in self.boundaries.items()},
                  "topics": self.topics, "late": self.late}
         data = json.dumps(state, indent=1, sort_keys=True).encode("utf-8")
-        get_hub().threadpool.apply(write_atomically, (self.path, data))
+        blocking.call(write_atomically, self.path, data)
         self._saved_at = time.monotonic()
         self._dirty = False
 
@@ -178,15 +162,8 @@ class HourTracker:
                 records = reader.read(max_records=min(1000, target - self.counted_to))
                 if not records:
                     break  # the rest is gone (retention, damage): nothing left to count there
-                events = []
-                for offset, payload in records:
-                    if offset >= target:
-                        break
-                    try:
-                        events.append(decode_event(payload))
-                    except Exception:  # not an event: the forwarder dead-lettered it
-                        pass
-                self._count(events)
+                # What is not an event the forwarder dead-lettered: not counted.
+                self._count(event for offset, event in decode_records([r for r in records if r[0] < target]))
                 self.counted_to = min(target, records[-1][0] + 1)
                 self._dirty = True
                 gevent.sleep(0)
@@ -253,13 +230,7 @@ class HourTracker:
                 records = reader.read()
                 if not records:
                     break
-                for _, payload in records:
-                    if b"hour_complete" not in payload:
-                        continue
-                    try:
-                        event = decode_event(payload)
-                    except Exception:
-                        continue
+                for _, event in decode_records([r for r in records if b"hour_complete" in r[1]]):
                     context = event.get("context") or {}
                     if (event.get("source") == NOTICE_SOURCE and event.get("type") == "hour_complete"
                             and context.get("hour") == wanted):

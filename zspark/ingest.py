@@ -8,8 +8,10 @@ With `kafka.topic_not_allowed: refuse` it also refuses events whose Kafka topic 
 import datetime
 from itertools import repeat
 
+from . import native
 from .event import NOTICE_SOURCE, InvalidEvent, Limits, normalize, sender_fields
 from .journal.codec import FrameEvent, encode_batch, encode_events, event_ids
+from .native import PLAIN_FRAME_OMITS
 
 
 class BatchRejected(InvalidEvent):
@@ -44,12 +46,19 @@ class Ingest:
         self.metrics = metrics
         self.limits = limits or Limits()
         self.topics = topics if topics is not None and topics.refuse else None
+        # The compiled frame check hands over a frame's string fields, not context or extra: enough
+        # unless the topic policy reads those.
+        self.plain_frames = self.topics is None or not set(self.topics.template_fields) & set(PLAIN_FRAME_OMITS)
 
     def normalize_all(self, raws, source, trusted=False):
         """Normalize a batch that is accepted whole or not at all: a `Received`; raise
         BatchRejected."""
+        plain = None if trusted else native.plain_events(raws, self.limits)
         try:
-            fields = list(map(sender_fields, raws, repeat(self.limits), repeat(trusted)))
+            if plain is None:
+                fields = list(map(sender_fields, raws, repeat(self.limits), repeat(trusted)))
+            else:  # the compiled check found these valid as they are: sender_fields(raw) is raw
+                fields = [raw if ok else sender_fields(raw, self.limits) for raw, ok in zip(raws, plain)]
         except InvalidEvent:
             for index, raw in enumerate(raws):  # which one, and why (map does not say)
                 try:
@@ -103,8 +112,17 @@ class Ingest:
         except InvalidEvent as e:
             self.metrics.source(source).reject(str(e))
             raise
-        self._check_topic(doc, source, now)
+        return self.frame_event(doc, frame, source, now)
+
+    def frame_event(self, fields, frame, source, now):
+        """The FrameEvent of a BSON `frame` known valid as it is, given its top-level fields (at
+        least those the topic policy reads); raise InvalidEvent (counted) for a topic refused."""
+        self._check_topic(fields, source, now)
         return FrameEvent(frame, now, source, self.node)
+
+    def plain_bson_frames(self, frames):
+        """native.plain_bson_frames under this ingest's limits, or None where it cannot serve."""
+        return native.plain_bson_frames(frames, self.limits) if self.plain_frames else None
 
     def append_nowait(self, events, source):
         """Hand normalized events (dicts and FrameEvents) to the journal; `.wait()` on the result

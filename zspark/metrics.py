@@ -24,7 +24,7 @@ class SourceStats:
         self.rejected = 0
         self.refused = 0  # valid events the journal could not take (full, write error, stopping)
         self.last_rejection = None
-        self.details = None  # () -> more counters for as_dict (a source's connections)
+        self.details = None  # () -> more counters for status() (a source's connections)
         self._samples = collections.deque(maxlen=RATE_WINDOW_S)  # (monotonic time, accepted)
 
     def sample(self, now):
@@ -42,7 +42,8 @@ class SourceStats:
         self.rejected += count
         self.last_rejection = one_line(reason)  # may quote the sender: shown in /status and zcmd status
 
-    def as_dict(self):
+    def status(self):
+        """The source's part of `/status`."""
         return {"accepted": self.accepted, "rejected": self.rejected, "refused": self.refused,
                 "last_rejection": self.last_rejection, "rate": round(self.rate(), 3),
                 **(self.details() if self.details else {})}

@@ -6,18 +6,17 @@ into metric families; `Exposition` renders it, with prometheus_client's process 
 open fds, CPU seconds under their standard `process_` names), from a registry of its own.
 """
 
-from gevent.hub import get_hub
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
                                     InfoMetricFamily)
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from . import __version__
-from .forwarder import BACKING_OFF, RUNNING, STOPPED
+from . import __version__, blocking
+from .forwarder import BACKING_OFF, FAILED, RUNNING, STOPPED
 from .journal.journal import SYNC_BUCKETS
 
-FORWARDER_STATES = (RUNNING, BACKING_OFF, STOPPED)
+FORWARDER_STATES = (RUNNING, BACKING_OFF, STOPPED, FAILED)
 
 # What the sources count of their connections (SourceStats.details: the HTTP server's counters
 # and in-flight budget, ZeroMQ's under "connections"), as metric families labelled by source:
@@ -196,7 +195,7 @@ class _InThreadpool(Collector):
         self.collector = collector
 
     def collect(self):
-        return get_hub().threadpool.apply(lambda: list(self.collector.collect()))
+        return blocking.call(lambda: list(self.collector.collect()))
 
 
 class Exposition:

@@ -7,7 +7,8 @@
 - the value of an option whose name says it is secret (`?authMechanismProperties=...&password=x`,
   `;pwd=x`): `password=***`.
 
-`is_secret_name(name)` says whether a setting's name holds a secret, for settings passed through
+`holds_secret(text)` says whether `redact` would mask anything in `text` (a setting worth a
+warning when others can read the file it is in); `is_secret_name(name)` says whether a setting's name holds a secret, for settings passed through
 by name (`kafka.producer`: `sasl.password`, `ssl.key.password`, `ssl.key.pem`...);
 `redact_data` applies `redact` to every string in nested plain data (what `config.describe`
 returns).
@@ -17,8 +18,8 @@ import re
 MASK = "***"
 
 # `scheme://userinfo@`: the userinfo runs to the last @ before the path, so a password holding an
-# unescaped @ is masked whole.
-_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)([^/?#@\s:]*):([^/?#\s]*)@")
+# unescaped @ is masked whole. An empty password has nothing to mask.
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)([^/?#@\s:]*):([^/?#\s]+)@")
 _SECRET_WORDS = r"password|passwd|pwd|secret|token|credential"
 _OPTION = re.compile(rf"(?i)((?:^|[?&;,\s])[^=&;,#\s]*(?:{_SECRET_WORDS})[^=&;,#\s]*=)[^&;,#\s]*")
 _NAME = re.compile(rf"(?i)(?:{_SECRET_WORDS})|key(?!.*(?:location|file|path)$)")
@@ -30,6 +31,11 @@ def redact(text):
         return text
     text = _USERINFO.sub(lambda m: f"{m.group(1)}{m.group(2)}:{MASK}@", text)
     return _OPTION.sub(lambda m: m.group(1) + MASK, text)
+
+
+def holds_secret(text):
+    """True if `text` holds something `redact` masks (a URI's password, a secret-named option)."""
+    return redact(text) != text
 
 
 def is_secret_name(name):

@@ -16,11 +16,12 @@ import gevent
 import zmq.green as zmq_green
 from gevent.event import Event
 
-from . import __version__, descriptors, sinks
+from . import __version__, accesslog, descriptors, native, sinks
 from .config import config_warnings
+from .errors import StartupError  # noqa: F401 (importable from here too)
 from .event import Limits
 from .forwarder import Forwarder
-from .hours import HourTracker, clock_from_environment
+from .hours import HourTracker
 from .ingest import Ingest
 from .journal import Journal, JournalError
 from .metrics import Metrics
@@ -34,10 +35,6 @@ from .topics import TopicPolicy
 from .topics import state_path as topics_state_path
 
 log = logging.getLogger("zspark.server")
-
-
-class StartupError(Exception):
-    """The server cannot start (a port in use, the journal locked...); the message says why."""
 
 
 def build_sinks(config, topics=None):
@@ -113,6 +110,7 @@ class Server:
         if self.hours is not None:
             self._watch(gevent.spawn(self.hours.run), "hour-complete notices")
         log.info("zspark %s serving as node %r (pid %d)", __version__, self.config.node.id, os.getpid())
+        (log.info if native.COMPILED or native.PURE else log.warning)("%s", native.describe())
 
     def _start_sources(self):
         cfg = self.config
@@ -127,6 +125,11 @@ class Server:
             except OSError as e:
                 raise StartupError(f"cannot listen for HTTP on {cfg.http.host}:{cfg.http.port} "
                                    f"(config key http.port): {e.strerror or e}") from None
+            try:  # before any request is served: nothing yields since start()
+                self.http.server.access_log = accesslog.build(cfg.http)
+            except OSError as e:
+                raise StartupError(f"cannot open the access log {cfg.http.access_log_file} "
+                                   f"(config key http.access_log_file): {e.strerror or e}") from None
         curve = self._start_curve()
         for name, address, decode in (("zmq_bson", cfg.zmq.bson_bind, decode_bson),
                                       ("zmq_json", cfg.zmq.json_bind, decode_json)):
@@ -168,8 +171,7 @@ class Server:
         if self.notices is not None and nc.hour_complete and tracked is not None:
             # Before the forwarder starts, so that it counts every batch from the first.
             self.hours = HourTracker(self.journal, tracked, tracked.sink.topic_for, self.notices.publish,
-                                     grace_s=nc.hour_grace_s, check_s=nc.check_s,
-                                     clock=clock_from_environment(), follows=self.topics.follows)
+                                     grace_s=nc.hour_grace_s, check_s=nc.check_s, follows=self.topics.follows)
         for forwarder in self.forwarders:
             self._watch(forwarder.start(), f"forwarder {forwarder.name}")
             log.info("forwarding to %s from offset %d", forwarder.sink.describe(), forwarder.cursor.offset)
@@ -269,8 +271,7 @@ class Server:
             gevent.sleep(1.0)
 
     def status(self):
-        j = self.journal
-        syncs = j.stats.syncs
+        """`/status`: each part's own status() under its name."""
         return {
             "ok": True,
             "node": self.config.node.id,
@@ -280,26 +281,9 @@ class Server:
             "uptime_s": round(self.metrics.uptime(), 3),
             "time": time.time(),
             "stopping": self._stopping,
-            "sources": {name: s.as_dict() for name, s in self.metrics.sources.items()},
-            "forwarders": {f.name: {**f.as_dict(), "destination": f.sink.describe()}  # URIs redacted
-                           for f in self.forwarders},
+            "sources": {name: s.status() for name, s in self.metrics.sources.items()},
+            "forwarders": {f.name: f.status() for f in self.forwarders},
             "hour_complete": self.hours.as_dict() if self.hours is not None else None,
             "kafka_topics": self.topics.as_dict() if self.topics is not None else None,
-            "journal": {
-                "dir": j.directory,
-                "first_offset": j.first_offset,
-                "end_offset": j.end_offset,
-                "bytes": j.size_bytes,
-                "max_bytes": j.max_bytes,
-                "segments": len(j.segment_bases()),
-                "sync": j.sync,
-                "syncs": syncs,
-                "sync_latency_ms": {
-                    "last": round(j.stats.sync_seconds_last * 1000, 3),
-                    "avg": round(j.stats.sync_seconds_total / syncs * 1000, 3) if syncs else 0.0,
-                    "max": round(j.stats.sync_seconds_max * 1000, 3),
-                },
-                "write_errors": j.stats.write_errors,
-                "damage": j.damage.as_dict(),  # cut at open, skipped and missing (journal/damage.py)
-            },
+            "journal": self.journal.status(),
         }

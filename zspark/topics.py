@@ -27,7 +27,6 @@ names goes to `kafka.default_topic`. Then:
 - A topic that is allowed but not a legal Kafka topic name goes to the dead-letter file as
   before (or is refused at ingest with `refuse`).
 """
-import fnmatch
 import json
 import logging
 import os
@@ -38,6 +37,7 @@ from . import blocking
 from .event import NOTICE_SOURCE, InvalidEvent
 from .journal import files
 from .journal.cursor import write_atomically
+from .recordfilter import Patterns
 from .metrics import RateLimitedLog
 from .safetext import shorten
 
@@ -47,7 +47,6 @@ log = logging.getLogger("zspark.topics")
 LEGAL_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}\Z")
 # Fields the appliance assigns: a template naming one needs them beside the sender's fields.
 _ASSIGNED_FIELDS = frozenset(("timestamp", "source", "node", "_id"))
-_MAGIC = re.compile(r"[*?[]")
 _RENDER_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError)
 
 
@@ -89,10 +88,10 @@ class TopicPolicy:
         only = self._fields[0] if len(self._fields) == 1 else ""
         self._field = only if only.isidentifier() and self.template == "{" + only + "}" else None
         self.needs_assigned = bool(_ASSIGNED_FIELDS.intersection(self._fields))
-        regex = "|".join(fnmatch.translate(p) for p in self.patterns)
-        self._matches = re.compile(regex).match if regex else (lambda topic: None)
+        allowed = Patterns(self.patterns)
+        self._matches = allowed.match
         # Topics always allowed, outside the cap: the default one and those named literally.
-        self._own = {p for p in self.patterns if not _MAGIC.search(p) and legal_topic(p)}
+        self._own = {p for p in allowed.exact if legal_topic(p)}
         self._own.add(self.default_topic)
         self._own.discard(self.notice_topic)
         self._taken = set()  # sender-derived topics taken, at most max_topics (more if loaded so)
@@ -105,6 +104,11 @@ class TopicPolicy:
             self.load()
 
     # -- the decision -------------------------------------------------------------------------
+
+    @property
+    def template_fields(self):
+        """The event fields the topic template reads."""
+        return tuple(self._fields)
 
     def topic_of(self, event):
         """The topic the template gives `event` (a mapping with .get), before any policy."""

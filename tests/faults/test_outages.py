@@ -11,7 +11,7 @@ import collections
 import unittest
 
 from ..appliance import Services, message_id
-from ..support import start_broker, start_mongo, wait_until
+from ..support import start_broker, start_mongo, wait_until, zcmd
 from .faultcase import MiB, FaultCase, scaled
 
 SERVICES = Services()
@@ -113,6 +113,49 @@ class Outages(FaultCase):
         self.addCleanup(broker.stop)
         self.broker = broker
         self.outage(broker, "kafka")
+
+    def test_broker_outage_shows_at_once_and_delivery_resumes_when_it_is_back(self):
+        """With a message timeout far longer than any wait here, the outage must be seen from
+        librdkafka's word ("all brokers are down"), not from batches timing out, and delivery
+        must resume once the broker is back, not once the batch in flight timed out."""
+        broker = start_broker(self.tmp.join("broker"))
+        self.addCleanup(broker.stop)
+        self.broker = broker
+        self.configure(kafka={"message_timeout_ms": 600000})
+        server = self.serve()
+
+        def events(tag, n):
+            return [{"type": "outage", "topic": self.topic, "context": {"uid": f"{tag}-{i}"}}
+                    for i in range(n)]
+
+        self.post(events("before", 3))
+        self.wait_delivered(["kafka"])
+        broker.stop()
+        during = self.post(events("during", 5))
+        kafka = self.wait_backing_off("kafka")["forwarders"]["kafka"]
+        self.assertEqual(kafka["last_error"], "Kafka: 1/1 brokers are down", kafka)
+        result = zcmd("-y", self.config, "check")
+        self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+        self.assertTrue(result.stdout.startswith(
+            "ZSPARK WARNING - kafka backing_off (Kafka: 1/1 brokers are down); 0 of 1 forwarders running"),
+            result.stdout)
+
+        broker.start()
+        self.wait_delivered(["kafka"], timeout=60)
+        self.assertEqual(self.status()["forwarders"]["kafka"]["state"], "running")
+        after = self.post(events("after", 2))
+        self.wait_delivered(["kafka"], timeout=60)
+        # What reached Kafka before it stopped is gone with it (memory storage); the rest is there.
+        self.assertFalse(set(during + after) - {message_id(m) for m in self.read_kafka([self.topic], during + after)})
+        self.stop(server)
+
+        log = server.log()
+        self.assertIn("Kafka: 1/1 brokers are down", log)
+        failed_connects = [line for line in log.splitlines() if f"Connect to ipv4#127.0.0.1:{broker.port} failed" in line]
+        self.assertTrue(failed_connects, "the failed connections are logged")
+        self.assertEqual([line for line in failed_connects if "FAIL [rdkafka" in line], [],
+                         "each failed connection is logged once, by the error callback, not again "
+                         "from librdkafka's own log")
 
     def test_database_down_under_load_then_back_nothing_lost_memory_bounded(self):
         mongo = start_mongo(self.tmp.join("mongo"))

@@ -404,6 +404,21 @@ class SecretFiles(FilesCase):
         self.assertIn(f"http.tokens[0]: the config file holding it, {path} can be read by others", result.stderr)
         self.assertNotIn("inline-token", result.stderr)
 
+    def test_a_mongo_uri_holding_a_secret_in_any_form_is_warned_about(self):
+        # What redact masks is what counts as a secret: a password option as much as user:password@.
+        for uri, secret in (("mongodb://user:pw-one@127.0.0.1/", "pw-one"),
+                            ("mongodb://127.0.0.1/?authSource=admin&password=pw-two", "pw-two")):
+            with self.subTest(uri=uri):
+                path = write_config(self.tmp.path, config_data(self.tmp.path, mongo={"uri": uri}))
+                os.chmod(path, 0o644)
+                result = zcmd("-y", path, "validate", "--quiet")
+                self.assertEqual(result.returncode, 0, result.stderr)
+                self.assertIn(f"mongo.uri: the config file holding it, {path} can be read by others", result.stderr)
+                self.assertNotIn(secret, result.stderr)
+        path = write_config(self.tmp.path, config_data(self.tmp.path, mongo={"uri": "mongodb://user:@127.0.0.1/"}))
+        os.chmod(path, 0o644)
+        self.assertEqual(zcmd("-y", path, "validate", "--quiet").stderr, "", "an empty password is no secret")
+
     def test_the_server_logs_the_same_warnings_at_start(self):
         sections = self.secrets(0o644)
         del sections["http"]["certfile"], sections["http"]["keyfile"]  # ServeProcess asks /imok over HTTP

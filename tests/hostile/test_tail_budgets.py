@@ -9,7 +9,7 @@ import socket
 from unittest import mock
 
 from tests.test_http import HttpCase
-from zspark.sources import tap
+from zspark.journal import codec
 
 
 class TailClient:
@@ -124,13 +124,18 @@ class TailClientsTest(TailCase):
         self.assert_accepted(self.post([{"type": "noise", "topic": "web", "context": {"i": i}}
                                         for i in range(3000)]), 3000)
         decoded = [0]
-        real = tap.decode_event
+        one, many = codec.decode_event, codec.decode_events
 
-        def counting(payload):
+        def counting_one(payload):
             decoded[0] += 1
-            return real(payload)
+            return one(payload)
 
-        with mock.patch.object(tap, "decode_event", counting):
+        def counting_many(payloads):
+            decoded[0] += len(payloads)
+            return many(payloads)
+
+        with mock.patch.object(codec, "decode_event", counting_one), \
+                mock.patch.object(codec, "decode_events", counting_many):
             client = self.tail("last=10000&type=wanted&topic=web")
             client.chunk()
             (event_id,) = self.assert_accepted(self.post({"type": "wanted", "topic": "web"}), 1)

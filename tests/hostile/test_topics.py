@@ -17,7 +17,8 @@ import types
 import unittest
 import urllib.parse
 
-from zspark.hours import CLOCK_OFFSET_ENV, HOUR, hour_text
+from ..shifted_clock import CLOCK_OFFSET_ENV, MODULE as SHIFTED_CLOCK
+from zspark.hours import HOUR, hour_text
 
 from ..appliance import ApplianceCase, message_id
 from ..support import TempDir, journal_events, kafka_read, kafka_topics, request, start_broker
@@ -71,7 +72,7 @@ class TopicsCase(ApplianceCase):
         self.configure(kafka={"notice_topic": self.notice_topic, **kafka},
                        notices={"enabled": True, "heartbeat_s": 0, "hour_complete": hour_complete,
                                 "hour_grace_s": GRACE, "check_s": 0.1})
-        return self.serve(env={CLOCK_OFFSET_ENV: self.clock_file})
+        return self.serve(module=SHIFTED_CLOCK, env={CLOCK_OFFSET_ENV: self.clock_file})
 
     def answer(self, body, method="POST", path="/log"):
         status, _, answer = request(self.port, method, path, body)

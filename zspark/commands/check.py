@@ -10,6 +10,7 @@ and exits 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN. The worst condition wins:
   the journal above --full-warn / --full-crit percent of journal.max_bytes (at 100% the server
       answers 503 and refuses events)
   a forwarder not running (backing_off: its destination fails and it retries) -> --not-running
+  a forwarder failed (stopped for good by a bug or a permanent refusal, until a restart) -> CRITICAL
   the server stopping -> WARNING
   no server answering, an answer that is not zspark's /status, bad arguments or a bad config
       -> UNKNOWN
@@ -86,7 +87,8 @@ def evaluate(status, args):
             problems.append((WARNING, f"{name} lag {lag} > {args.lag_warn}"))
         if f["state"] != "running":
             error = f" ({clip(f['last_error'], 100)})" if f.get("last_error") else ""
-            problems.append((LEVELS[args.not_running], f"{name} {f['state']}{error}"))
+            level = CRITICAL if f["state"] == "failed" else LEVELS[args.not_running]
+            problems.append((level, f"{name} {f['state']}{error}"))
         perfdata.append(_perf(f"lag_{name}", lag, "", args.lag_warn, args.lag_crit, 0))
     full = journal_percent(status)
     if full > args.full_crit:

@@ -18,6 +18,10 @@ Selecting records (all the conditions given must hold):
   --topic T ...       event `topic` field is one of these (wildcards allowed); this is the event's
                       field, not the Kafka topic (see --kafka-topic for that)
 
+A pattern is a shell wildcard matched against the whole value, case-sensitively: `*` any
+characters, `?` one, `[abc]`/`[!abc]` one of (none of) those, `[*]` a literal *; `zcmd tail` and
+GET /tail take the same patterns.
+
 TIME is ISO 8601 ("2024-05-01", "2024-05-01T12:30:00Z", "2024-05-01 14:30+02:00"; no zone means
 UTC), a time ago ("30s", "30m", "2h", "1d", "1w", "1h30m", "2h ago") or "now". A time selection
 still reads the whole offset range; add --from-offset to start nearer.
@@ -55,9 +59,7 @@ Examples:
 import argparse
 import contextlib
 import datetime
-import fnmatch
 import os
-import random
 import re
 import sys
 import time
@@ -66,8 +68,11 @@ import gevent
 
 from . import argtypes
 from .. import sinks
-from ..journal import Reader, decode_event, event_to_json, list_segments
+from ..errors import RETRYABLE, CommandError, PermanentDeliveryError, describe
+from ..journal import Reader, decode_records, event_to_json, list_segments
 from ..journal.journal import last_offset_on_disk
+from ..recordfilter import RecordFilter
+from ..retry import Backoff
 from ..safetext import json_line, one_line
 from ..sinks import first_line as _first_line
 
@@ -87,11 +92,11 @@ _RELATIVE = re.compile(r"(?:\d+(?:\.\d+)?[smhdw])+(?:\s*ago)?", re.IGNORECASE)
 _RELATIVE_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])", re.IGNORECASE)
 
 
-class UsageError(Exception):
+class UsageError(CommandError):
     """Bad arguments or a config the replay cannot use: exit status 2."""
 
 
-class DeliveryFailed(Exception):
+class DeliveryFailed(CommandError):
     """A batch could not be delivered within --timeout: exit status 1."""
 
 
@@ -170,8 +175,7 @@ class Selection:
     def __init__(self, args):
         self.since = args.since
         self.until = args.until
-        self.types = _matcher(args.types)
-        self.topics = _matcher(args.topics)
+        self.fields = RecordFilter({"type": args.types, "topic": args.topics})
 
     def matches(self, event):
         if self.since is not None or self.until is not None:
@@ -184,24 +188,7 @@ class Selection:
                 return False
             if self.until is not None and ts >= self.until:
                 return False
-        if self.types is not None and not self.types(event.get("type")):
-            return False
-        if self.topics is not None and not self.topics(event.get("topic")):
-            return False
-        return True
-
-
-def _matcher(patterns):
-    if not patterns:
-        return None
-    exact = {p for p in patterns if not any(c in p for c in "*?[")}
-    globs = [p for p in patterns if p not in exact]
-
-    def match(value):
-        if not isinstance(value, str):
-            return False
-        return value in exact or any(fnmatch.fnmatchcase(value, g) for g in globs)
-    return match
+        return self.fields.matches(event)
 
 
 # -- destinations -------------------------------------------------------------------------------
@@ -257,24 +244,25 @@ def check_reachable(sink, timeout):
 
 
 def deliver(sink, items, timeout):
-    """`sink.send(items)` with retries and backoff for up to `timeout` seconds; return refused."""
-    deadline = time.monotonic() + timeout
-    attempt = 0
+    """`sink.send(items)` with retries and backoff for up to `timeout` seconds; return refused.
+    A transient failure is retried (zspark/errors.py RETRYABLE), a permanent one ends the replay,
+    anything else is a bug and goes up with its traceback."""
+    backoff = Backoff(BACKOFF_INITIAL_S, BACKOFF_MAX_S, jitter=0.3, timeout=timeout)
+    where = f"offsets {items[0][0]}..{items[-1][0]}"
     while True:
         try:
             return sink.send(items)
-        except Exception as e:
-            attempt += 1
-            remaining = deadline - time.monotonic()
-            reason = f"{type(e).__name__}: {_first_line(e)}"
-            if remaining <= 0:
-                raise DeliveryFailed(f"giving up on offsets {items[0][0]}..{items[-1][0]} after "
-                                     f"{attempt} attempt(s) in {timeout:g}s (--timeout): {reason}") from None
-            delay = min(remaining, BACKOFF_MAX_S, BACKOFF_INITIAL_S * 2 ** (attempt - 1))
-            delay *= random.uniform(0.7, 1.0)
-            _say(f"zcmd replay: sending offsets {items[0][0]}..{items[-1][0]} failed (attempt {attempt}), "
+        except RETRYABLE as e:
+            reason = _first_line(describe(e))
+            delay = backoff.failed()
+            if delay is None:
+                raise DeliveryFailed(f"giving up on {where} after {backoff.attempt} attempt(s) in "
+                                     f"{timeout:g}s (--timeout): {reason}") from None
+            _say(f"zcmd replay: sending {where} failed (attempt {backoff.attempt}), "
                  f"retrying in {delay:.1f}s: {reason}")
-            gevent.sleep(delay)
+            backoff.wait()
+        except PermanentDeliveryError as e:
+            raise DeliveryFailed(f"{where} refused for good: {_first_line(e)}") from None
 
 
 # -- the replay ---------------------------------------------------------------------------------
@@ -408,23 +396,19 @@ def _replay(directory, start, end, selection, batch_size, target, args, counts, 
     reader = Reader(directory, start)
     pending = []
     position = start  # progress: every offset below this has been looked at
+
+    def skipped(offset, payload, error):  # an intact record that is not an event
+        counts.undecodable += 1
+        _say(f"zcmd replay: offset {offset}: not an event, skipped: {_first_line(error)}")
     try:
         while position < end:
             records = reader.read(max_records=max(batch_size, 100))
             if not records:
                 break
-            for offset, payload in records:
-                if offset >= end:
-                    position = end
-                    break
-                counts.scanned += 1
-                position = offset + 1
-                try:
-                    event = decode_event(payload)
-                except Exception as e:  # an intact record that is not an event
-                    counts.undecodable += 1
-                    _say(f"zcmd replay: offset {offset}: not an event, skipped: {_first_line(e)}")
-                    continue
+            inside = [r for r in records if r[0] < end]
+            counts.scanned += len(inside)
+            position = end if len(inside) < len(records) else inside[-1][0] + 1
+            for offset, event in decode_records(inside, skipped):
                 if not selection.matches(event):
                     continue
                 counts.matched += 1

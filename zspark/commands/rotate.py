@@ -31,9 +31,9 @@ import sys
 
 from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
-from gevent.hub import get_hub
 
-from ..blocking import fsync_dir
+from .. import blocking
+from ..errors import CommandError
 from ..redact import redact
 
 DEFAULT_KEEP = 7
@@ -41,7 +41,7 @@ EXIT_OK, EXIT_FAILED = 0, 1
 WRITE_CHUNK = 1024 * 1024
 
 
-class RotateFailed(Exception):
+class RotateFailed(CommandError):
     pass
 
 
@@ -155,12 +155,12 @@ def dump(collection, dump_dir):
     """Write every document of `collection` to a new .bson.gz file; return (count, path).
 
     Raises RotateFailed unless the file holds exactly as many documents as the collection."""
-    pool = get_hub().threadpool  # disk writes and gzip off the event loop
-    pool.apply(os.makedirs, (dump_dir,), {"mode": 0o700, "exist_ok": True})  # dumps hold events
+    # Disk writes and gzip off the event loop.
+    blocking.call(os.makedirs, dump_dir, mode=0o700, exist_ok=True)  # dumps hold events
     path = _new_path(dump_dir, collection)
     part = path + ".part"
     raw = collection.with_options(codec_options=CodecOptions(document_class=RawBSONDocument))
-    out = pool.apply(_DumpFile, (part,))
+    out = blocking.call(_DumpFile, part)
     count = 0
     try:
         chunk = []
@@ -170,10 +170,10 @@ def dump(collection, dump_dir):
             size += len(doc.raw)
             count += 1
             if size >= WRITE_CHUNK:
-                pool.apply(out.write, (b"".join(chunk),))
+                blocking.call(out.write, b"".join(chunk))
                 chunk, size = [], 0
-        pool.apply(out.write, (b"".join(chunk),))
-        pool.apply(out.close_synced)
+        blocking.call(out.write, b"".join(chunk))
+        blocking.call(out.close_synced)
     except BaseException:
         out.abort()
         raise
@@ -182,8 +182,8 @@ def dump(collection, dump_dir):
         os.unlink(part)
         raise RotateFailed(f"dumping {collection.full_name} read {count} documents but it holds "
                            f"{expected}; not dropped")
-    pool.apply(os.rename, (part, path))
-    pool.apply(fsync_dir, (dump_dir,))
+    blocking.call(os.rename, part, path)
+    blocking.call(blocking.fsync_dir, dump_dir)
     return count, path
 
 

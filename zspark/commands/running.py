@@ -10,6 +10,7 @@ import ssl
 import urllib.error
 import urllib.request
 
+from ..errors import CommandError
 from . import argtypes
 
 DEFAULT_TIMEOUT_S = 5.0
@@ -17,11 +18,11 @@ _ANY = {"0.0.0.0": "127.0.0.1", "*": "127.0.0.1", "": "127.0.0.1", "::": "::1", 
 _TCP = re.compile(r"^tcp://(\*|0\.0\.0\.0|\[::\]):")
 
 
-class NoServer(Exception):
+class NoServer(CommandError):
     """Nothing answered at the URL (refused, timed out, no route)."""
 
 
-class BadAnswer(Exception):
+class BadAnswer(CommandError):
     """Something answered, but not with a usable /status (an HTTP error, not JSON)."""
 
 

@@ -1,8 +1,9 @@
 """Run the appliance: HTTP and ZeroMQ sources and the journal in one gevent process.
 
 SIGTERM or SIGINT stops it gracefully: it stops accepting, answers the requests in flight,
-journals what the ZeroMQ sockets hold, syncs the journal and exits 0. Exit 1 means a part of the
-server failed while running; exit 3 that it could not start (the message says why).
+journals what the ZeroMQ sockets hold, syncs the journal and exits 0. SIGHUP reopens the log files
+and reloads what can change while serving: tokens, log level (zspark/reload.py). Exit 1 means a
+part of the server failed while running; exit 3 that it could not start (the message says why).
 """
 import gc
 import logging
@@ -11,6 +12,7 @@ import sys
 
 import gevent
 
+from ..reload import Reloader
 from ..server import Server, StartupError
 
 log = logging.getLogger("zspark.serve")
@@ -27,6 +29,7 @@ def run(args, config):
     # SIGTERM then must stop the server cleanly, not kill it.
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, server.request_stop, signal.Signals(signum).name)
+    gevent.signal_handler(signal.SIGHUP, Reloader(server).on_sighup)  # before start() changes the config
     try:
         server.start()
     except StartupError as e:

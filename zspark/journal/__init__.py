@@ -3,9 +3,10 @@
 `Journal` appends (group-committed, durable per sync policy), recovers at open and applies the
 size cap and retention; `Reader` iterates records from any offset; `Cursor` remembers how far a
 consumer got (`read_cursor`, `read_cursors` read one, read-only); `codec` turns events into records
-with stable ids; `JournalView` is a read-only look at a journal directory for operators.
+with stable ids, and back (`decode_records`: the events among what a reader read); `JournalView`
+is a read-only look at a journal directory for operators.
 """
-from .codec import decode_event, decode_events, encode_event, event_id, event_to_json
+from .codec import decode_event, decode_events, decode_records, encode_event, event_id, event_to_json
 from .cursor import Cursor, list_cursors, read_cursor, read_cursors
 from .journal import (Journal, JournalClosed, JournalError, JournalFull, JournalLocked, PendingAppend,
                       TooLargeForJournal)
@@ -17,4 +18,4 @@ __all__ = ["Journal", "JournalError", "JournalFull", "JournalClosed", "JournalLo
            "TooLargeForJournal",
            "Reader", "JournalView", "Cursor", "list_cursors", "read_cursor",
            "read_cursors", "list_segments", "encode_event", "decode_event",
-           "decode_events", "event_id", "event_to_json"]
+           "decode_events", "decode_records", "event_id", "event_to_json"]

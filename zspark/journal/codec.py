@@ -20,6 +20,8 @@ import zlib
 
 import bson
 import orjson
+
+from .. import native
 from bson import Int64, ObjectId
 from bson.codec_options import CodecOptions
 from bson.datetime_ms import _datetime_to_millis
@@ -67,11 +69,17 @@ def encode_event(item, offset):
 def encode_events(items, offset):
     """The journal `encode_all` hook for a list of events (dicts and FrameEvents): each one's
     encode_event payload."""
+    first = items[0] if items else None
+    if type(first) is FrameEvent and all(
+            type(item) is FrameEvent and item.timestamp is first.timestamp and item.source == first.source
+            and item.node == first.node for item in items):
+        # A ZeroMQ burst: frames that share all they are assigned, spliced in one call.
+        return splice_all([item.frame for item in items], offset,
+                          _assigned(first.timestamp, first.source, first.node))
     payloads = []
     assigned = timestamp = source = node = None
     for offset, item in enumerate(items, offset):
         if type(item) is FrameEvent:
-            # A burst's frames share all they are assigned: look it up once.
             if item.timestamp is not timestamp or (item.source, item.node) != (source, node):
                 timestamp, source, node = item.timestamp, item.source, item.node
                 assigned = _assigned(timestamp, source, node)
@@ -79,6 +87,11 @@ def encode_events(items, offset):
         else:
             payloads.append(encode_event(item, offset))
     return payloads
+
+
+def _splice_all(docs, offset, assigned):
+    """`_spliced` of each whole document in `docs` at `offset`, `offset + 1`, ...: the payloads."""
+    return [_spliced(memoryview(doc), 0, offset + i, assigned) for i, doc in enumerate(docs)]
 
 
 def _spliced(doc, start, offset, assigned):
@@ -139,10 +152,20 @@ def encode_batch(fields, timestamp, source, node, offset):
     a small event), and the assigned fields are spliced around each one's bytes as for a
     FrameEvent (encoding a datetime costs more than all the sender's fields together).
     """
+    assigned = _assigned(timestamp, source, node)
+    if _native_encode is not None:
+        payloads = _native_encode(fields, offset, *assigned)
+        if payloads is not None:
+            return payloads
+    return _encode_batch(fields, offset, assigned)
+
+
+def _encode_batch(fields, offset, assigned):
+    """encode_batch in Python: the reference of the compiled encoder, and what decides whatever
+    that one leaves to it."""
     buf = memoryview(_encode({"": fields}, False, _ENCODE_OPTIONS))
     # buf: int32 size, 0x04 (array) "" NUL, the array: int32 size, then one element per event:
     # 0x03 (document), its index as decimal digits, NUL, the document: int32 size, elements, NUL.
-    assigned = _assigned(timestamp, source, node)
     unpack = _INT32.unpack_from
     payloads = []
     pos = 10
@@ -183,6 +206,31 @@ def decode_events(payloads):
 
 
 _SIZE_FIELD = operator.itemgetter(slice(0, 4))
+
+
+def decode_records(records, skipped=None):
+    """`[(offset, event)]` for the `(offset, payload)` records (a list) that hold an event: the one
+    way every reader of the journal decodes what it read, or passes it over.
+
+    An intact record that is not one BSON document (written by something other than zspark's
+    ingest, or by a bug) is left out, and `skipped(offset, payload, error)` hears of it when
+    given (`error`: the decoder's exception), so that each caller counts it and says so in its
+    own place (a warning, a summary, a dead letter). All the payloads go to the
+    decoder in one call when they all decode, else one at a time to tell which did not."""
+    if not records:
+        return []
+    try:
+        return list(zip([offset for offset, _ in records], decode_events([payload for _, payload in records])))
+    except Exception:
+        pass
+    out = []
+    for offset, payload in records:
+        try:
+            out.append((offset, decode_event(payload)))
+        except Exception as e:  # bson raises more than InvalidBSON for garbage (ValueError, OverflowError...)
+            if skipped is not None:
+                skipped(offset, payload, e)
+    return out
 
 
 def to_json_value(value):
@@ -252,3 +300,12 @@ def _orjson_same(value):
 _FLOATS_AGREE = all(orjson.dumps(x) == json.dumps(x).encode() for x in [
     0.0, -0.0, 1e-4, 0.30000000000000004, 1e15, 1e16, 1e21, 1.7976931348623157e308] + [
     -1.2345678901234567 * 10.0**e for e in range(-4, 308)])
+
+
+def _compiled_splice_all(docs, offset, assigned):
+    return _native_splice(docs, offset, *assigned)
+
+
+_native_splice = native.compiled("splice", None)
+_native_encode = native.compiled("encode_spliced", None)
+splice_all = _compiled_splice_all if _native_splice is not None else _splice_all

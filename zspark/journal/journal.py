@@ -31,6 +31,7 @@ from gevent.event import Event
 from gevent.lock import Semaphore
 
 from .. import blocking
+from ..errors import JournalError
 from ..metrics import RateLimitedLog
 from . import files, record
 from .cursor import Cursor, read_cursor, read_cursors
@@ -41,10 +42,6 @@ from .reader import Reader
 log = logging.getLogger("zspark.journal")
 
 SYNC_POLICIES = ("always", "batch", "never")
-
-
-class JournalError(Exception):
-    """The journal could not take the records (a write or fsync failed, or it is closed)."""
 
 
 class JournalFull(JournalError):
@@ -107,7 +104,6 @@ class Stats:
         self.sync_seconds_total = 0.0
         self.sync_seconds_last = 0.0
         self.sync_seconds_max = 0.0
-        self.records_appended = 0
         self.write_errors = 0
 
     def record_sync(self, seconds):
@@ -116,6 +112,21 @@ class Stats:
         self.sync_seconds_last = seconds
         self.sync_seconds_max = max(self.sync_seconds_max, seconds)
         self.sync_bucket_counts[bisect.bisect_left(SYNC_BUCKETS, seconds)] += 1
+
+
+class Segment:
+    """One segment of the open journal: its base offset (the offset it is named by) and the bytes
+    of durable records in it (the file's size, less a write in progress)."""
+
+    __slots__ = ("base", "size")
+
+    def __init__(self, base, size=0):
+        self.base = base
+        self.size = size
+
+    @property
+    def name(self):
+        return record.segment_name(self.base)
 
 
 class Journal:
@@ -135,7 +146,7 @@ class Journal:
         self.index = OffsetIndex()  # where records start in each segment, for readers (index.py)
         self._log_write_error = RateLimitedLog(log, logging.ERROR)  # a full disk fails every write
         self._on_fatal = on_fatal
-        self._segments = []  # [base_offset, size_bytes], ascending; the last is active
+        self._segments = []  # Segment, ascending by base; the last is active
         self._fd = None
         self._dir_fd = None  # the journal directory, checked at open; segments are opened relative to it
         self._lock_fd = None
@@ -223,7 +234,8 @@ class Journal:
             payloads = list(items)
         if not payloads:
             return PendingAppend([], _done_batch())
-        frames, nbytes = record.frame_all(first, payloads)
+        records = record.frame_all(first, payloads)
+        nbytes = len(records)
         offset = first + len(payloads)
         if nbytes > self.max_bytes:
             raise TooLargeForJournal(f"{nbytes} bytes of records at once can never fit in the journal, "
@@ -237,7 +249,7 @@ class Journal:
         if batch.first is None:
             batch.first = self._next_offset
         batch.last = offset - 1
-        batch.chunks.extend(frames)
+        batch.chunks.append(records)
         batch.nbytes += nbytes
         self._pending_bytes += nbytes
         offsets = list(range(self._next_offset, offset))
@@ -266,10 +278,10 @@ class Journal:
 
     def _write_batch(self, batch):
         try:
-            if self._segments[-1][1] >= self.segment_bytes:
+            if self._segments[-1].size >= self.segment_bytes:
                 self._roll(self._end_offset)
             data = b"".join(batch.chunks)
-            position = self._segments[-1][1]
+            position = self._segments[-1].size
             started = time.monotonic()
             blocking.call(_write_at, self._fd, data, position, self.sync != "never")
             if self.sync != "never":
@@ -293,32 +305,14 @@ class Journal:
             batch.error = JournalError(f"journal write interrupted: {e!r}")
             raise
         else:
-            self._index_batch(batch, position)
-            self._segments[-1][1] += len(data)
+            for offset, at in record.marks(data, position, SPACING):
+                self.index.note(self._segments[-1].base, offset, at)
+            self._segments[-1].size += len(data)
             self._end_offset = batch.last + 1
-            self.stats.records_appended += batch.last - batch.first + 1
             self._notify_readers()
         finally:
             self._pending_bytes -= batch.nbytes
             batch.done.set()
-
-    def _index_batch(self, batch, position):
-        """Tell the index where the batch's records start: its first one, and in a batch larger
-        than the index's spacing, one every SPACING bytes (its chunks are each record's header
-        and payload, in turn: record.frame_all)."""
-        base = self._segments[-1][0]
-        self.index.note(base, batch.first, position)
-        if batch.nbytes <= SPACING:
-            return
-        chunks = batch.chunks
-        offset = batch.first
-        due = position + SPACING
-        for i in range(0, len(chunks), 2):
-            if position >= due:
-                self.index.note(base, offset, position)
-                due = position + SPACING
-            position += len(chunks[i]) + len(chunks[i + 1])
-            offset += 1
 
     def _roll(self, base):
         """Close the active segment (synced) and start a new one named `base`: the end of the
@@ -327,7 +321,7 @@ class Journal:
         between segments means records are missing (see reader.py)."""
         new_fd = blocking.call(_create_segment, self._dir_fd, self.directory, base)
         old_fd, self._fd = self._fd, new_fd
-        self._segments.append([base, 0])
+        self._segments.append(Segment(base))
         blocking.call(_sync_and_close, old_fd)
         log.info("journal: rolled to segment %s", record.segment_name(base))
 
@@ -348,20 +342,20 @@ class Journal:
 
     @property
     def first_offset(self):
-        return self._segments[0][0] if self._segments else 0
+        return self._segments[0].base if self._segments else 0
 
     @property
     def size_bytes(self):
-        return sum(size for _, size in self._segments)
+        return sum(segment.size for segment in self._segments)
 
     def segment_bases(self):
-        return [base for base, _ in self._segments]
+        return [segment.base for segment in self._segments]
 
     def durable_bytes(self, base):
         """How many bytes of segment `base` hold durable records (0 for a segment not known)."""
-        for segment_base, size in reversed(self._segments):
-            if segment_base == base:
-                return size
+        for segment in reversed(self._segments):
+            if segment.base == base:
+                return segment.size
         return 0
 
     def reader(self, offset=0):
@@ -380,6 +374,27 @@ class Journal:
     def cursor(self, name):
         return Cursor(self.directory, name)
 
+    def status(self):
+        """The journal's part of `/status`."""
+        syncs = self.stats.syncs
+        return {
+            "dir": self.directory,
+            "first_offset": self.first_offset,
+            "end_offset": self.end_offset,
+            "bytes": self.size_bytes,
+            "max_bytes": self.max_bytes,
+            "segments": len(self._segments),
+            "sync": self.sync,
+            "syncs": syncs,
+            "sync_latency_ms": {
+                "last": round(self.stats.sync_seconds_last * 1000, 3),
+                "avg": round(self.stats.sync_seconds_total / syncs * 1000, 3) if syncs else 0.0,
+                "max": round(self.stats.sync_seconds_max * 1000, 3),
+            },
+            "write_errors": self.stats.write_errors,
+            "damage": self.damage.as_dict(),  # cut at open, skipped and missing (damage.py)
+        }
+
     # -- retention ----------------------------------------------------------------------------
 
     def apply_retention(self, consumers, now=None):
@@ -390,21 +405,20 @@ class Journal:
         cursors = consumers if isinstance(consumers, dict) else {
             name: read_cursor(self.directory, name) for name in consumers}
         passed = min(cursors.values()) if cursors else self._end_offset
-        if self._refused and passed >= self._end_offset and self._segments[-1][1] > 0:
+        if self._refused and passed >= self._end_offset and self._segments[-1].size > 0:
             # Full, and every consumer has passed even the active segment: roll it, so that it
             # can go too. Otherwise no write would come to roll it (all are refused), and a
             # journal whose whole size is in its active segment would stay full for ever.
             self._refused = False
             with self._writing:
-                if self._segments[-1][1] > 0:
+                if self._segments[-1].size > 0:
                     self._roll(self._end_offset)
         deleted = []
         while len(self._segments) > 1:
-            base, _ = self._segments[0]
-            next_base = self._segments[1][0]
-            if next_base > passed:
+            oldest = self._segments[0]
+            if self._segments[1].base > passed:
                 break
-            name = record.segment_name(base)
+            base, name = oldest.base, oldest.name
             mtime = blocking.call(_mtime, name, self._dir_fd)
             if mtime is not None and (now - mtime) / 3600.0 < self.retain_hours:
                 break
@@ -451,11 +465,11 @@ class Journal:
         if not bases:
             start = self._past_every_cursor(0)
             self._fd = _create_segment(self._dir_fd, self.directory, start)
-            self._segments = [[start, 0]]
+            self._segments = [Segment(start)]
             self._next_offset = self._end_offset = start
             return
-        self._segments = [[b, os.stat(record.segment_name(b), dir_fd=self._dir_fd,
-                                      follow_symlinks=False).st_size] for b in bases]
+        self._segments = [Segment(b, os.stat(record.segment_name(b), dir_fd=self._dir_fd,
+                                             follow_symlinks=False).st_size) for b in bases]
         last_base = bases[-1]
         path = os.path.join(self.directory, record.segment_name(last_base))
         fd = files.open_file(record.segment_name(last_base), os.O_RDWR, dir_fd=self._dir_fd, shown=path)
@@ -464,7 +478,7 @@ class Journal:
         except BaseException:
             os.close(fd)
             raise
-        size = self._segments[-1][1]
+        size = self._segments[-1].size
         if skipped:
             log.warning("journal recovery: %d damaged region(s) inside %s will be skipped by readers",
                         skipped, record.segment_name(last_base))
@@ -475,7 +489,7 @@ class Journal:
             os.ftruncate(fd, valid_end)
             os.fsync(fd)
             self.damage.cut_bytes += size - valid_end
-            self._segments[-1][1] = valid_end
+            self._segments[-1].size = valid_end
         self._fd = fd
         self._next_offset = self._past_every_cursor(max(last_base, last_offset + 1 if last_offset is not None else 0))
         self._end_offset = self._next_offset
@@ -494,12 +508,14 @@ class Journal:
         return ahead
 
 
-def last_offset_on_disk(directory):
-    """The offset of the last intact record in the journal at `directory`, or None (read-only)."""
+def last_offset_on_disk(directory, offset_index=None):
+    """The offset of the last intact record in the journal at `directory`, or None (read-only).
+    `offset_index` (an OffsetIndex of the directory) is told where the records it parses start."""
     for base in reversed(record.list_segments(directory)):
+        note = None if offset_index is None else (lambda offset, pos, base=base: offset_index.note(base, offset, pos))
         try:
             _, last, _ = _scan_segment(os.open(os.path.join(directory, record.segment_name(base)),
-                                               files.READ_FLAGS))
+                                               files.READ_FLAGS), note)
         except FileNotFoundError:
             continue
         if last is not None:

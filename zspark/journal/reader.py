@@ -11,17 +11,18 @@ record, counted in `skipped_bytes` and logged. Offsets found missing after damag
 segments (one deleted, or cut short) are logged too. A reader bound to a journal reports both
 to the journal's damage report (damage.py), which logs and counts each place once.
 
-A reader bound to a journal finds its offset in a segment through the journal's index
-(index.py): it starts at the nearest known record before it, checks that the record there is the
-one the index says, and notes in the index the records it parses on its way. A reader on a
-directory alone parses the segment from its start.
+A reader finds its offset in a segment through an offset index (index.py): it starts at the
+nearest known record before it, checks that the record there is the one the index says, and notes
+in the index the records it parses on its way. A reader bound to a journal shares the journal's
+index; a reader on a directory alone has its own (or its JournalView's), filled as it parses, so
+that it parses a segment from its start once, not at every seek.
 """
 import logging
 import os
 
 import gevent
-from gevent.hub import get_hub
 
+from .. import blocking
 from . import index, record
 from .files import READ_FLAGS
 
@@ -31,14 +32,18 @@ READ_CHUNK = 1024 * 1024
 
 
 class Reader:
-    def __init__(self, directory, offset=0, journal=None, poll_interval=0.2, use_threadpool=True):
+    def __init__(self, directory, offset=0, journal=None, poll_interval=0.2, use_threadpool=True,
+                 offset_index=None):
+        """`journal`: the open Journal to read (its durable records, its index); without it the
+        directory's files, with `offset_index` (an OffsetIndex of that directory; default: one of
+        this reader's own). `use_threadpool=False` reads on the calling thread (no gevent hub)."""
         self.directory = directory
         self.offset = offset  # the next offset this reader returns (or the first after a gap)
         self.skipped_bytes = 0
         self.skipped_regions = 0
         self._journal = journal
         self._poll_interval = poll_interval
-        self._threadpool = get_hub().threadpool if use_threadpool else None
+        self._read = blocking.call if use_threadpool else _call
         self._fd = None
         self._segment = None  # base offset of the open segment
         self._file_pos = 0  # file position of the end of self._buf
@@ -46,7 +51,10 @@ class Reader:
         self._pos = 0  # parse position in self._buf
         self._stuck_at = None  # (segment, file position) of damage we are waiting behind
         self._gap_after = None  # what was passed since the last record returned (damage, a segment end)
-        self._index = journal.index if journal is not None else None
+        if journal is not None:
+            self._index = journal.index
+        else:
+            self._index = offset_index if offset_index is not None else index.OffsetIndex()
         self._verify = None  # the offset the index says starts at the position we jumped to
         self._aligned = False  # parsing record after record from a known start (not after a resync)
         self._next_note = 0  # the file position from which the next record is worth noting in the index
@@ -73,7 +81,7 @@ class Reader:
                 rec_offset, start, end = result
                 if limit is not None and rec_offset >= limit:
                     break
-                if self._aligned and self._index is not None:
+                if self._aligned:
                     self._note(rec_offset)
                 if rec_offset >= self.offset:
                     if self._gap_after is not None:
@@ -143,7 +151,7 @@ class Reader:
         base = candidates[-1] if candidates else bases[0]
         if not self._open(base):
             return False
-        entry = self._index.floor(base, offset) if self._index is not None else None
+        entry = self._index.floor(base, offset)
         if entry is not None and entry[1] > 0:
             self._verify, self._file_pos = entry
             self._next_note = self._file_pos + index.SPACING
@@ -189,10 +197,7 @@ class Reader:
             size = min(size, self._journal.durable_bytes(self._segment) - self._file_pos)
             if size <= 0:
                 return False
-        if self._threadpool is not None:
-            data = self._threadpool.apply(os.pread, (self._fd, size, self._file_pos))
-        else:
-            data = os.pread(self._fd, size, self._file_pos)
+        data = self._read(os.pread, self._fd, size, self._file_pos)
         if not data:
             return False
         self._file_pos += len(data)
@@ -250,3 +255,7 @@ class Reader:
             self._journal.damage.missing(self.offset, resumed_at, message)
         else:
             log.warning("%s", message)
+
+
+def _call(func, *args):
+    return func(*args)

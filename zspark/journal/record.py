@@ -9,13 +9,16 @@ holding records back to back. Each record is
     crc    uint32    4 bytes   zlib.crc32 over length, offset and payload
     payload          length bytes
 
-all big-endian. `parse` reads one record out of a buffer; `resync` finds the next intact one after
-damage. Nothing here does I/O.
+all big-endian. `frame_all` writes records and `marks` says where the index notes them (both
+compiled where native.py says so); `parse` reads one record out of a buffer; `resync` finds the
+next intact one after damage. Nothing here does I/O.
 """
 import os
 import re
 import struct
 import zlib
+
+from .. import native
 
 MAGIC = b"ZJ"
 HEADER = struct.Struct(">2sIQI")
@@ -32,15 +35,12 @@ CORRUPT = "corrupt"  # bad magic, impossible length or checksum mismatch
 
 def frame(offset, payload):
     """Return the bytes of one record."""
-    return b"".join(frame_all(offset, [payload])[0])
+    return frame_all(offset, [payload])
 
 
-def frame_all(offset, payloads):
-    """The records for `payloads` at `offset`, `offset + 1`, ...: `(chunks, size)`, where the
-    records are `b"".join(chunks)` (each header and payload a chunk of its own: the join is the
-    one copy they need) and `size` is their length."""
+def _frame_all(offset, payloads):
+    """The records for `payloads` (bytes) at `offset`, `offset + 1`, ..., joined."""
     chunks = []
-    size = 0
     pack_header = HEADER.pack
     pack_len_offset = _LEN_OFFSET.pack
     crc32 = zlib.crc32
@@ -48,9 +48,29 @@ def frame_all(offset, payloads):
         length = len(payload)
         chunks.append(pack_header(MAGIC, length, offset, crc32(payload, crc32(pack_len_offset(length, offset)))))
         chunks.append(payload)
-        size += length
         offset += 1
-    return chunks, size + HEADER_SIZE * len(payloads)
+    return b"".join(chunks)
+
+
+def _marks(data, position, spacing):
+    """Where the index notes the records of `data` (back to back, as frame_all joins them, at
+    file position `position`): `(offset, position)` of the first one and of each starting
+    `spacing` bytes or more after the last one given."""
+    out = []
+    at = 0
+    due = position
+    unpack = HEADER.unpack_from
+    while len(data) - at >= HEADER_SIZE:
+        _, length, offset, _ = unpack(data, at)
+        if position + at >= due:
+            out.append((offset, position + at))
+            due = position + at + spacing
+        at += HEADER_SIZE + length
+    return out
+
+
+frame_all = native.compiled("frame_all", _frame_all)
+marks = native.compiled("record_marks", _marks)
 
 
 def parse(buf, pos):

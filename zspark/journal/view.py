@@ -3,7 +3,9 @@
 Safe beside a running server: it never takes the journal's `.lock`, never runs recovery or cuts
 a torn tail, and never writes a byte (cursors are read, not opened for writing). It reads what
 is intact in the files, through `Reader`'s directory mode, so a record being written right now
-simply is not there yet, and damaged records are skipped as they are for every reader.
+simply is not there yet, and damaged records are skipped as they are for every reader. Its
+readers share one offset index (index.py), filled as they and `end_offset()` parse the
+segments, so that reading near the end of a large segment parses it from its start once.
 
     journal.first_offset(), journal.end_offset()   offsets on disk (end = one past the last)
     journal.segments()                             [Segment(base, path, bytes, mtime), ...]
@@ -11,6 +13,7 @@ simply is not there yet, and damaged records are skipped as they are for every r
     journal.records(start, stop)                   ... as (offset, event) pairs
     journal.get(offset)                            one event, or None
     journal.last(n)                                the last n events, oldest first
+    journal.reader(offset)                         a Reader from offset (zspark/journal/reader.py)
     journal.cursors()                              {forwarder: next offset it will deliver}
 """
 import collections
@@ -18,8 +21,9 @@ import logging
 import os
 
 from . import record
-from .codec import decode_event
+from .codec import decode_records
 from .cursor import read_cursors
+from .index import OffsetIndex
 from .journal import last_offset_on_disk
 from .reader import Reader
 
@@ -31,6 +35,7 @@ Segment = collections.namedtuple("Segment", "base path bytes mtime")
 class JournalView:
     def __init__(self, directory):
         self.directory = os.path.abspath(directory)
+        self.index = OffsetIndex()
 
     def exists(self):
         return os.path.isdir(self.directory)
@@ -52,7 +57,7 @@ class JournalView:
 
     def end_offset(self):
         """One past the last intact record on disk: the offset the next event will get."""
-        last = last_offset_on_disk(self.directory)
+        last = last_offset_on_disk(self.directory, self.index)
         bases = record.list_segments(self.directory)
         return max(bases[-1] if bases else 0, 0 if last is None else last + 1)
 
@@ -70,17 +75,20 @@ class JournalView:
         """Yield `(offset, event)` for start <= offset < stop (default: all there is now).
 
         An intact record that is not a BSON event is logged and passed over."""
-        reader = Reader(self.directory, self.first_offset() if start is None else start)
+        reader = self.reader(self.first_offset() if start is None else start)
         try:
-            for offset, payload in reader:
-                if stop is not None and offset >= stop:
+            while True:
+                records = reader.read()
+                if stop is not None:
+                    records = [r for r in records if r[0] < stop]
+                if not records:
                     return
-                try:
-                    yield offset, decode_event(payload)
-                except Exception as e:
-                    log.warning("journal: offset %d is not an event, passed over: %s", offset, e)
+                yield from decode_records(records, _passed_over)
         finally:
             reader.close()
+
+    def reader(self, offset=0):
+        return Reader(self.directory, offset, offset_index=self.index)
 
     def events(self, start=None, stop=None):
         for _, event in self.records(start, stop):
@@ -103,3 +111,7 @@ class JournalView:
         segments = self.segments()
         return (f"<JournalView {self.directory}: offsets {self.first_offset()}..{self.end_offset()}, "
                 f"{len(segments)} segment(s), {sum(s.bytes for s in segments)} bytes, read-only>")
+
+
+def _passed_over(offset, payload, error):
+    log.warning("journal: offset %d is not an event, passed over: %s", offset, error)

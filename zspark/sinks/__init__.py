@@ -11,22 +11,24 @@ What a built sink must offer (the forwarder's contract, see zspark/forwarder.py)
 
     name                        the sink type's name
     send(items) -> rejected     deliver a list of (offset, event); return (offset, event, reason)
-                                for those refused for good; raise for anything transient
+                                for those refused for good; raise TransientDeliveryError for
+                                anything worth retrying (an OSError counts as one too), and
+                                PermanentDeliveryError for a refusal for good that names no
+                                record (zspark/errors.py); anything else is a bug, which stops
+                                the forwarder
     describe() -> str           where it delivers, for logs and /status (no secrets)
     healthcheck(timeout)        return once the destination answers; raise Unreachable (saying
                                 what and which config key) if it does not within `timeout` s
     close(abandon=False)        release it; `abandon`: the caller gives up on what is still
                                 queued (drop it rather than wait for it)
+    on_destination              optional: see zspark/forwarder.py
 """
 import dataclasses
 import importlib
 from typing import Callable, Optional, Union
 
 from ..config import KafkaConfig, MongoConfig, PubConfig
-
-
-class Unreachable(Exception):
-    """A sink's healthcheck found its destination unreachable; the message says what and why."""
+from ..errors import Unreachable  # noqa: F401 (sinks.Unreachable, as sinks raise it)
 
 
 def first_line(e):

@@ -10,6 +10,16 @@ partition; nothing else goes there. Formats: `json` (default), `bson`, or `plain
 (Sparkngin's delimiter-separated field list). The producer is idempotent, and `message.timeout.ms` is finite so that a long outage comes back as
 failed deliveries the forwarder retries, never as messages silently expired.
 
+A broker outage is seen at once: librdkafka's error callback says "all brokers are down" as soon as
+the connections close, and the sink tells the forwarder (`on_destination`, which then shows
+`backing_off`) and starts probing the bootstrap brokers with a plain TCP connect every
+PROBE_INTERVAL_S. Once one accepts, the forwarder retries at once; a batch still unconfirmed
+RESUME_GRACE_S after that is resent on a new producer, because the old one may sit out its
+reconnect backoff, or hold a producer id that a broker restarted empty no longer knows, until its
+messages time out. Resending costs duplicates, never loss: the batch counts as delivered only
+once every message of it is confirmed. librdkafka's FAIL log lines are the errors its error
+callback reports: they are logged once, by the callback.
+
 librdkafka blocks only in flush/poll with a timeout. A batch waits for its delivery reports by
 calling poll(0), which never blocks, from the forwarder's greenlet, sleeping cooperatively between
 calls, so the event loop keeps serving and the reports' callbacks run in the loop's own thread.
@@ -24,9 +34,13 @@ import time
 
 import bson
 import gevent
+import gevent.socket
 from confluent_kafka import KafkaError, KafkaException, Producer
-from gevent.hub import get_hub
 
+from gevent.monkey import get_original
+
+from .. import blocking
+from ..errors import PermanentDeliveryError, TransientDeliveryError
 from ..event import NOTICE_SOURCE
 from ..journal.codec import event_json_bytes, to_json_value
 from ..metrics import RateLimitedLog
@@ -35,6 +49,7 @@ from ..topics import LEGAL_TOPIC, TopicPolicy, state_path
 from . import Unreachable, first_line
 
 log = logging.getLogger("zspark.sinks.kafka")
+_thread_id = get_original("_thread", "get_ident")  # the OS thread's (gevent's is the greenlet's)
 
 # Delivery errors no retry can mend: the message itself is unacceptable.
 PERMANENT_ERRORS = {
@@ -52,6 +67,11 @@ PERMANENT_ERRORS = {
 REPORT_POLL_MIN_S = 0.001
 RENEW_AFTER_TIMED_OUT_BATCHES = 2
 REPORT_POLL_MAX_S = 0.05
+# While all brokers are down: how often to try a TCP connect to them, and how long a batch may
+# stay unconfirmed once one answers before it is resent on a new producer.
+PROBE_INTERVAL_S = 0.5
+PROBE_TIMEOUT_S = 0.5
+RESUME_GRACE_S = 1.0
 
 
 def build(section, context):
@@ -73,6 +93,7 @@ def build(section, context):
 
 class KafkaSink:
     name = "kafka"
+    on_destination = None  # set by the forwarder: called with a reason when down, None when back
 
     def __init__(self, config, topics=None):
         """`topics`: the process's TopicPolicy (else one of this sink's own, kept in memory)."""
@@ -95,10 +116,15 @@ class KafkaSink:
         self._settings = settings
         self._fatal = None
         self._timed_out_batches = 0  # batches in a row whose every failure was a timeout
+        self._down = None  # why, while all brokers are down (librdkafka said so; no answer since)
+        self._back_at = None  # when a broker answered again after an outage (monotonic)
+        self._probe = None  # the greenlet probing the brokers while they are down
+        # Callbacks run in the thread that polls: this one, or the thread pool's while close()
+        # or a replaced producer flushes; only this one may touch greenlets and the forwarder.
+        self._loop_thread = _thread_id()
         self._warn = RateLimitedLog(log, burst=5)
         self.producer = Producer(settings)
         self._legal_topics = set()  # topic names seen legal lately (the same few come again and again)
-        self._threadpool = get_hub().threadpool
         self.encode = {"json": event_json_bytes, "bson": bson.encode, "plain": self._as_plain}[config.format]
 
     def describe(self):
@@ -175,11 +201,13 @@ class KafkaSink:
             # empty) comes out of produce/flush as an exception, not through error_cb: this
             # producer refuses everything from now on, so the retry needs a new one.
             fatal = _fatal_error(e)
-            if fatal is None:
-                raise
-            self._fatal = fatal
-            raise RuntimeError(f"Kafka producer fatal error (a new producer is made for the "
-                               f"retry): {fatal}") from e
+            if fatal is not None:
+                self._fatal = fatal
+                raise TransientDeliveryError(f"Kafka: producer fatal error (a new producer is made "
+                                             f"for the retry): {fatal}") from e
+            if isinstance(e, KafkaException):
+                raise TransientDeliveryError(f"Kafka: {_reason(e)}") from e
+            raise
         failures = []
         refused = {}  # (topic, key, value) -> permanent errors of the messages that were these
         for err, msg in failed:
@@ -192,14 +220,21 @@ class KafkaSink:
         if refused:
             already = {offset for offset, _, _ in rejected}
             rejected += self._refused([item for item in items if item[0] not in already], refused)
-            unmatched = [err for errors in refused.values() for err in errors]
-            if unmatched:  # cannot say which event it was: never pass one over unrecorded
-                failures += unmatched
         timed_out = failures and all(err.code() == KafkaError._MSG_TIMED_OUT for err in failures)
         self._timed_out_batches = self._timed_out_batches + 1 if timed_out else 0
         if failures:
             # The ones that did arrive will arrive again on the retry: at-least-once, bounded by a batch.
-            raise RuntimeError(f"{len(failures)} of {sent} message(s) not delivered: {failures[0].str()}")
+            raise TransientDeliveryError(f"Kafka: {len(failures)} of {sent} message(s) not delivered: "
+                                         f"{failures[0].str()}")
+        if refused:
+            unmatched = [err for errors in refused.values() for err in errors]
+            if unmatched:  # refused for good, and which event it was cannot be told
+                raise PermanentDeliveryError(f"Kafka: {len(unmatched)} of {sent} message(s) not delivered: "
+                                             f"refused for good ({unmatched[0].str()}) but matched to "
+                                             f"no event of the batch")
+        if sent:  # a broker confirmed messages: it is up, whatever was said before
+            self._back_at = None
+            self._answered()
         if redirected:
             self.topics.note_redirected(redirected)
         return rejected
@@ -222,7 +257,7 @@ class KafkaSink:
         # Drop what the old one still holds (the forwarder sends the batch again) and let it go
         # in the thread pool: destroying a producer waits for its threads.
         old.purge()
-        self._threadpool.spawn(old.flush, 1.0)
+        blocking.spawn(old.flush, 1.0)
 
     def _wait_for_reports(self, reported, expected):
         # A report for every message comes at the latest after message.timeout.ms.
@@ -235,8 +270,16 @@ class KafkaSink:
                 return
             waited = time.monotonic() - started
             if waited > deadline_s:
-                raise RuntimeError(f"no delivery report for {expected - reported[0]} message(s) "
-                                   f"after {deadline_s:.0f}s")
+                raise TransientDeliveryError(f"Kafka: no delivery report for {expected - reported[0]} "
+                                             f"message(s) after {deadline_s:.0f}s")
+            if self._back_at is not None and time.monotonic() - self._back_at > RESUME_GRACE_S:
+                self._back_at = None
+                log.warning("Kafka: a broker answers again but %d message(s) of the batch are still "
+                            "unconfirmed; resending the batch on a new producer",
+                            expected - reported[0])
+                self._replace_producer()
+                raise TransientDeliveryError("Kafka: the batch in flight during the outage is resent "
+                                             "on a new producer")
             gevent.sleep(min(REPORT_POLL_MAX_S, max(REPORT_POLL_MIN_S, waited / 10)))
 
     def _key(self, event):
@@ -269,8 +312,36 @@ class KafkaSink:
         if err.fatal():
             self._fatal = err.str()
             log.error("Kafka producer fatal error: %s", err.str())
-        else:
-            self._warn("Kafka: %s", err.str())
+            return
+        self._warn("Kafka: %s", err.str())
+        if err.code() == KafkaError._ALL_BROKERS_DOWN and _thread_id() == self._loop_thread:
+            self._destination_down(f"Kafka: {err.str()}")
+
+    def _destination_down(self, reason):
+        """All brokers are down: say so to the forwarder, probe them until one answers."""
+        if self._down is None and self.on_destination is not None:
+            self.on_destination(reason)
+        self._down = reason
+        self._back_at = None
+        if self._probe is None or self._probe.dead:
+            self._probe = gevent.spawn(self._probe_brokers)
+
+    def _probe_brokers(self):
+        addresses = _addresses(self.config.brokers)
+        while self._down is not None:
+            if any(_accepts(address, PROBE_TIMEOUT_S) for address in addresses):
+                log.info("Kafka: %s accepts connections again", redact(self.config.brokers))
+                self._back_at = time.monotonic()
+                self._answered()
+                return
+            gevent.sleep(PROBE_INTERVAL_S)
+
+    def _answered(self):
+        """A broker answers (a probe connected, or messages were confirmed)."""
+        if self._down is not None:
+            self._down = None
+            if self.on_destination is not None:
+                self.on_destination(None)
 
     def healthcheck(self, timeout):
         def metadata():  # returns the exception: the thread pool would print its traceback
@@ -278,17 +349,18 @@ class KafkaSink:
                 self.producer.list_topics(timeout=timeout)
             except Exception as e:
                 return e
-        e = self._threadpool.apply(metadata)
+        e = blocking.call(metadata)
         if e is not None:
-            err = e.args[0] if e.args else None
-            reason = err.str() if hasattr(err, "str") else first_line(e)
             raise Unreachable(f"cannot reach Kafka at {self.config.brokers} (config kafka.brokers) "
-                              f"within {timeout:g}s: {reason}")
+                              f"within {timeout:g}s: {_reason(e)}")
 
     def close(self, abandon=False):
+        self._down = None
+        if self._probe is not None:
+            self._probe.kill()
         if abandon:  # giving up: drop what librdkafka still holds rather than wait for it
             self.producer.purge()
-        remaining = self._threadpool.apply(self.producer.flush, (5.0,))
+        remaining = blocking.call(self.producer.flush, 5.0)
         if remaining:
             log.warning("Kafka: %d message(s) still unconfirmed at close; they are sent again at the "
                         "next start", remaining)
@@ -301,7 +373,37 @@ class _RateLimitedLogger:
         self._limited = RateLimitedLog(logging.getLogger("zspark.sinks.kafka.librdkafka"), burst=5)
 
     def log(self, level, msg, *args):
+        if args and args[0] == "FAIL":
+            return  # a broker connection failed: the error callback logs that same error
         self._limited(msg, *args)
+
+
+def _reason(exc):
+    """What a KafkaException says, in one line."""
+    err = exc.args[0] if exc.args else None
+    return err.str() if isinstance(err, KafkaError) else first_line(exc)
+
+
+def _addresses(brokers):
+    """(host, port) of each bootstrap broker in a `bootstrap.servers` list (port 9092 if none)."""
+    out = []
+    for entry in brokers.split(","):
+        entry = entry.strip().rpartition("://")[2]  # SSL://host:port
+        host, _, port = entry.rpartition(":")
+        if not port.isdigit():  # no port: "host", "[::1]"
+            host, port = entry, "9092"
+        if host:
+            out.append((host.strip("[]"), int(port)))
+    return out
+
+
+def _accepts(address, timeout):
+    """Whether a TCP connection to `address` succeeds within `timeout` (cooperative)."""
+    try:
+        gevent.socket.create_connection(address, timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def _fatal_error(exc):

@@ -6,8 +6,9 @@ Datetimes are stored as BSON dates. Indexes on `timestamp` and `type` (and the T
 `ttl_days` is set) are created before the first insert. The node's own notices (source
 "notice": node_online, heartbeat, hour_complete...) go to `notice_collection` instead.
 
-A network error, a timeout or a server that is down is transient (the forwarder retries); a
-document the server refuses for good goes to the dead-letter file.
+A network error, a timeout, a server that is down or any other error of the driver is transient
+(TransientDeliveryError: the forwarder retries); a document the server refuses for good goes to
+the dead-letter file.
 
 pymongo is cooperative under gevent only once `gevent.monkey.patch_all()` ran, which `zcmd`
 does before anything else; this module refuses to load otherwise.
@@ -22,6 +23,7 @@ import gevent.monkey
 import pymongo
 from pymongo.errors import BulkWriteError, DocumentTooLarge, OperationFailure
 
+from ..errors import TransientDeliveryError
 from ..event import NOTICE_SOURCE
 from ..redact import redact
 from . import Unreachable, first_line
@@ -68,6 +70,12 @@ class MongoSink:
         return f"MongoDB {self.config.database}.{self.config.collection} at {redact(self.config.uri)}"
 
     def send(self, items):
+        try:
+            return self._send(items)
+        except pymongo.errors.PyMongoError as e:
+            raise TransientDeliveryError(f"{type(e).__name__}: {e}") from e  # as the driver said it
+
+    def _send(self, items):
         if not self._indexed:
             self._create_indexes()
         if not any(event.get("source") == NOTICE_SOURCE for _, event in items):
@@ -90,7 +98,8 @@ class MongoSink:
 
     def _sort_write_errors(self, items, details):
         if details.get("writeConcernErrors"):
-            raise RuntimeError(f"write concern not satisfied: {details['writeConcernErrors'][0]}")
+            raise TransientDeliveryError(f"MongoDB: write concern not satisfied: "
+                                         f"{details['writeConcernErrors'][0]}")
         rejected = []
         transient = []
         for error in details.get("writeErrors", []):
@@ -104,8 +113,8 @@ class MongoSink:
                 transient.append(error)
         if transient:
             # Inserts that did go in are duplicates on the retry, so retrying the batch is safe.
-            raise RuntimeError(f"{len(transient)} insert(s) failed: {transient[0].get('errmsg')} "
-                               f"(code {transient[0].get('code')})")
+            raise TransientDeliveryError(f"MongoDB: {len(transient)} insert(s) failed: "
+                                         f"{transient[0].get('errmsg')} (code {transient[0].get('code')})")
         return rejected
 
     def _send_one_by_one(self, collection, items):

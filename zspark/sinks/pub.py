@@ -9,6 +9,7 @@ that are absent or too slow miss it. It is a live view, not a delivery guarantee
 """
 import zmq.green as zmq
 
+from ..errors import TransientDeliveryError
 from ..journal.codec import event_json_bytes
 
 
@@ -33,9 +34,12 @@ class PubSink:
         return f"ZeroMQ PUB {self.endpoint}"
 
     def send(self, items):
-        for _, event in items:
-            topic = event.get("topic") or event.get("type") or ""
-            self._socket.send_multipart([topic.encode("utf-8"), event_json_bytes(event)])
+        try:
+            for _, event in items:
+                topic = event.get("topic") or event.get("type") or ""
+                self._socket.send_multipart([topic.encode("utf-8"), event_json_bytes(event)])
+        except zmq.ZMQError as e:
+            raise TransientDeliveryError(f"ZeroMQ PUB: {e}") from e
         return []
 
     def healthcheck(self, timeout):

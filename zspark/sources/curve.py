@@ -18,11 +18,12 @@ import os
 import stat
 
 import gevent
-from gevent.hub import get_hub
 import zmq.green as zmq
 from zmq.auth import load_certificate
 from zmq.utils import z85
 
+from .. import blocking
+from ..errors import KeyFileError
 from ..metrics import RateLimitedLog
 
 log = logging.getLogger("zspark.zmq")
@@ -33,7 +34,7 @@ KEY_SUFFIX = ".key"  # the public key files of the authorized directory (as czmq
 MAX_KEY_FILE_BYTES = 64 * 1024  # a certificate is a few hundred bytes
 
 
-class CurveError(Exception):
+class CurveError(KeyFileError):
     """A key file that cannot be used; the message names the config key."""
 
 
@@ -180,7 +181,7 @@ class ZapHandler:
         if mechanism != b"CURVE" or len(key) != 32:
             return self._refuse(request_id, where, who, f"mechanism {mechanism.decode('ascii', 'replace')}")
         public = z85.encode(key)
-        found = get_hub().threadpool.apply(_keys_or_error, (self.directory, self._parsed))  # disk: off the loop
+        found = blocking.call(_keys_or_error, self.directory, self._parsed)  # disk: off the loop
         if isinstance(found, CurveError):
             self._error("%s", found)
             return self._refuse(request_id, where, who, "the authorized keys cannot be read")

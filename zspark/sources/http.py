@@ -18,6 +18,7 @@ import time
 import gevent
 from gevent.pool import Pool
 
+from ..errors import TlsError  # noqa: F401 (server.py catches it from here)
 from . import httpauth
 from .httpadmin import AdminRoutes
 from .httpevents import RequestEvents
@@ -30,15 +31,11 @@ from .tap import TailStream
 log = logging.getLogger("zspark.http")
 
 
-class TlsError(Exception):
-    """The certificate or key for HTTPS cannot be used; the message names the config keys."""
-
-
 class HttpSource:
     def __init__(self, config, ingest, status_provider, stopping, metrics_provider=None):
         self.config = c = config.http
-        log_tokens, status_tokens = httpauth.from_config(c)
-        self.endpoint = LogEndpoint(c, ingest, RequestEvents(c.trusted_proxies), log_tokens, stopping)
+        log_tokens, status_tokens = httpauth.groups(c.tokens, c.status_tokens)
+        self.endpoint = LogEndpoint(c, ingest, RequestEvents(c.trusted_proxies, ingest.limits), log_tokens, stopping)
         self.tail = TailStream(ingest.journal, stopping, c.tail_max_last, c.tail_max_clients, c.retry_after_s)
         self.admin = admin = AdminRoutes(status_tokens, status_provider, metrics_provider, self.tail)
         self.root = "/" + c.root.strip("/") if c.root.strip("/") else ""
@@ -46,6 +43,11 @@ class HttpSource:
         self.router = Router({**self.web.routes(self.root, self.endpoint.routes(self.root)),
                               **admin.routes(self.root)})
         self.server = None
+
+    def set_tokens(self, tokens, status_tokens):
+        """The bearer tokens of /log, and of /status, /metrics and /tail (else the same), while
+        serving (SIGHUP: zspark/reload.py)."""
+        self.endpoint.tokens, self.admin.tokens = httpauth.groups(tokens, status_tokens)
 
     @property
     def _in_flight(self):

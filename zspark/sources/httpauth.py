@@ -36,6 +36,6 @@ class BearerTokens:
         raise HttpError(401, reason, dict(headers))
 
 
-def from_config(http_config):
-    """(the /log tokens, the tokens of the status group) of the `http` config section."""
-    return BearerTokens(http_config.tokens), BearerTokens(http_config.status_tokens or http_config.tokens)
+def groups(tokens, status_tokens):
+    """(the /log tokens, the tokens of the status group): `http.tokens`, `http.status_tokens`."""
+    return BearerTokens(tokens), BearerTokens(status_tokens or tokens)

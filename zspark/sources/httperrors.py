@@ -9,12 +9,14 @@ library (http.HTTPStatus).
 import json
 from http import HTTPStatus
 
+from ..errors import ZsparkError
+
 JSON = "application/json"
 _ENCODER = json.JSONEncoder(separators=(",", ":"))  # built once: json.dumps(**kw) builds one per call
 _STATUS_LINES = {s.value: f"{s.value} {s.phrase}" for s in HTTPStatus}
 
 
-class HttpError(Exception):
+class HttpError(ZsparkError):
     """An HTTP error answer: status, reason, extra headers (a dict). `index`: the item of a batch
     it refuses, if one; `count`: the events it rejects (every item of a batch refused for one of
     them, else one request)."""

@@ -3,7 +3,8 @@ its sender.
 
     GET /log?type=&level=&topic=&env=&ver=&stimestamp=&ip=&...
 
-The named parameters are event fields (`ver` is `version`), any other lands in `context`; `ip`
+The named parameters are event fields (`ver` is `version`; event.from_query: each at most once,
+any other into `context`, a list when repeated, or refused by `event.unknown_fields`); `ip`
 defaults to the client's address (`client_ip`: the peer, or the rightmost address in
 X-Forwarded-For that is not of a proxy in `http.trusted_proxies` when the peer is one), and the
 Referer, User-Agent and Cookie headers give `referrer`, `user_agent` and `cookies`. POSTed events
@@ -14,15 +15,13 @@ are raw: event.normalize (through ingest) validates them.
 import ipaddress
 import urllib.parse
 
+from ..event import InvalidEvent, from_query
 from .httperrors import HttpError
 
-QUERY_FIELDS = {"type": "type", "level": "level", "topic": "topic", "env": "env", "ver": "version",
-                "version": "version", "stimestamp": "stimestamp", "ip": "ip"}
-
-
 class RequestEvents:
-    def __init__(self, trusted_proxies):
+    def __init__(self, trusted_proxies, limits):
         self._trusted = [ipaddress.ip_network(p, strict=False) for p in trusted_proxies]
+        self._limits = limits  # event.Limits: unknown_fields decides what other parameters become
 
     def from_query(self, environ):
         """The one event of a GET /log: [event dict]; HttpError 400 if the query is not UTF-8."""
@@ -31,15 +30,10 @@ class RequestEvents:
             pairs = urllib.parse.parse_qsl(raw_qs, keep_blank_values=True, errors="strict")
         except (UnicodeError, ValueError):
             raise HttpError(400, "the query string is not valid UTF-8") from None
-        event = {}
-        context = {}
-        for name, value in pairs:
-            if name in QUERY_FIELDS:
-                event[QUERY_FIELDS[name]] = value
-            else:
-                context[name] = value
-        if context:
-            event["context"] = context
+        try:
+            event = from_query(pairs, self._limits)  # the fields, and context (event.py)
+        except InvalidEvent as e:
+            raise HttpError(400, str(e)) from None
         for name, value in self.sender_fields(environ).items():
             event.setdefault(name, value)
         cookies = parse_cookies(environ.get("HTTP_COOKIE", ""))

@@ -231,7 +231,8 @@ class RequestHandler(WSGIHandler):
         self.response_length += len(data)
 
     def log_request(self):
-        pass
+        if self.server.access_log is not None:  # http.access_log: zspark/accesslog.py
+            self.server.access_log(self)
 
 
 def _body_unread(stream):
@@ -257,6 +258,7 @@ class Server(WSGIServer):
     """pywsgi's server with the connection cap, the timeouts and quiet TLS failures."""
 
     handler_class = RequestHandler
+    access_log = None  # called with each finished request's handler (zspark/accesslog.py)
 
     def __init__(self, listener, application, *, idle_timeout, header_timeout, tls_handshake_timeout,
                  max_connections, imok_path, retry_after_s, on_malformed, **kwargs):

@@ -1,8 +1,13 @@
 """`GET /tail`: live events as JSON lines over HTTP, for `zcmd tail --server` (like `vector tap`).
 
     GET /tail                      events journaled from now on
-    GET /tail?last=100             ... starting with the last 100 records
+    GET /tail?last=100             ... starting with the last 100 events
     GET /tail?type=click&topic=web only these (each parameter may repeat; values are OR-ed)
+    GET /tail?type=page.*&last=5   the last 5 page events, then the new ones
+
+`type` and `topic` are shell wildcards matched against the whole value, as `zcmd tail` and
+`zcmd replay` take them (zspark/recordfilter.py). `last` counts matching events: with a filter,
+the start is looked for back over at most `http.tail_max_last` records.
 
 The stream follows the journal from inside the server (durable records only), so a client needs
 no access to the journal files. It is an NDJSON body with chunked encoding that ends when the
@@ -14,15 +19,15 @@ A stream must never hold the server: `last` is capped (`http.tail_max_last`: a l
 that many), so are the clients at once (`http.tail_max_clients`: one more gets 503 with
 Retry-After); the start is found by offset (the journal's index, not a scan), and the records
 are read in small batches with a pause for the rest of the server after each. A record a filter
-cannot match (its bytes do not hold any wanted `type` / `topic` value) is not even decoded.
+cannot match (its bytes do not hold any wanted literal `type` / `topic` value) is not even decoded.
 """
-import struct
 import time
 import urllib.parse
 
 import gevent
 
-from ..journal import decode_event, event_to_json
+from ..journal import event_to_json
+from ..recordfilter import RecordFilter, start_of_last
 from ..safetext import json_line
 from .httperrors import HttpError
 
@@ -51,15 +56,16 @@ class TailStream:
                                  "try again later", {"Retry-After": str(self.retry_after_s)})
         digits = text.lstrip("0")
         last = self.max_last if len(digits) > 18 else min(int(digits or "0"), self.max_last)
-        start = max(self.journal.first_offset, self.journal.end_offset - last)
+        wanted = RecordFilter({"type": query.get("type", ()), "topic": query.get("topic", ())})
+        # Where "now" is, before the answer: what is journaled once the client hears back is new.
         return 200, [("Content-Type", "application/x-ndjson"), ("Cache-Control", "no-cache")], _Stream(
-            self, self._lines(start, set(query.get("type", ())), set(query.get("topic", ()))))
+            self, self._lines(self.journal.end_offset, last, wanted))
 
-    def _lines(self, start, types, topics):
-        may_match = _prefilter(types, topics)
-        reader = self.journal.reader(start)
+    def _lines(self, end, last, wanted):
+        reader = self.journal.reader(end)
         try:
             yield b"\n"
+            reader.seek(start_of_last(reader, self.journal.first_offset, end, last, wanted, self.max_last))
             said = time.monotonic()
             while not self.stopping():
                 records = reader.read(max_records=BATCH)
@@ -69,17 +75,9 @@ class TailStream:
                         said = time.monotonic()
                         yield b"\n"
                     continue
-                lines = []
-                for _, payload in records:
-                    if may_match is not None and not may_match(payload):
-                        continue
-                    try:
-                        event = decode_event(payload)
-                    except Exception:  # not an event (the forwarders dead-letter it): not shown
-                        continue
-                    if (types and event.get("type") not in types) or (topics and event.get("topic") not in topics):
-                        continue
-                    lines.append(json_line(event_to_json(event)))  # shown on terminals (curl)
+                # A record that is not an event (the forwarders dead-letter it) is not shown.
+                lines = [json_line(event_to_json(event))  # shown on terminals (curl)
+                         for _, event in wanted.select(records)]
                 if lines:
                     said = time.monotonic()
                     yield ("\n".join(lines) + "\n").encode("utf-8")
@@ -107,22 +105,3 @@ class _Stream:
             self._tail = None
             self._lines.close()
 
-
-def _prefilter(types, topics):
-    """`payload -> bool`, False only for a record that cannot match the filter (None: no filter).
-
-    A top-level string in BSON is `\\x02` (or the old symbol type `\\x0e`, which decodes to a string
-    too), the key, a NUL, the value's length + 1 and the value's UTF-8 with a NUL: an event whose
-    `type` is `v` holds those bytes. They may also turn up elsewhere; the decoded event decides."""
-    def needles(key, values):
-        out = []
-        for value in values:
-            data = value.encode("utf-8", "surrogatepass")
-            element = key + b"\x00" + struct.pack("<i", len(data) + 1) + data + b"\x00"
-            out += [b"\x02" + element, b"\x0e" + element]
-        return out
-
-    groups = [needles(key, values) for key, values in ((b"type", types), (b"topic", topics)) if values]
-    if not groups:
-        return None
-    return lambda payload: all(any(n in payload for n in group) for group in groups)

@@ -36,6 +36,7 @@ from ..event import InvalidEvent
 from ..journal import JournalClosed, JournalError, JournalFull, TooLargeForJournal
 from ..journal.codec import DECODE_OPTIONS, decode_events
 from ..metrics import RateLimitedLog
+from ..retry import Backoff
 from . import fastjson
 from .curve import make_server
 from .zmqwatch import ConnectionCounts, ConnectionWatch
@@ -44,13 +45,14 @@ log = logging.getLogger("zspark.zmq")
 
 COMMANDS = ("event", "event_noval")
 _NO_COMMAND = object()
+_UNDECODED = object()
 # Fields normalize keeps exactly as sent (a timestamp or stimestamp may be converted).
 SPLICEABLE_FIELDS = frozenset(("type", "level", "topic", "env", "version", "ip", "referrer",
                                "user_agent", "cookies", "context", "extra"))
 # The hard limit, as a multiple of max_message_bytes: frames a little too big (the usual mistake)
 # are counted and skipped, while what one frame can make libzmq allocate stays a few MiB.
 HARD_LIMIT_FACTOR = 4
-RETRY_SECONDS = 1.0
+RETRY_SECONDS = 1.0  # while the journal refuses events: a full disk empties at its own pace
 DRAIN_SECONDS = 2.0  # at stop, frames still arriving this long after it are no longer taken
 
 
@@ -108,6 +110,7 @@ class ZmqSource:
         self._drain_seconds = self._drain_deadline = None
         self._unbound = False
         self._warn = RateLimitedLog(log)
+        self._retry = Backoff(RETRY_SECONDS, RETRY_SECONDS, jitter=0.0)
         self._watch = None
         self.connections = ConnectionCounts()
         self.stats.details = lambda: {"connections": self.connections.as_dict()}
@@ -141,6 +144,7 @@ class ZmqSource:
         self._drain_seconds = drain_seconds
         self._drain_deadline = time.monotonic() + drain_seconds
         self._stopping = True
+        self._retry.stop()  # a burst waiting for the journal gets one last try now
         if self._greenlet is not None:
             self._greenlet.join()
         if self._watch is not None:
@@ -210,11 +214,20 @@ class ZmqSource:
         frames = self._within_limit(frames)
         events = []
         now = datetime.datetime.now(datetime.timezone.utc)  # one burst, one receive time
-        docs = self._decode_burst(frames) if self.splice else None
+        # Frames the compiled check finds valid as they are need no decoding (native.py); the
+        # rest are decoded and validated here in Python, which words every rejection.
+        plain = self.ingest.plain_bson_frames(frames) if self.splice else None
+        slow = frames if plain is None else [frame for frame, fields in zip(frames, plain) if fields is None]
+        docs = iter(self._decode_burst(slow) or ()) if self.splice and slow else None
         for index, frame in enumerate(frames):
-            if docs is not None:
-                doc = docs[index]
-            else:
+            if plain is not None and plain[index] is not None:
+                try:
+                    events.append(self.ingest.frame_event(plain[index], frame, self.name, now))
+                except InvalidEvent as e:  # a topic refused: counted by frame_event
+                    self._warn("ZeroMQ %s: rejected an event: %s", self.name, e)
+                continue
+            doc = next(docs, _UNDECODED) if docs is not None else _UNDECODED
+            if doc is _UNDECODED:
                 try:
                     doc = self.decode(frame)
                 except Exception as e:  # any decoder error (RecursionError included) is bad input
@@ -318,7 +331,8 @@ class ZmqSource:
                       "are lost: %s", self.name, len(events), error)
             return False
         self.stats.refused += len(events)
+        delay = self._retry.failed()
         self._warn("ZeroMQ %s: the journal refused %d event(s); holding them and retrying in %gs: %s",
-                   self.name, len(events), RETRY_SECONDS, error)
-        gevent.sleep(RETRY_SECONDS)
+                   self.name, len(events), delay, error)
+        self._retry.wait()
         return True

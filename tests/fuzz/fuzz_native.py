@@ -1,0 +1,107 @@
+"""Coverage-guided fuzzing (atheris) of every compiled entry point that network bytes reach,
+against the pure-Python reference (tests/native_reference.py).
+
+    .venv/bin/python -m tests.fuzz.fuzz_native -max_total_time=60 [corpus_dir ...]
+
+The input's fourth byte chooses the entry point: a ZeroMQ BSON frame for plain_bson_frames, bytes
+to splice and frame as journal records, or an HTTP body's JSON for plain_events and the batch
+encoder (the first three bytes choose the limits). Without a
+corpus directory it starts from a few events' frames (in a temporary one). A failure prints the
+input and leaves it in crash-<hash>; `python -m tests.fuzz.fuzz_native crash-<hash>` replays it.
+"""
+import datetime
+import json
+import os
+import sys
+import tempfile
+
+import atheris
+import bson
+
+with atheris.instrument_imports():
+    from zspark import _native
+    from zspark.event import Limits
+    from zspark.journal import codec, record
+    from zspark.sources import fastjson
+    from tests.native_reference import check_encode_batch, check_plain_events, check_plain_frame
+
+SEED_EVENTS = [
+    {"type": "page_view", "level": "info", "topic": "web", "context": {"user": "u1", "n": 1, "ok": True}},
+    {"type": "t", "extra": [1.5, None, {"a": bson.ObjectId(b"012345678901")}], "env": "prod"},
+    {"type": "t", "context": {"deep": {"er": {"still": [b"\x00\x01", bson.Int64(2**40)]}}}},
+    {"type": "t", "ip": "10.0.0.1", "timestamp": datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)},
+]
+
+
+def limits_of(data):
+    return Limits(max_string_bytes=1 + data[0] * 4, max_depth=data[1] % 8, max_fields=1 + data[2] * 2)
+
+
+ASSIGNED = codec._assigned(datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc), "zmq_bson", "node")
+
+
+def check_journal_writing(data):
+    """Splice the input's bytes as a document (a lying size field must be refused, never read
+    past), then frame the input's pieces as records and find the index's marks in them."""
+    size = int.from_bytes(data[:4], "little", signed=True) if len(data) >= 4 else 0
+    try:
+        spliced = _native.splice([data], 12345, *ASSIGNED)
+    except ValueError:
+        assert not 5 <= size <= len(data), f"refused a document that fits: {data!r}"
+    else:
+        assert 5 <= size <= len(data), f"spliced a document that does not fit: {data!r}"
+        assert spliced == codec._splice_all([data], 12345, ASSIGNED)
+    pieces = [data[i:i + 1 + data[i] % 64] for i in range(0, len(data), 7)]
+    records = _native.frame_all(2**40 - 3, pieces)
+    assert records == record._frame_all(2**40 - 3, pieces)
+    spacing = 1 + (data[0] if data else 0)
+    assert _native.record_marks(records, 99, spacing) == record._marks(records, 99, spacing)
+
+
+def check_json(data, limits):
+    """The HTTP path: a body's JSON decoded as the source decodes it, then the plain check and
+    the batch encoder."""
+    try:
+        value = fastjson.decode(data)
+        if value is fastjson.NOT_DECODED:
+            value = json.loads(data.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return
+    raws = value if isinstance(value, list) else [value]
+    check_plain_events(raws, limits)
+    fields = [raw for raw in raws if isinstance(raw, dict)]
+    try:
+        codec._encode_batch(fields, 7, ASSIGNED)
+    except Exception:
+        assert _native.encode_spliced(fields, 7, *ASSIGNED) is None
+    else:
+        check_encode_batch(fields, 7, ASSIGNED)
+
+
+def one_input(data):
+    if len(data) < 4:
+        return
+    entry = data[3] % 3
+    if entry == 0:
+        check_plain_frame(data[4:], limits_of(data))
+    elif entry == 1:
+        check_journal_writing(data[4:])
+    else:
+        check_json(data[4:], limits_of(data))
+
+
+def main(argv):
+    if not any(os.path.isdir(a) or os.path.isfile(a) for a in argv[1:] if not a.startswith("-")):
+        corpus = tempfile.mkdtemp(prefix="zspark-fuzz-")
+        for i, event in enumerate(SEED_EVENTS):
+            with open(os.path.join(corpus, f"seed{i}"), "wb") as f:
+                f.write(b"\xff\x20\xff" + bytes([i % 2]) + bson.encode(event))
+            with open(os.path.join(corpus, f"seed{i}.json"), "wb") as f:
+                f.write(b"\xff\x20\xff\x02" + json.dumps(event, default=str).encode())
+        argv = argv + [corpus]
+    atheris.Setup(argv, one_input)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main(sys.argv)

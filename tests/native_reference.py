@@ -1,0 +1,87 @@
+"""What the compiled hot paths (zspark/_native.c) are held to: the pure-Python path's verdict on
+the same input, and the check the property tests (test_native.py) and the fuzzer
+(tests/fuzz/fuzz_native.py) both apply.
+
+plain_bson_frames may say "valid as it is" (the frame's string fields) or "let Python decide"
+(None) for any frame. It must never say the first of a frame the Python path would reject,
+convert or read differently, and its fields must be the ones Python reads.
+"""
+import bson
+
+from zspark import _native
+from zspark.event import STRING_FIELDS, InvalidEvent, sender_fields
+from zspark.journal import codec
+from zspark.sources.zmq import SPLICEABLE_FIELDS, decode_bson
+
+REJECTED = "rejected"  # the Python path refuses the frame
+CONVERTED = "converted"  # it accepts the frame, but not exactly as sent (or not as a frame event)
+
+
+def python_verdict(frame, limits):
+    """The pure-Python path's reading of one BSON frame (sources/zmq.py _normalize): the
+    frame's string fields when it journals the frame as it came, else REJECTED or CONVERTED."""
+    try:
+        doc = decode_bson(frame)
+    except Exception:
+        return REJECTED
+    if not isinstance(doc, dict) or "$command" in doc:
+        return CONVERTED
+    if not doc.keys() <= SPLICEABLE_FIELDS or None in doc.values():
+        return CONVERTED
+    try:
+        fields = sender_fields(doc, limits)
+    except InvalidEvent:
+        return REJECTED
+    if fields != doc or "ip" in doc or "cookies" in doc:
+        return CONVERTED
+    return {k: v for k, v in doc.items() if k in STRING_FIELDS}
+
+
+def native_verdict(frame, limits):
+    return _native.plain_bson_frames([frame], limits.max_string_bytes, limits.max_depth, limits.max_fields)[0]
+
+
+def check_plain_frame(frame, limits):
+    """Fail (AssertionError) if the compiled check says a frame is plain that the Python path does
+    not journal exactly as sent with those fields; return both verdicts."""
+    native = native_verdict(frame, limits)
+    python = python_verdict(frame, limits)
+    if native is not None:
+        assert isinstance(python, dict), f"compiled: plain {native!r}; Python: {python} ({frame!r})"
+        assert list(native.items()) == list(python.items()), f"fields {native!r} != {python!r} ({frame!r})"
+    return native, python
+
+
+def document(elements):
+    """A BSON document of raw elements (bytes of type, key, value), repeated keys allowed."""
+    body = b"".join(elements)
+    return (len(body) + 5).to_bytes(4, "little") + body + b"\x00"
+
+
+def element(key, value):
+    """The raw BSON element `key: value`."""
+    return bson.encode({key: value})[4:-1]
+
+
+def check_plain_events(raws, limits):
+    """Fail if the compiled check calls an event plain that sender_fields does not return as it
+    is; return the compiled flags."""
+    flags = _native.plain_events(raws, limits.max_string_bytes, limits.max_depth, limits.max_fields)
+    assert len(flags) == len(raws)
+    for raw, flag in zip(raws, flags):
+        if flag:
+            try:
+                kept = sender_fields(raw, limits) is raw
+            except InvalidEvent as e:
+                raise AssertionError(f"compiled: plain; Python: {e} ({raw!r})") from None
+            assert kept, f"compiled: plain; Python: converted ({raw!r})"
+    return flags
+
+
+def check_encode_batch(fields, offset, assigned):
+    """Fail if the compiled encoder writes other bytes than the Python one; return its result
+    (None where it leaves the batch to Python)."""
+    payloads = _native.encode_spliced(fields, offset, *assigned)
+    if payloads is not None:
+        assert payloads == codec._encode_batch(fields, offset, assigned), f"encoded differently: {fields!r}"
+    return payloads

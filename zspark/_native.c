@@ -1,0 +1,812 @@
+/* zspark._native: compiled hot paths. zspark/native.py says when they are used; each has a
+ * pure-Python reference it is tested and fuzzed against (tests/test_native.py, tests/fuzz/).
+ *
+ * plain_bson_frames(frames, max_string_bytes, max_depth, max_fields) -> list
+ *
+ *   For each ZeroMQ BSON frame, walks its bytes (no decoding to Python objects) and says whether
+ *   it is an event that event.sender_fields keeps exactly as sent: a dict of its top-level string
+ *   fields (type, level, topic, ...: what the topic policy may read) when it is, else None, and
+ *   the frame goes down the pure-Python path, which accepts or rejects it with its reason.
+ *
+ *   So this function never rejects anything and never words a message: it only recognises the
+ *   common case. It says yes only when every byte is what that path would accept as it is:
+ *     - one whole BSON document (its size field is the frame's length), well formed throughout;
+ *     - top-level keys among type, level, topic, env, version, referrer, user_agent (strings:
+ *       ASCII without NUL, at most min(256, max_string_bytes) bytes), context (a document) and
+ *       extra (any value but null), each at most once, and a non-empty type;
+ *     - inside context and extra: keys ASCII without NUL, at most 256 bytes, not starting with
+ *       '$'; values strings (ASCII without NUL, at most max_string_bytes), finite doubles, int32,
+ *       int64, booleans, nulls, ObjectIds, binary of subtype 0, documents and arrays nested at
+ *       most max_depth levels, at most max_fields values counting the root.
+ *   Anything else (ip, cookies, timestamps, non-ASCII text, dates, other BSON types, a repeated
+ *   top-level key, a limit reached) is left to Python.
+ *
+ * plain_events(raws, max_string_bytes, max_depth, max_fields) -> bytes
+ *
+ *   For each decoded event (from JSON: dicts, lists, str, int, float, bool, None), 1 if
+ *   event.sender_fields returns it as it is (its fast path, event._plain, says yes without
+ *   raising), else 0: the same rules as plain_bson_frames, on Python objects. A 0 sends that
+ *   event down the Python path, which accepts it, converts it or rejects it with its reason.
+ *
+ * encode_spliced(fields, offset, head, stamp, tail, extra) -> list of bytes, or None
+ *
+ *   journal.codec.encode_batch's payloads for a batch of sender fields: each dict encoded as
+ *   pymongo's encoder encodes it and spliced as splice does. None (the Python encoder decides,
+ *   and raises what it raises) when any value is not of the types JSON decodes to (exactly dict
+ *   with str keys, list, str, int within 64 bits, float, bool, None), a key holds a NUL, a
+ *   string is not UTF-8-encodable, or nesting is deeper than DEPTH_CAP.
+ *
+ * splice(docs, offset, head, stamp, tail, extra) -> list of bytes
+ *
+ *   journal.codec._spliced of each document in `docs` (whole BSON documents, validated) at
+ *   `offset`, `offset + 1`, ...: the payloads with the assigned fields spliced around the
+ *   sender's elements. `head`, `stamp`, `tail`, `extra` are codec._assigned's four parts.
+ *
+ * frame_all(offset, payloads) -> bytes
+ *
+ *   journal.record.frame_all's records of `payloads` at `offset`, ..., joined: for each, magic
+ *   "ZJ", length (uint32), offset (uint64), crc32 of length + offset + payload (uint32), all
+ *   big-endian, then the payload.
+ *
+ * record_marks(data, position, spacing) -> list of (offset, position)
+ *
+ *   journal.record.marks: the first record of `data` (records back to back, as frame_all
+ *   writes them, at file position `position`) and each one starting `spacing` bytes or more
+ *   after the last one given: where the index notes them.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#include <zlib.h>
+
+#define SHORT_LIMIT 256 /* event.SHORT_LIMIT */
+#define DEPTH_CAP 1000  /* below any recursion that could exhaust the C stack */
+
+typedef struct {
+    Py_ssize_t max_string;
+    long max_depth;
+    long max_fields;
+} limits_t;
+
+enum { F_TYPE, F_LEVEL, F_TOPIC, F_ENV, F_VERSION, F_REFERRER, F_USER_AGENT, N_STRING_FIELDS,
+       F_CONTEXT = N_STRING_FIELDS, F_EXTRA, N_FIELDS };
+
+static const char *FIELD_NAMES[N_FIELDS] = {"type", "level", "topic", "env", "version", "referrer",
+                                            "user_agent", "context", "extra"};
+static PyObject *field_keys[N_STRING_FIELDS]; /* interned str of the string fields' names */
+
+static int32_t read_i32(const unsigned char *p) {
+    return (int32_t)((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
+}
+
+static double read_double(const unsigned char *p) {
+    uint64_t bits = 0;
+    for (int i = 7; i >= 0; i--)
+        bits = bits << 8 | p[i];
+    double d;
+    memcpy(&d, &bits, sizeof d);
+    return d;
+}
+
+/* ASCII without NUL: every byte in 1..127. */
+static int plain_ascii(const unsigned char *s, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (s[i] == 0 || s[i] >= 0x80)
+            return 0;
+    return 1;
+}
+
+/* The length of the C string at p, which must end before `end`; -1 if it does not. */
+static Py_ssize_t cstring_length(const unsigned char *p, const unsigned char *end) {
+    const unsigned char *nul = memchr(p, 0, (size_t)(end - p));
+    return nul ? nul - p : -1;
+}
+
+/* A BSON string at p (int32 size, bytes, NUL) within end: its text in *s, *n; returns the bytes
+ * it takes, or -1. */
+static Py_ssize_t string_value(const unsigned char *p, const unsigned char *end,
+                               const unsigned char **s, Py_ssize_t *n) {
+    if (end - p < 5)
+        return -1;
+    int32_t size = read_i32(p);
+    if (size < 1 || size > end - p - 4 || p[4 + size - 1] != 0)
+        return -1;
+    *s = p + 4;
+    *n = size - 1;
+    return 4 + (Py_ssize_t)size;
+}
+
+static Py_ssize_t free_value(unsigned char type, const unsigned char *p, const unsigned char *end,
+                             long depth, const limits_t *lim, long *count);
+
+/* A document or array at p within end, `depth` levels down: the bytes it takes, or -1. */
+static Py_ssize_t container(const unsigned char *p, const unsigned char *end, int is_array,
+                            long depth, const limits_t *lim, long *count) {
+    if (depth > lim->max_depth || depth > DEPTH_CAP || end - p < 5)
+        return -1;
+    int32_t size = read_i32(p);
+    if (size < 5 || size > end - p)
+        return -1;
+    const unsigned char *q = p + 4, *last = p + size - 1; /* last: the terminating NUL */
+    if (*last != 0)
+        return -1;
+    while (q < last) {
+        unsigned char type = *q++;
+        Py_ssize_t key_length = cstring_length(q, last);
+        if (key_length < 0)
+            return -1;
+        const unsigned char *key = q;
+        q += key_length + 1;
+        /* An array's keys are ignored by the decoder, but must still be text it can read. */
+        if (!plain_ascii(key, key_length))
+            return -1;
+        if (!is_array && (key_length > SHORT_LIMIT || (key_length > 0 && key[0] == '$')))
+            return -1;
+        Py_ssize_t used = free_value(type, q, last, depth + 1, lim, count);
+        if (used < 0)
+            return -1;
+        q += used;
+    }
+    return q == last ? (Py_ssize_t)size : -1;
+}
+
+/* A value of context or extra (event._value's rules) of BSON `type` at p within end: the bytes it
+ * takes, or -1. `depth` is its own depth if it is a container. */
+static Py_ssize_t free_value(unsigned char type, const unsigned char *p, const unsigned char *end,
+                             long depth, const limits_t *lim, long *count) {
+    if (++*count > lim->max_fields)
+        return -1;
+    const unsigned char *s;
+    Py_ssize_t n, used;
+    switch (type) {
+    case 0x01: /* double */
+        return end - p >= 8 && isfinite(read_double(p)) ? 8 : -1;
+    case 0x02: /* string */
+        used = string_value(p, end, &s, &n);
+        return used >= 0 && n <= lim->max_string && plain_ascii(s, n) ? used : -1;
+    case 0x03: /* document */
+        return container(p, end, 0, depth, lim, count);
+    case 0x04: /* array */
+        return container(p, end, 1, depth, lim, count);
+    case 0x05: /* binary: only subtype 0, which decodes to bytes */
+        if (end - p < 5)
+            return -1;
+        n = read_i32(p);
+        return n >= 0 && n <= end - p - 5 && p[4] == 0 ? 5 + n : -1;
+    case 0x07: /* ObjectId */
+        return end - p >= 12 ? 12 : -1;
+    case 0x08: /* boolean */
+        return end - p >= 1 && p[0] <= 1 ? 1 : -1;
+    case 0x0A: /* null */
+        return 0;
+    case 0x10: /* int32 */
+        return end - p >= 4 ? 4 : -1;
+    case 0x12: /* int64 */
+        return end - p >= 8 ? 8 : -1;
+    default:
+        return -1;
+    }
+}
+
+static int field_of(const unsigned char *key, Py_ssize_t n) {
+    for (int i = 0; i < N_FIELDS; i++)
+        if ((Py_ssize_t)strlen(FIELD_NAMES[i]) == n && memcmp(FIELD_NAMES[i], key, (size_t)n) == 0)
+            return i;
+    return -1;
+}
+
+/* The string fields of the frame if it is plain (see the top), else Py_None; NULL on an error. */
+static PyObject *plain_frame(const unsigned char *p, Py_ssize_t n, const limits_t *lim) {
+    const unsigned char *text[N_STRING_FIELDS];
+    Py_ssize_t length[N_STRING_FIELDS];
+    int order[N_STRING_FIELDS], n_strings = 0;
+    unsigned seen = 0;
+    Py_ssize_t short_limit = lim->max_string < SHORT_LIMIT ? lim->max_string : SHORT_LIMIT;
+
+    if (n < 5 || read_i32(p) != n || p[n - 1] != 0)
+        Py_RETURN_NONE;
+    const unsigned char *q = p + 4, *last = p + n - 1;
+    while (q < last) {
+        unsigned char type = *q++;
+        Py_ssize_t key_length = cstring_length(q, last);
+        if (key_length < 0)
+            Py_RETURN_NONE;
+        int field = field_of(q, key_length);
+        q += key_length + 1;
+        /* Once each: also what bounds `order` to N_STRING_FIELDS entries. */
+        if (field < 0 || (seen & (1u << field)))
+            Py_RETURN_NONE;
+        seen |= 1u << field;
+        Py_ssize_t used;
+        if (field < N_STRING_FIELDS) {
+            const unsigned char *s;
+            Py_ssize_t len;
+            if (type != 0x02)
+                Py_RETURN_NONE;
+            used = string_value(q, last, &s, &len);
+            if (used < 0 || len > short_limit || !plain_ascii(s, len))
+                Py_RETURN_NONE;
+            text[field] = s;
+            length[field] = len;
+            order[n_strings++] = field;
+        } else {
+            long count = 0;
+            if (type == 0x0A || (field == F_CONTEXT && type != 0x03))
+                Py_RETURN_NONE;
+            used = free_value(type, q, last, 1, lim, &count);
+            if (used < 0)
+                Py_RETURN_NONE;
+        }
+        q += used;
+    }
+    if (q != last || !(seen & (1u << F_TYPE)) || length[F_TYPE] == 0)
+        Py_RETURN_NONE;
+
+    PyObject *fields = PyDict_New();
+    if (fields == NULL)
+        return NULL;
+    for (int i = 0; i < n_strings; i++) {
+        int field = order[i];
+        PyObject *value = PyUnicode_New(length[field], 127);
+        if (value == NULL) {
+            Py_DECREF(fields);
+            return NULL;
+        }
+        memcpy(PyUnicode_1BYTE_DATA(value), text[field], (size_t)length[field]);
+        int failed = PyDict_SetItem(fields, field_keys[field], value);
+        Py_DECREF(value);
+        if (failed) {
+            Py_DECREF(fields);
+            return NULL;
+        }
+    }
+    return fields;
+}
+
+static PyObject *plain_bson_frames(PyObject *self, PyObject *args) {
+    PyObject *frames;
+    limits_t lim;
+    if (!PyArg_ParseTuple(args, "Onll:plain_bson_frames", &frames, &lim.max_string, &lim.max_depth,
+                          &lim.max_fields))
+        return NULL;
+    PyObject *seq = PySequence_Fast(frames, "frames must be a sequence");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+    PyObject *out = PyList_New(count);
+    if (out == NULL) {
+        Py_DECREF(seq);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_buffer view;
+        PyObject *result;
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), &view, PyBUF_SIMPLE) < 0) {
+            Py_DECREF(seq);
+            Py_DECREF(out);
+            return NULL;
+        }
+        result = plain_frame(view.buf, view.len, &lim);
+        PyBuffer_Release(&view);
+        if (result == NULL) {
+            Py_DECREF(seq);
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, result);
+    }
+    Py_DECREF(seq);
+    return out;
+}
+
+static void put_be32(unsigned char *p, uint32_t v) {
+    p[0] = (unsigned char)(v >> 24); p[1] = (unsigned char)(v >> 16); p[2] = (unsigned char)(v >> 8); p[3] = (unsigned char)v;
+}
+
+static void put_be64(unsigned char *p, uint64_t v) {
+    put_be32(p, (uint32_t)(v >> 32));
+    put_be32(p + 4, (uint32_t)v);
+}
+
+static void put_le32(unsigned char *p, uint32_t v) {
+    p[0] = (unsigned char)v; p[1] = (unsigned char)(v >> 8); p[2] = (unsigned char)(v >> 16); p[3] = (unsigned char)(v >> 24);
+}
+
+static uint64_t read_be64(const unsigned char *p) {
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+static uint32_t read_be32(const unsigned char *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
+}
+
+/* -- decoded JSON events: the plain check and the encoder ------------------------------------- */
+
+/* ASCII without NUL, at most `limit` characters (event._plain's test of a string). */
+static int plain_str(PyObject *o, Py_ssize_t limit) {
+    if (!PyUnicode_IS_ASCII(o))
+        return 0;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(o);
+    return n <= limit && memchr(PyUnicode_1BYTE_DATA(o), 0, (size_t)n) == NULL;
+}
+
+/* event._value's verdict on a free-form value, when it accepts without a call to the slow
+ * checks: 1, else 0 (the Python code decides). `depth` is the value's own. */
+static int plain_object(PyObject *o, long depth, const limits_t *lim, long *count) {
+    if (++*count > lim->max_fields)
+        return 0;
+    if (o == Py_None || PyBool_Check(o))
+        return 1;
+    if (PyUnicode_CheckExact(o))
+        return plain_str(o, lim->max_string);
+    if (PyLong_CheckExact(o)) {
+        int overflow;
+        PyLong_AsLongLongAndOverflow(o, &overflow);
+        if (PyErr_Occurred())
+            PyErr_Clear();
+        return !overflow;
+    }
+    if (PyFloat_CheckExact(o))
+        return isfinite(PyFloat_AS_DOUBLE(o));
+    if (PyDict_CheckExact(o)) {
+        if (depth > lim->max_depth || depth > DEPTH_CAP)
+            return 0;
+        PyObject *key, *value;
+        Py_ssize_t pos = 0;
+        while (PyDict_Next(o, &pos, &key, &value)) {
+            if (!PyUnicode_CheckExact(key) || !plain_str(key, SHORT_LIMIT) ||
+                (PyUnicode_GET_LENGTH(key) > 0 && PyUnicode_1BYTE_DATA(key)[0] == '$'))
+                return 0;
+            if (!plain_object(value, depth + 1, lim, count))
+                return 0;
+        }
+        return 1;
+    }
+    if (PyList_CheckExact(o)) {
+        if (depth > lim->max_depth || depth > DEPTH_CAP)
+            return 0;
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(o); i++)
+            if (!plain_object(PyList_GET_ITEM(o, i), depth + 1, lim, count))
+                return 0;
+        return 1;
+    }
+    return 0;
+}
+
+static PyObject *field_objects[N_FIELDS]; /* interned str of every plain top-level name */
+
+static int plain_event(PyObject *raw, const limits_t *lim) {
+    if (!PyDict_CheckExact(raw))
+        return 0;
+    Py_ssize_t short_limit = lim->max_string < SHORT_LIMIT ? lim->max_string : SHORT_LIMIT;
+    PyObject *key, *value, *type = NULL;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(raw, &pos, &key, &value)) {
+        int field = -1;
+        for (int i = 0; i < N_FIELDS && field < 0; i++)
+            if (key == field_objects[i] ||
+                (PyUnicode_CheckExact(key) && PyUnicode_Compare(key, field_objects[i]) == 0))
+                field = i;
+        if (PyErr_Occurred())
+            PyErr_Clear();
+        if (field < 0)
+            return 0;
+        if (field < N_STRING_FIELDS) {
+            if (!PyUnicode_CheckExact(value) || !plain_str(value, short_limit))
+                return 0;
+            if (field == F_TYPE)
+                type = value;
+        } else {
+            long count = 0;
+            if (value == Py_None || (field == F_CONTEXT && !PyDict_CheckExact(value)))
+                return 0;
+            if (!plain_object(value, 1, lim, &count))
+                return 0;
+        }
+    }
+    return type != NULL && PyUnicode_GET_LENGTH(type) > 0;
+}
+
+static PyObject *plain_events(PyObject *self, PyObject *args) {
+    PyObject *raws;
+    limits_t lim;
+    if (!PyArg_ParseTuple(args, "Onll:plain_events", &raws, &lim.max_string, &lim.max_depth, &lim.max_fields))
+        return NULL;
+    PyObject *seq = PySequence_Fast(raws, "raws must be a sequence");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, count);
+    if (out != NULL) {
+        char *flags = PyBytes_AS_STRING(out);
+        for (Py_ssize_t i = 0; i < count; i++)
+            flags[i] = (char)plain_event(PySequence_Fast_GET_ITEM(seq, i), &lim);
+    }
+    Py_DECREF(seq);
+    return out;
+}
+
+typedef struct {
+    unsigned char *data;
+    Py_ssize_t len, cap;
+} buffer_t;
+
+static int grow(buffer_t *b, Py_ssize_t more) {
+    if (b->len + more <= b->cap)
+        return 0;
+    Py_ssize_t cap = b->cap ? b->cap : 1024;
+    while (cap < b->len + more)
+        cap *= 2;
+    unsigned char *data = PyMem_Realloc(b->data, (size_t)cap);
+    if (data == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->data = data;
+    b->cap = cap;
+    return 0;
+}
+
+static int put(buffer_t *b, const void *p, Py_ssize_t n) {
+    if (grow(b, n) < 0)
+        return -1;
+    memcpy(b->data + b->len, p, (size_t)n);
+    b->len += n;
+    return 0;
+}
+
+static int put_i32(buffer_t *b, int32_t v) {
+    unsigned char le[4];
+    put_le32(le, (uint32_t)v);
+    return put(b, le, 4);
+}
+
+/* Results of the encoder: written; not ours to encode (the Python encoder decides); an error
+ * (memory) with an exception set. */
+enum { ENCODED = 0, NOT_OURS = 1, FAILED = -1 };
+
+static int encode_document(buffer_t *b, PyObject *o, int is_array, long depth);
+
+static int encode_element(buffer_t *b, const char *key, Py_ssize_t key_len, PyObject *v, long depth) {
+    unsigned char type;
+    Py_ssize_t type_at = b->len;
+    if (put(b, "\0", 1) < 0 || put(b, key, key_len) < 0 || put(b, "\0", 1) < 0)
+        return FAILED;
+    if (v == Py_None) {
+        type = 0x0A;
+    } else if (PyBool_Check(v)) {
+        type = 0x08;
+        if (put(b, v == Py_True ? "\1" : "\0", 1) < 0)
+            return FAILED;
+    } else if (PyLong_CheckExact(v)) {
+        int overflow;
+        long long n = PyLong_AsLongLongAndOverflow(v, &overflow);
+        if (overflow)
+            return NOT_OURS;
+        if (n == -1 && PyErr_Occurred())
+            return FAILED;
+        unsigned char le[8];
+        if (n >= INT32_MIN && n <= INT32_MAX) {
+            type = 0x10;
+            put_le32(le, (uint32_t)(int32_t)n);
+            if (put(b, le, 4) < 0)
+                return FAILED;
+        } else {
+            type = 0x12;
+            uint64_t u = (uint64_t)n;
+            for (int i = 0; i < 8; i++)
+                le[i] = (unsigned char)(u >> (8 * i));
+            if (put(b, le, 8) < 0)
+                return FAILED;
+        }
+    } else if (PyFloat_CheckExact(v)) {
+        type = 0x01;
+        double d = PyFloat_AS_DOUBLE(v);
+        uint64_t u;
+        memcpy(&u, &d, 8);
+        unsigned char le[8];
+        for (int i = 0; i < 8; i++)
+            le[i] = (unsigned char)(u >> (8 * i));
+        if (put(b, le, 8) < 0)
+            return FAILED;
+    } else if (PyUnicode_CheckExact(v)) {
+        type = 0x02;
+        Py_ssize_t n;
+        const char *utf8 = PyUnicode_AsUTF8AndSize(v, &n);
+        if (utf8 == NULL) {
+            PyErr_Clear(); /* a lone surrogate: the Python encoder says so */
+            return NOT_OURS;
+        }
+        if (n + 1 > INT32_MAX)
+            return NOT_OURS;
+        if (put_i32(b, (int32_t)(n + 1)) < 0 || put(b, utf8, n) < 0 || put(b, "\0", 1) < 0)
+            return FAILED;
+    } else if (PyDict_CheckExact(v) || PyList_CheckExact(v)) {
+        int is_array = PyList_CheckExact(v);
+        type = is_array ? 0x04 : 0x03;
+        int r = encode_document(b, v, is_array, depth + 1);
+        if (r != ENCODED)
+            return r;
+    } else {
+        return NOT_OURS;
+    }
+    b->data[type_at] = type;
+    return ENCODED;
+}
+
+/* A document (or array) of `o`: int32 size, elements, NUL. */
+static int encode_document(buffer_t *b, PyObject *o, int is_array, long depth) {
+    if (depth > DEPTH_CAP)
+        return NOT_OURS;
+    Py_ssize_t start = b->len;
+    if (put_i32(b, 0) < 0)
+        return FAILED;
+    if (is_array) {
+        char key[24];
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(o); i++) {
+            int n = snprintf(key, sizeof key, "%zd", i);
+            int r = encode_element(b, key, n, PyList_GET_ITEM(o, i), depth);
+            if (r != ENCODED)
+                return r;
+        }
+    } else {
+        PyObject *key, *value;
+        Py_ssize_t pos = 0;
+        while (PyDict_Next(o, &pos, &key, &value)) {
+            Py_ssize_t n;
+            const char *name = PyUnicode_CheckExact(key) ? PyUnicode_AsUTF8AndSize(key, &n) : NULL;
+            if (name == NULL) {
+                PyErr_Clear();
+                return NOT_OURS;
+            }
+            if (memchr(name, 0, (size_t)n) != NULL)
+                return NOT_OURS; /* the Python encoder refuses it, saying why */
+            int r = encode_element(b, name, n, value, depth);
+            if (r != ENCODED)
+                return r;
+        }
+    }
+    if (put(b, "\0", 1) < 0)
+        return FAILED;
+    if (b->len - start > INT32_MAX)
+        return NOT_OURS;
+    put_le32(b->data + start, (uint32_t)(b->len - start));
+    return ENCODED;
+}
+
+static PyObject *encode_spliced(PyObject *self, PyObject *args) {
+    PyObject *fields;
+    unsigned long long offset;
+    Py_buffer head, stamp, tail;
+    Py_ssize_t extra;
+    if (!PyArg_ParseTuple(args, "OKy*y*y*n:encode_spliced", &fields, &offset, &head, &stamp, &tail, &extra))
+        return NULL;
+    buffer_t b = {NULL, 0, 0};
+    PyObject *out = NULL, *seq = PySequence_Fast(fields, "fields must be a sequence");
+    if (seq == NULL)
+        goto done;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+    if ((out = PyList_New(count)) == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *doc = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyDict_CheckExact(doc)) {
+            Py_CLEAR(out);
+            out = Py_None;
+            Py_INCREF(out);
+            goto done;
+        }
+        /* The document alone first, then the payload around its elements. */
+        b.len = 0;
+        int r = encode_document(&b, doc, 0, 1);
+        if (r != ENCODED) {
+            Py_CLEAR(out);
+            if (r == NOT_OURS) {
+                out = Py_None;
+                Py_INCREF(out);
+            }
+            goto done;
+        }
+        Py_ssize_t size = b.len;
+        Py_ssize_t length = 4 + head.len + 5 + stamp.len + (size - 5) + tail.len;
+        PyObject *payload = PyBytes_FromStringAndSize(NULL, length);
+        if (payload == NULL) {
+            Py_CLEAR(out);
+            goto done;
+        }
+        unsigned char *p = (unsigned char *)PyBytes_AS_STRING(payload);
+        put_le32(p, (uint32_t)(size + extra));
+        p += 4;
+        memcpy(p, head.buf, (size_t)head.len);
+        p += head.len;
+        uint64_t id_offset = (offset + (uint64_t)i) & 0xFFFFFFFFFFULL;
+        for (int k = 4; k >= 0; k--)
+            *p++ = (unsigned char)(id_offset >> (8 * k));
+        memcpy(p, stamp.buf, (size_t)stamp.len);
+        p += stamp.len;
+        memcpy(p, b.data + 4, (size_t)(size - 5));
+        p += size - 5;
+        memcpy(p, tail.buf, (size_t)tail.len);
+        PyList_SET_ITEM(out, i, payload);
+    }
+done:
+    PyMem_Free(b.data);
+    Py_XDECREF(seq);
+    PyBuffer_Release(&head);
+    PyBuffer_Release(&stamp);
+    PyBuffer_Release(&tail);
+    return out;
+}
+
+/* -- the journal: splicing and framing records ---------------------------------------------- */
+
+static PyObject *splice(PyObject *self, PyObject *args) {
+    PyObject *docs;
+    unsigned long long offset;
+    Py_buffer head, stamp, tail;
+    Py_ssize_t extra;
+    if (!PyArg_ParseTuple(args, "OKy*y*y*n:splice", &docs, &offset, &head, &stamp, &tail, &extra))
+        return NULL;
+    PyObject *out = NULL, *seq = PySequence_Fast(docs, "docs must be a sequence");
+    if (seq == NULL)
+        goto done;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+    if ((out = PyList_New(count)) == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_buffer doc;
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), &doc, PyBUF_SIMPLE) < 0)
+            goto fail;
+        const unsigned char *d = doc.buf;
+        int32_t size = doc.len >= 5 ? read_i32(d) : 0;
+        if (size < 5 || size > doc.len) {
+            PyBuffer_Release(&doc);
+            PyErr_Format(PyExc_ValueError, "document %zd: its size field does not fit its %zd bytes", i, doc.len);
+            goto fail;
+        }
+        Py_ssize_t length = 4 + head.len + 5 + stamp.len + (size - 5) + tail.len;
+        PyObject *payload = PyBytes_FromStringAndSize(NULL, length);
+        if (payload == NULL) {
+            PyBuffer_Release(&doc);
+            goto fail;
+        }
+        unsigned char *p = (unsigned char *)PyBytes_AS_STRING(payload);
+        put_le32(p, (uint32_t)(size + extra));
+        p += 4;
+        memcpy(p, head.buf, (size_t)head.len);
+        p += head.len;
+        uint64_t id_offset = (offset + (uint64_t)i) & 0xFFFFFFFFFFULL;
+        for (int b = 4; b >= 0; b--)
+            *p++ = (unsigned char)(id_offset >> (8 * b));
+        memcpy(p, stamp.buf, (size_t)stamp.len);
+        p += stamp.len;
+        memcpy(p, d + 4, (size_t)(size - 5));
+        p += size - 5;
+        memcpy(p, tail.buf, (size_t)tail.len);
+        PyBuffer_Release(&doc);
+        PyList_SET_ITEM(out, i, payload);
+    }
+    goto done;
+fail:
+    Py_CLEAR(out);
+done:
+    Py_XDECREF(seq);
+    PyBuffer_Release(&head);
+    PyBuffer_Release(&stamp);
+    PyBuffer_Release(&tail);
+    return out;
+}
+
+#define RECORD_HEADER 18
+
+static PyObject *frame_all(PyObject *self, PyObject *args) {
+    unsigned long long offset;
+    PyObject *payloads;
+    if (!PyArg_ParseTuple(args, "KO:frame_all", &offset, &payloads))
+        return NULL;
+    PyObject *seq = PySequence_Fast(payloads, "payloads must be a sequence");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq), total = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyBytes_Check(item)) {
+            Py_DECREF(seq);
+            return PyErr_Format(PyExc_TypeError, "payload %zd is %.50s, not bytes", i, Py_TYPE(item)->tp_name);
+        }
+        if (PyBytes_GET_SIZE(item) > 0xFFFFFFFFLL) {
+            Py_DECREF(seq);
+            return PyErr_Format(PyExc_ValueError, "payload %zd is too large for a record", i);
+        }
+        total += RECORD_HEADER + PyBytes_GET_SIZE(item);
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, total);
+    if (out == NULL) {
+        Py_DECREF(seq);
+        return NULL;
+    }
+    unsigned char *p = (unsigned char *)PyBytes_AS_STRING(out);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        Py_ssize_t n = PyBytes_GET_SIZE(item);
+        p[0] = 'Z';
+        p[1] = 'J';
+        put_be32(p + 2, (uint32_t)n);
+        put_be64(p + 6, offset + (uint64_t)i);
+        uLong crc = crc32(0L, p + 2, 12);
+        crc = crc32(crc, (const Bytef *)PyBytes_AS_STRING(item), (uInt)n);
+        put_be32(p + 14, (uint32_t)crc);
+        memcpy(p + RECORD_HEADER, PyBytes_AS_STRING(item), (size_t)n);
+        p += RECORD_HEADER + n;
+    }
+    Py_DECREF(seq);
+    return out;
+}
+
+static PyObject *record_marks(PyObject *self, PyObject *args) {
+    Py_buffer data;
+    long long position, spacing;
+    if (!PyArg_ParseTuple(args, "y*LL:record_marks", &data, &position, &spacing))
+        return NULL;
+    PyObject *out = PyList_New(0);
+    const unsigned char *p = data.buf;
+    Py_ssize_t at = 0;
+    long long due = 0; /* the first record is always marked */
+    while (out != NULL && data.len - at >= RECORD_HEADER) {
+        if (p[at] != 'Z' || p[at + 1] != 'J') {
+            Py_CLEAR(out);
+            PyErr_Format(PyExc_ValueError, "no record at %zd", at);
+            break;
+        }
+        if (position + at >= due) {
+            PyObject *mark = Py_BuildValue("(KL)", (unsigned long long)read_be64(p + at + 6), position + at);
+            if (mark == NULL || PyList_Append(out, mark) < 0)
+                Py_CLEAR(out);
+            Py_XDECREF(mark);
+            due = position + at + spacing;
+        }
+        at += RECORD_HEADER + (Py_ssize_t)read_be32(p + at + 2);
+    }
+    PyBuffer_Release(&data);
+    return out;
+}
+
+static PyMethodDef methods[] = {
+    {"plain_bson_frames", plain_bson_frames, METH_VARARGS,
+     "plain_bson_frames(frames, max_string_bytes, max_depth, max_fields) -> list: for each BSON "
+     "frame, a dict of its top-level string fields if event.sender_fields keeps it exactly as "
+     "sent, else None (the pure-Python path decides)."},
+    {"plain_events", plain_events, METH_VARARGS,
+     "plain_events(raws, max_string_bytes, max_depth, max_fields) -> bytes: 1 for each decoded "
+     "event event.sender_fields keeps as it is, else 0."},
+    {"encode_spliced", encode_spliced, METH_VARARGS,
+     "encode_spliced(fields, offset, head, stamp, tail, extra) -> list or None: "
+     "journal.codec.encode_batch's payloads, or None for the Python encoder."},
+    {"splice", splice, METH_VARARGS,
+     "splice(docs, offset, head, stamp, tail, extra) -> list: journal.codec._spliced of each "
+     "whole document at offset, offset + 1, ..."},
+    {"frame_all", frame_all, METH_VARARGS,
+     "frame_all(offset, payloads) -> bytes: the journal records of payloads, joined."},
+    {"record_marks", record_marks, METH_VARARGS,
+     "record_marks(data, position, spacing) -> list of (offset, position) for the index."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "zspark._native",
+                                    "zspark's compiled hot paths (see zspark/native.py).", -1, methods};
+
+PyMODINIT_FUNC PyInit__native(void) {
+    for (int i = 0; i < N_FIELDS; i++) {
+        field_objects[i] = PyUnicode_InternFromString(FIELD_NAMES[i]);
+        if (field_objects[i] == NULL)
+            return NULL;
+        if (i < N_STRING_FIELDS)
+            field_keys[i] = field_objects[i];
+    }
+    return PyModule_Create(&module);
+}

@@ -1,0 +1,58 @@
+"""Which hot paths run compiled (zspark/_native.c, built by setup.py) and which in Python.
+
+Every compiled function recognises only a common case that the pure-Python code already handles
+and hands everything else back to it, so the Python code is both the reference the compiled code
+is held to (tests/test_native.py, tests/fuzz/) and the fallback. `ZSPARK_PURE=1` in the
+environment runs the Python code alone; so does a checkout whose module was not built (with a
+warning at start, see `describe`).
+
+    plain_bson_frames(frames, limits)   for each ZeroMQ BSON frame, its top-level string fields
+                                        if event.sender_fields keeps it exactly as sent, else
+                                        None; None instead of the list when nothing is compiled
+    plain_events(raws, limits)          for each decoded JSON event, 1 if sender_fields keeps
+                                        it as it is, else 0 (bytes); None when not compiled
+    `compiled(name, reference)`         the others: journal.record.frame_all and marks,
+                                        journal.codec's splicing and batch encoding
+"""
+import os
+
+try:
+    from . import _native
+except ImportError as e:  # not built: a checkout run without `pip install`
+    _native, _MISSING = None, str(e)
+else:
+    _MISSING = None
+
+PURE = os.environ.get("ZSPARK_PURE", "") not in ("", "0")
+COMPILED = _native is not None and not PURE
+
+
+def compiled(name, reference):
+    """The compiled function `name` where compiled paths are in use, else `reference`, the
+    pure-Python function it must equal."""
+    return getattr(_native, name) if COMPILED else reference
+
+
+def describe():
+    """One line for the start-up log: what runs compiled, and why not if nothing does."""
+    if COMPILED:
+        return "compiled hot paths in use (zspark._native)"
+    if PURE:
+        return "pure Python hot paths (ZSPARK_PURE is set)"
+    return f"pure Python hot paths: the compiled module is missing ({_MISSING}); reinstall zspark to build it"
+
+
+def plain_events(raws, limits):
+    if not COMPILED:
+        return None
+    return _native.plain_events(raws, limits.max_string_bytes, limits.max_depth, limits.max_fields)
+
+
+# The top-level fields plain_bson_frames checks but does not hand over.
+PLAIN_FRAME_OMITS = ("context", "extra")
+
+
+def plain_bson_frames(frames, limits):
+    if not COMPILED:
+        return None
+    return _native.plain_bson_frames(frames, limits.max_string_bytes, limits.max_depth, limits.max_fields)

@@ -1,0 +1,92 @@
+"""What SIGHUP does to a running `zcmd serve`: reopen the log files, read the config file again,
+apply what can change while serving, and say what cannot.
+
+Applied live (LIVE): `http.tokens` and `http.status_tokens` (token files are read again too) and
+`log.level`. Any other setting changed in the file keeps its running value until a restart; the
+log line names those keys (never their values: some are secrets). A config that no longer loads
+is logged as an error and changes nothing. The signal never stops the server.
+
+Hook for CORS: when `http.cors_origins` (or whatever the CORS work names it) exists, add its
+key(s) to LIVE and apply it in `_apply` beside the tokens.
+"""
+import copy
+import dataclasses
+import logging
+
+from . import blocking, config as config_module, logsetup
+
+log = logging.getLogger("zspark.reload")
+
+LIVE = ("http.tokens", "http.status_tokens", "log.level")
+_NOT_SETTINGS = ("source", "secret_files", "ignored_zarkov_keys")
+
+
+class Reloader:
+    """SIGHUP for one server. Made before `server.start()`, which adjusts a few settings to the
+    machine (http.max_connections to the open-files limit): a change is what differs from the
+    file as it was loaded, with what SIGHUP applied since."""
+
+    def __init__(self, server):
+        self.server = server
+        self.running = copy.deepcopy(server.config)
+
+    def on_sighup(self):
+        """The SIGHUP handler of `zcmd serve` (gevent runs it in a greenlet of its own)."""
+        path = self.server.config.source
+        log.info("SIGHUP: reopening the log files%s", "" if path == "<defaults>" else f" and reloading {path}")
+        logsetup.reopen()
+        if path == "<defaults>":
+            return
+        new = blocking.call(_load, path)  # reading the files (tokens too) off the event loop
+        if isinstance(new, config_module.ConfigError):
+            log.error("SIGHUP: the config no longer loads, nothing changed: %s", new)
+            return
+        changed = _changed(self.running, new)
+        live = [key for key in changed if key in LIVE]
+        for config in (self.running, self.server.config):
+            _copy_settings(new, config, live)
+        self._apply(live)
+        rest = [key for key in changed if key not in LIVE]
+        log.info("SIGHUP: %s%s", f"applied {', '.join(live)}" if live else "no change to apply",
+                 f"; changed in the file but applied only at a restart: {', '.join(rest)}" if rest else "")
+
+    def _apply(self, keys):
+        config = self.server.config
+        if "log.level" in keys:
+            logsetup.set_level(config.log.level)
+        if ("http.tokens" in keys or "http.status_tokens" in keys) and self.server.http is not None:
+            self.server.http.set_tokens(config.http.tokens, config.http.status_tokens)
+        # CORS origins (another change): apply them here, and add their key to LIVE.
+
+
+def _load(path):
+    try:
+        return config_module.load(path)
+    except config_module.ConfigError as e:  # a value, not raised in the pool (see blocking.py)
+        return e
+
+
+def _copy_settings(source, target, keys):
+    for key in keys:
+        section, name = key.split(".")
+        setattr(getattr(target, section), name, getattr(getattr(source, section), name))
+
+
+def _changed(old, new):
+    """The dotted keys whose values differ between two Configs, in order."""
+    before, after = _flat(dataclasses.asdict(old)), _flat(dataclasses.asdict(new))
+    return [key for key in {**before, **after} if before.get(key) != after.get(key)]
+
+
+def _flat(data, prefix=""):
+    out = {}
+    for key, value in data.items():
+        if not prefix and key in _NOT_SETTINGS:
+            continue
+        if key == "sink_sections" and not prefix:  # registered sinks' sections: top-level keys
+            out.update(_flat(value))
+        elif isinstance(value, dict) and key != "producer":  # kafka.producer is one setting
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
