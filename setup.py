@@ -8,6 +8,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(exclude=["tests", "tests.*"]),
+    package_data={"zspark.sources": ["static/zspark.js"]},  # served at /zspark.js
     install_requires=[
         # zspark/sources/httpserver.py and logsetup.py rely on pywsgi and hub internals checked
         # against this range (tests/test_gevent_contract.py fails first if they change).
@@ -26,8 +27,9 @@ setup(
         "orjson>=3.9",
     ],
     extras_require={
-        # atheris: the coverage-guided fuzzer of the compiled module (tests/fuzz/, run by CI).
-        "test": ["nose2>=0.14", "hypothesis>=6.100", "atheris>=2.3"],
+        # selenium drives Debian's chromium + chromium-driver for tests/test_browser.py; atheris:
+        # the coverage-guided fuzzer of the compiled module (tests/fuzz/, run by CI).
+        "test": ["nose2>=0.14", "hypothesis>=6.100", "atheris>=2.3", "selenium>=4.15"],
     },
     # The compiled hot paths (zspark/native.py says what each does and how to run without them).
     ext_modules=[Extension("zspark._native", ["zspark/_native.c"], libraries=["z"], extra_compile_args=["-O2", "-Wall"])],

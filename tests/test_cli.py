@@ -160,6 +160,27 @@ class SighupTest(ServeCase):
         self.assertEqual(server.stop(signal.SIGTERM), 0)
 
 
+class SighupCorsTest(ServeCase):
+    def test_reloads_the_allowed_origins(self):
+        server = self.serve(http={"cors": {"allowed_origins": ["https://old.example"]}},
+                            log={"file": self.tmp.join("zspark.log")})
+        preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
+        ask = lambda origin: request(self.port, "OPTIONS", "/log", None, {**preflight, "Origin": origin})  # noqa: E731
+        self.assertEqual((ask("https://old.example")[0], ask("https://new.example")[0]), (204, 403))
+        self.data["http"]["cors"] = {"allowed_origins": ["https://new.example"], "max_age_s": 30}
+        write_config(self.tmp.path, self.data)
+        server.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "SIGHUP: applied" in self.read("zspark.log"), message="the reload's log line")
+        self.assertIn("SIGHUP: applied http.cors.allowed_origins, http.cors.max_age_s\n", self.read("zspark.log"))
+        status, headers, _ = ask("https://new.example")
+        self.assertEqual((status, headers["access-control-allow-origin"], headers["access-control-max-age"]),
+                         (204, "https://new.example", "30"))
+        self.assertEqual(ask("https://old.example")[0], 403)
+        status = json.loads(request(self.port, "GET", "/status")[2])
+        self.assertEqual(status["sources"]["http"]["cors_refused"], 2, "counted across the reload")
+        self.assertEqual(server.stop(signal.SIGTERM), 0)
+
+
 class LogFormatTest(ServeCase):
     def test_json_log_lines(self):
         server = self.serve(log={"format": "json"})

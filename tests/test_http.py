@@ -527,13 +527,13 @@ class RoutesTest(HttpCase):
                 self.assertEqual(status, 405)
                 self.assertEqual(body, {"ok": False, "error": "method not allowed"})
                 allowed = {m.strip() for m in headers["allow"].split(",")}
-                self.assertEqual(allowed, {"GET", "POST"})
+                self.assertEqual(allowed, {"GET", "POST", "OPTIONS"})  # OPTIONS: CORS preflights
         self.assertEqual(self.events(), [])
 
     def test_head_on_log_is_refused_and_logs_nothing(self):
         status, headers, _ = self.call("HEAD", "/log?type=probe")
         self.assertEqual(status, 405)
-        self.assertEqual({m.strip() for m in headers["allow"].split(",")}, {"GET", "POST"})
+        self.assertEqual({m.strip() for m in headers["allow"].split(",")}, {"GET", "POST", "OPTIONS"})
         self.assertEqual(self.events(), [])
         self.assertEqual(self.call("HEAD", "/imok")[0], 200)
 
@@ -840,6 +840,9 @@ class GarbageTest(HttpCase):
                 statuses[status] = statuses.get(status, 0) + 1
                 self.assertLess(status, 500, raw)
                 if method == "HEAD" or path.endswith("/imok"):
+                    continue
+                if status == 204:  # OPTIONS /log (a CORS preflight): no content
+                    self.assertEqual((method, raw), ("OPTIONS", b""))
                     continue
                 if path == "/metrics" and status == 200:  # the Prometheus text format, not JSON
                     self.assertTrue(resp_headers.get("content-type", "").startswith("text/plain"), resp_headers)

@@ -11,8 +11,8 @@ from zspark.config import from_dict
 from zspark.server import Server
 
 JSON = {"Content-Type": "application/json"}
-ALLOWED = {"/log": {"GET", "POST"}, "/imok": {"GET", "HEAD"}, "/status": {"GET", "HEAD"},
-           "/metrics": {"GET", "HEAD"}, "/tail": {"GET"}}
+ALLOWED = {"/log": {"GET", "POST", "OPTIONS"}, "/imok": {"GET", "HEAD"}, "/status": {"GET", "HEAD"},
+           "/metrics": {"GET", "HEAD"}, "/tail": {"GET"}, "/pixel.gif": {"GET"}, "/zspark.js": {"GET", "HEAD"}}
 
 
 class RouterCase(unittest.TestCase):

@@ -79,6 +79,25 @@ class JournalConfig:
 
 
 @dataclass
+class CorsConfig:
+    """Which web pages may send to /log and read its answers (zspark/sources/httpweb.py)."""
+    # Origins (scheme://host[:port]) or "*". A listed origin may send cookies (credentials);
+    # "*" never: pages of any other origin get answers without them.
+    allowed_origins: list[str] = field(default_factory=lambda: ["*"])
+    max_age_s: int = 600  # how long a browser may keep a preflight's answer
+
+
+@dataclass
+class PixelConfig:
+    """GET <path>?type=...: the event as GET /log takes it, answered with a 1x1 GIF."""
+    path: str = "/pixel.gif"
+    cookie: str = ""  # a visitor-id cookie's name, as Zarkov's `zess`; "" = none
+    cookie_max_age_days: float = 3650.0
+    cookie_same_site: _choice("Lax", "Strict", "None") = "Lax"
+    cookie_secure: bool = False
+
+
+@dataclass
 class HttpConfig:
     enabled: bool = True
     host: Host = Host("127.0.0.1")
@@ -110,6 +129,12 @@ class HttpConfig:
     # One line per request (zspark/accesslog.py), to access_log_file ("" = stdout; reopened on SIGHUP).
     access_log: _choice("off", "combined", "json") = "off"
     access_log_file: Path = Path("")
+    cors: CorsConfig = field(default_factory=CorsConfig)
+    pixel: PixelConfig = field(default_factory=PixelConfig)
+    snippet: bool = True  # serve /zspark.js
+    # POSTed events get ip, user_agent and referrer from the request where they have none, as GET
+    # /log's do.
+    post_request_fields: bool = True
 
 
 @dataclass
@@ -315,6 +340,7 @@ def from_dict(data, source="<dict>", base_dir=None) -> Config:
         raise ConfigError(f"{config.source}: key 'http.max_inflight_bytes': expected at least "
                           f"http.max_body_bytes ({http.max_body_bytes}), got {http.max_inflight_bytes}")
     _check_topics(config)
+    _check_web(config)
     _check_journal_dir(config)
     _check_authorized_keys(config)
     return config
@@ -349,6 +375,39 @@ def _check_pairs(config):
         for name, path in ((first, a), (second, b)):
             if path and not os.path.exists(path):
                 raise ConfigError(f"{config.source}: key '{section}.{name}': {path} does not exist")
+
+
+_ORIGIN = re.compile(r"https?://(\[[0-9a-f:.]+\]|[a-z0-9.-]+)(:\d{1,5})?\Z")
+_URL_PATH = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@/-]*\Z")
+_COOKIE_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+\Z")
+# Paths under http.root that are zspark's own: the pixel cannot take one.
+RESERVED_PATHS = ("/log", "/imok", "/status", "/metrics", "/tail", "/zspark.js")
+
+
+def _check_web(config):
+    """http.cors and http.pixel (zspark/sources/httpweb.py). Origins are kept as browsers send
+    them: scheme and host in lower case, no trailing slash."""
+    cors, pixel = config.http.cors, config.http.pixel
+
+    def fail(key, problem):
+        raise ConfigError(f"{config.source}: key 'http.{key}': {problem}")
+    for i, origin in enumerate(cors.allowed_origins):
+        normal = origin.strip().rstrip("/").lower()
+        if normal != "*" and not _ORIGIN.match(normal):
+            fail(f"cors.allowed_origins[{i}]", f"expected \"*\" or an origin such as https://shop.example "
+                                               f"or http://127.0.0.1:8000 (no path), got {origin!r}")
+        cors.allowed_origins[i] = normal
+    if not _URL_PATH.match(pixel.path) or pixel.path == "/":
+        fail("pixel.path", f"expected a URL path such as /pixel.gif, got {pixel.path!r}")
+    if pixel.path.rstrip("/") in RESERVED_PATHS:
+        fail("pixel.path", f"{pixel.path} is zspark's own route ({', '.join(RESERVED_PATHS)})")
+    if pixel.cookie and not _COOKIE_NAME.match(pixel.cookie):
+        fail("pixel.cookie", f"not a cookie name (letters, digits and !#$%&'*+.^_`|~-): {pixel.cookie!r}")
+    if not pixel.cookie_max_age_days > 0:
+        fail("pixel.cookie_max_age_days", "must be more than 0")
+    if pixel.cookie_same_site == "None" and not pixel.cookie_secure:
+        fail("pixel.cookie_same_site", "None needs http.pixel.cookie_secure: true (browsers drop a "
+                                       "SameSite=None cookie that is not Secure)")
 
 
 def _check_topics(config):

@@ -41,6 +41,8 @@ SOURCE_DETAILS = {
                                        "ZeroMQ CURVE handshakes refused."),
     "inflight_bytes": ("zspark_http_inflight_body_bytes", GaugeMetricFamily,
                        "Request body bytes held in memory now (http.max_inflight_bytes)."),
+    "cors_refused": ("zspark_http_cors_refused", CounterMetricFamily,
+                     "CORS preflights refused (http.cors.allowed_origins)."),
 }
 
 

@@ -1,13 +1,11 @@
 """What SIGHUP does to a running `zcmd serve`: reopen the log files, read the config file again,
 apply what can change while serving, and say what cannot.
 
-Applied live (LIVE): `http.tokens` and `http.status_tokens` (token files are read again too) and
-`log.level`. Any other setting changed in the file keeps its running value until a restart; the
-log line names those keys (never their values: some are secrets). A config that no longer loads
-is logged as an error and changes nothing. The signal never stops the server.
-
-Hook for CORS: when `http.cors_origins` (or whatever the CORS work names it) exists, add its
-key(s) to LIVE and apply it in `_apply` beside the tokens.
+Applied live (LIVE): `http.tokens` and `http.status_tokens` (token files are read again too),
+`http.cors.allowed_origins` and `http.cors.max_age_s`, and `log.level`. Any other setting changed
+in the file keeps its running value until a restart; the log line names those keys (never their
+values: some are secrets). A config that no longer loads is logged as an error and changes
+nothing. The signal never stops the server.
 """
 import copy
 import dataclasses
@@ -17,7 +15,7 @@ from . import blocking, config as config_module, logsetup
 
 log = logging.getLogger("zspark.reload")
 
-LIVE = ("http.tokens", "http.status_tokens", "log.level")
+LIVE = ("http.tokens", "http.status_tokens", "http.cors.allowed_origins", "http.cors.max_age_s", "log.level")
 _NOT_SETTINGS = ("source", "secret_files", "ignored_zarkov_keys")
 
 
@@ -56,7 +54,8 @@ class Reloader:
             logsetup.set_level(config.log.level)
         if ("http.tokens" in keys or "http.status_tokens" in keys) and self.server.http is not None:
             self.server.http.set_tokens(config.http.tokens, config.http.status_tokens)
-        # CORS origins (another change): apply them here, and add their key to LIVE.
+        if any(key.startswith("http.cors.") for key in keys) and self.server.http is not None:
+            self.server.http.web.reload_cors(config.http.cors)
 
 
 def _load(path):
@@ -68,8 +67,11 @@ def _load(path):
 
 def _copy_settings(source, target, keys):
     for key in keys:
-        section, name = key.split(".")
-        setattr(getattr(target, section), name, getattr(getattr(source, section), name))
+        *sections, name = key.split(".")  # http.cors.allowed_origins: two sections deep
+        src, dst = source, target
+        for section in sections:
+            src, dst = getattr(src, section), getattr(dst, section)
+        setattr(dst, name, getattr(src, name))
 
 
 def _changed(old, new):

@@ -7,7 +7,7 @@ separators U+2028/U+2029, bidi overrides and other format characters, non-ASCII 
 surrogates, unassigned code points) is written as its Python escape (`\\n`, `\\x1b`, `\\u2028`),
 and printable text, any script, is kept as it is. The result holds no character that can end the
 line, move the cursor, recolour the terminal or reorder what is shown. `shorten` is the same, cut
-to a length.
+to a length, and `ascii_line` the same in ASCII (for a header value).
 
 `json_line(text)` does the same to a line of compact JSON (events as `zcmd tail` prints them):
 json.dumps(ensure_ascii=False) and orjson leave C1 controls, DEL, U+2028 and bidi overrides raw;
@@ -53,6 +53,11 @@ def shorten(text, limit):
             break
         pieces.append(piece)
     return "".join(pieces) + "..."
+
+
+def ascii_line(text, limit):
+    """shorten(text, limit) in ASCII: other characters written as Python escapes too."""
+    return shorten(str(text).encode("ascii", "backslashreplace").decode("ascii"), limit)
 
 
 def json_line(text):

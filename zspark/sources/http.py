@@ -2,6 +2,7 @@
 served by httpserver.Server (gevent.pywsgi, strict framing, bounded connections).
 
     /log                    httpingest.py (events from the request: httpevents.py)
+    /pixel.gif /zspark.js   httpweb.py, which also adds CORS to /log (OPTIONS, the headers)
     /imok /status /metrics /tail   httpadmin.py (/tail: tap.py)
 
 With `http.certfile` and `http.keyfile` it serves HTTPS. `http.tokens` guard /log;
@@ -24,6 +25,7 @@ from .httpevents import RequestEvents
 from .httpingest import LogEndpoint
 from .httproutes import Router
 from .httpserver import ErrorLog, Server
+from .httpweb import WebRoutes
 from .tap import TailStream
 
 log = logging.getLogger("zspark.http")
@@ -37,7 +39,9 @@ class HttpSource:
         self.tail = TailStream(ingest.journal, stopping, c.tail_max_last, c.tail_max_clients, c.retry_after_s)
         self.admin = admin = AdminRoutes(status_tokens, status_provider, metrics_provider, self.tail)
         self.root = "/" + c.root.strip("/") if c.root.strip("/") else ""
-        self.router = Router({**self.endpoint.routes(self.root), **admin.routes(self.root)})
+        self.web = WebRoutes(c, self.endpoint.get)  # CORS on /log, the pixel, /zspark.js
+        self.router = Router({**self.web.routes(self.root, self.endpoint.routes(self.root)),
+                              **admin.routes(self.root)})
         self.server = None
 
     def set_tokens(self, tokens, status_tokens):
@@ -62,7 +66,8 @@ class HttpSource:
         # /status sources.http: connections, timeouts..., and the bodies held in memory
         budget = self.endpoint.budget
         self.endpoint.stats.details = lambda: {**self.server.connection_stats(), "inflight_bytes": budget.used,
-                                               "inflight_peak_bytes": budget.peak}
+                                               "inflight_peak_bytes": budget.peak,
+                                               "cors_refused": self.web.cors.refused}
         self.server.start()
         log.info("HTTP listening on %s://%s:%d%s/log", "https" if tls else "http", self.config.host,
                  self.address[1], self.config.root)

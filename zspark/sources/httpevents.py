@@ -7,7 +7,9 @@ The named parameters are event fields (`ver` is `version`; event.from_query: eac
 any other into `context`, a list when repeated, or refused by `event.unknown_fields`); `ip`
 defaults to the client's address (`client_ip`: the peer, or the rightmost address in
 X-Forwarded-For that is not of a proxy in `http.trusted_proxies` when the peer is one), and the
-Referer, User-Agent and Cookie headers give `referrer`, `user_agent` and `cookies`. The dicts
+Referer, User-Agent and Cookie headers give `referrer`, `user_agent` and `cookies`. POSTed events
+get the same `ip`, `referrer` and `user_agent` where they have none (`http.post_request_fields`,
+add_sender_fields). The dicts
 are raw: event.normalize (through ingest) validates them.
 """
 import ipaddress
@@ -32,16 +34,32 @@ class RequestEvents:
             event = from_query(pairs, self._limits)  # the fields, and context (event.py)
         except InvalidEvent as e:
             raise HttpError(400, str(e)) from None
-        event.setdefault("ip", self.client_ip(environ))
-        # The raw latin-1 strings from environ, read as the UTF-8 most clients meant.
-        if environ.get("HTTP_REFERER"):
-            event["referrer"] = header_text(environ["HTTP_REFERER"])
-        if environ.get("HTTP_USER_AGENT"):
-            event["user_agent"] = header_text(environ["HTTP_USER_AGENT"])
+        for name, value in self.sender_fields(environ).items():
+            event.setdefault(name, value)
         cookies = parse_cookies(environ.get("HTTP_COOKIE", ""))
         if cookies:
             event["cookies"] = cookies
         return [event]
+
+    def sender_fields(self, environ):
+        """What the request says of its sender: `ip`, and `referrer` and `user_agent` where sent."""
+        fields = {"ip": self.client_ip(environ)}
+        # The raw latin-1 strings from environ, read as the UTF-8 most clients meant.
+        if environ.get("HTTP_REFERER"):
+            fields["referrer"] = header_text(environ["HTTP_REFERER"])
+        if environ.get("HTTP_USER_AGENT"):
+            fields["user_agent"] = header_text(environ["HTTP_USER_AGENT"])
+        return fields
+
+    def add_sender_fields(self, events, environ):
+        """Give each event dict of a POST the sender_fields it does not have
+        (`http.post_request_fields`)."""
+        fields = self.sender_fields(environ)
+        for event in events:
+            if type(event) is dict:  # anything else is refused by normalize
+                for name, value in fields.items():
+                    if name not in event:
+                        event[name] = value
 
     def client_ip(self, environ):
         peer = environ.get("REMOTE_ADDR", "")

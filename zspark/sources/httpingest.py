@@ -111,6 +111,12 @@ class LogEndpoint:
         return self.events.from_query(environ)
 
     def _events_from_body(self, environ, held):
+        events = self._parse_body(environ, held)
+        if self.config.post_request_fields:
+            self.events.add_sender_fields(events, environ)
+        return events
+
+    def _parse_body(self, environ, held):
         body = httpbody.read_body(environ, self.config.max_body_bytes, self.config.body_timeout_s, held,
                                   self.config.retry_after_s)
         content_type = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
