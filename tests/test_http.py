@@ -282,6 +282,25 @@ class PostLogTest(HttpCase):
         self.assertEqual(len(set(ids)), 5)
         self.assertEqual(self.http_counts(), (5, 0))
 
+    def test_prefer_return_minimal_answers_the_count_only(self):
+        """RFC 7240: a sender that does not want 1,000 ids back asks for the count."""
+        docs = [{"type": "t", "context": {"i": i}} for i in range(1000)]
+        for prefer in ("return=minimal", "Return = \"minimal\"", "respond-async, return=minimal; x=1"):
+            with self.subTest(prefer=prefer):
+                status, headers, body = self.post(docs, {"Prefer": prefer})
+                self.assertEqual((status, body), (200, {"ok": True, "count": 1000}))
+                self.assertEqual(headers.get("preference-applied"), "return=minimal")
+        status, _, body = self.call_json("GET", "/log?type=one", headers={"Prefer": "return=minimal"})
+        self.assertEqual((status, body), (200, {"ok": True, "count": 1}))
+        self.assertEqual(len(self.events()), 3001)
+        self.assertEqual(self.http_counts(), (3001, 0))
+        # Any other preference, or none: the ids, as always.
+        for headers in ({"Prefer": "return=representation"}, {"Prefer": "minimal"}, {}):
+            with self.subTest(headers=headers):
+                status, answer_headers, _ = self.post(docs[:2], headers)
+                self.assert_accepted((status, answer_headers, _), 2)
+                self.assertNotIn("preference-applied", answer_headers)
+
     def test_ndjson(self):
         body = b'{"type":"a"}\n\n{"type":"b","level":"debug"}\r\n  \n{"type":"c"}'
         for content_type in ("application/x-ndjson", "application/x-ndjson; charset=utf-8",

@@ -134,11 +134,12 @@ class Ingest:
         pending = self.journal.append_nowait(events, encode_all=encode_events)
         return _Counted(pending, self.metrics.source(source), len(events))
 
-    def append(self, received):
-        """Append a `Received` batch and wait until durable; return the events' ids (hex)."""
+    def append(self, received, ids=True):
+        """Append a `Received` batch and wait until durable; return the events' ids (hex), or
+        with `ids=False` only how many there were."""
         pending = self.journal.append_nowait(received.fields, encode_all=self._encoder(received))
         offsets = _Counted(pending, self.metrics.source(received.source), len(received)).wait()
-        return event_ids(received.timestamp, self.node, offsets)
+        return event_ids(received.timestamp, self.node, offsets) if ids else len(offsets)
 
     def _encoder(self, received):
         def encode_all(fields, offset):
