@@ -63,7 +63,9 @@
 #include <zlib.h>
 
 #define SHORT_LIMIT 256 /* event.SHORT_LIMIT */
-#define DEPTH_CAP 1000  /* below any recursion that could exhaust the C stack */
+/* Nesting the compiled code leaves to Python beyond (event.max_depth is at most this, config.py):
+ * far below what would exhaust the C stack or Python's recursion limit while decoding. */
+#define DEPTH_CAP 200
 
 typedef struct {
     Py_ssize_t max_string;
@@ -76,7 +78,7 @@ enum { F_TYPE, F_LEVEL, F_TOPIC, F_ENV, F_VERSION, F_REFERRER, F_USER_AGENT, N_S
 
 static const char *FIELD_NAMES[N_FIELDS] = {"type", "level", "topic", "env", "version", "referrer",
                                             "user_agent", "context", "extra"};
-static PyObject *field_keys[N_STRING_FIELDS]; /* interned str of the string fields' names */
+static PyObject *field_objects[N_FIELDS]; /* interned str of FIELD_NAMES */
 
 static int32_t read_i32(const unsigned char *p) {
     return (int32_t)((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
@@ -256,7 +258,7 @@ static PyObject *plain_frame(const unsigned char *p, Py_ssize_t n, const limits_
             return NULL;
         }
         memcpy(PyUnicode_1BYTE_DATA(value), text[field], (size_t)length[field]);
-        int failed = PyDict_SetItem(fields, field_keys[field], value);
+        int failed = PyDict_SetItem(fields, field_objects[field], value);
         Py_DECREF(value);
         if (failed) {
             Py_DECREF(fields);
@@ -381,10 +383,8 @@ static int plain_object(PyObject *o, long depth, const limits_t *lim, long *coun
     if (PyUnicode_CheckExact(o))
         return plain_str(o, lim->max_string);
     if (PyLong_CheckExact(o)) {
-        int overflow;
+        int overflow; /* an exact int: no error, only an overflow */
         PyLong_AsLongLongAndOverflow(o, &overflow);
-        if (PyErr_Occurred())
-            PyErr_Clear();
         return !overflow;
     }
     if (PyFloat_CheckExact(o))
@@ -414,8 +414,6 @@ static int plain_object(PyObject *o, long depth, const limits_t *lim, long *coun
     return 0;
 }
 
-static PyObject *field_objects[N_FIELDS]; /* interned str of every plain top-level name */
-
 static int plain_event(PyObject *raw, const limits_t *lim) {
     if (!PyDict_CheckExact(raw))
         return 0;
@@ -428,8 +426,6 @@ static int plain_event(PyObject *raw, const limits_t *lim) {
             if (key == field_objects[i] ||
                 (PyUnicode_CheckExact(key) && PyUnicode_Compare(key, field_objects[i]) == 0))
                 field = i;
-        if (PyErr_Occurred())
-            PyErr_Clear();
         if (field < 0)
             return 0;
         if (field < N_STRING_FIELDS) {
@@ -745,13 +741,8 @@ static PyObject *record_marks(PyObject *self, PyObject *args) {
     PyObject *out = PyList_New(0);
     const unsigned char *p = data.buf;
     Py_ssize_t at = 0;
-    long long due = 0; /* the first record is always marked */
+    long long due = position;
     while (out != NULL && data.len - at >= RECORD_HEADER) {
-        if (p[at] != 'Z' || p[at + 1] != 'J') {
-            Py_CLEAR(out);
-            PyErr_Format(PyExc_ValueError, "no record at %zd", at);
-            break;
-        }
         if (position + at >= due) {
             PyObject *mark = Py_BuildValue("(KL)", (unsigned long long)read_be64(p + at + 6), position + at);
             if (mark == NULL || PyList_Append(out, mark) < 0)
@@ -793,8 +784,6 @@ PyMODINIT_FUNC PyInit__native(void) {
         field_objects[i] = PyUnicode_InternFromString(FIELD_NAMES[i]);
         if (field_objects[i] == NULL)
             return NULL;
-        if (i < N_STRING_FIELDS)
-            field_keys[i] = field_objects[i];
     }
     return PyModule_Create(&module);
 }
