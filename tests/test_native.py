@@ -141,6 +141,27 @@ class PlainBsonFramesTest(unittest.TestCase):
             with self.subTest(event=event):
                 self.assertIsNone(native_verdict(bson.encode(event), DEFAULT))
 
+    def test_deep_nesting_is_left_to_python(self):
+        """Past DEPTH_CAP (200, event.max_depth's maximum) the compiled check says nothing, even
+        where the limits would allow more; Python decides (and, for a document too deep to
+        decode at all, rejects it)."""
+        lim = Limits(max_depth=10**6, max_fields=10**6)
+        for depth, plain in ((199, True), (201, False), (950, False)):
+            with self.subTest(depth=depth):
+                value = 1
+                for _ in range(depth):  # context is `depth` documents deep
+                    value = {"a": value}
+                frame = bson.encode({"type": "t", "context": value})
+                self.assertEqual(native_verdict(frame, lim) is not None, plain)
+                self.assertEqual(list(native._native.plain_events([{"type": "t", "context": value}], 10**6, 10**6, 10**6)),
+                                 [int(plain)])
+
+    def test_limits_beyond_a_c_long_mean_unlimited(self):
+        huge = Limits(max_string_bytes=2**70, max_depth=2**70, max_fields=2**70)
+        frame = bson.encode({"type": "t", "context": {"a": "b"}})
+        self.assertEqual(native.plain_bson_frames([frame], huge), [{"type": "t"}])
+        self.assertEqual(list(native.plain_events([{"type": "t"}], huge)), [1])
+
     def test_every_frame_of_a_burst_answered_in_order(self):
         frames = [bson.encode({"type": "a"}), b"\x05\x00\x00\x00\x00", bson.encode({"type": "b", "topic": "t"})]
         got = native._native.plain_bson_frames(frames, 1000, 32, 1000)

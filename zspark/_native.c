@@ -63,7 +63,9 @@
 #include <zlib.h>
 
 #define SHORT_LIMIT 256 /* event.SHORT_LIMIT */
-#define DEPTH_CAP 1000  /* below any recursion that could exhaust the C stack */
+/* Nesting the compiled code leaves to Python beyond (event.max_depth is at most this, config.py):
+ * far below what would exhaust the C stack or Python's recursion limit while decoding. */
+#define DEPTH_CAP 200
 
 typedef struct {
     Py_ssize_t max_string;
@@ -76,7 +78,7 @@ enum { F_TYPE, F_LEVEL, F_TOPIC, F_ENV, F_VERSION, F_REFERRER, F_USER_AGENT, N_S
 
 static const char *FIELD_NAMES[N_FIELDS] = {"type", "level", "topic", "env", "version", "referrer",
                                             "user_agent", "context", "extra"};
-static PyObject *field_keys[N_STRING_FIELDS]; /* interned str of the string fields' names */
+static PyObject *field_objects[N_FIELDS]; /* interned str of FIELD_NAMES */
 
 static int32_t read_i32(const unsigned char *p) {
     return (int32_t)((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
@@ -256,7 +258,7 @@ static PyObject *plain_frame(const unsigned char *p, Py_ssize_t n, const limits_
             return NULL;
         }
         memcpy(PyUnicode_1BYTE_DATA(value), text[field], (size_t)length[field]);
-        int failed = PyDict_SetItem(fields, field_keys[field], value);
+        int failed = PyDict_SetItem(fields, field_objects[field], value);
         Py_DECREF(value);
         if (failed) {
             Py_DECREF(fields);
@@ -326,6 +328,41 @@ static uint32_t read_be32(const unsigned char *p) {
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
 }
 
+/* The payload of a whole document `doc` (`size` bytes) with the assigned fields spliced around
+ * its elements (journal.codec._spliced): int32 size, head, the id's 5 offset bytes, stamp, the
+ * document's elements, tail (which ends with the document's NUL). A new reference, or NULL. */
+typedef struct {
+    Py_buffer head, stamp, tail;
+    Py_ssize_t extra;
+} assigned_t;
+
+static PyObject *spliced_payload(const unsigned char *doc, Py_ssize_t size, uint64_t offset, const assigned_t *a) {
+    Py_ssize_t length = 4 + a->head.len + 5 + a->stamp.len + (size - 5) + a->tail.len;
+    PyObject *payload = PyBytes_FromStringAndSize(NULL, length);
+    if (payload == NULL)
+        return NULL;
+    unsigned char *p = (unsigned char *)PyBytes_AS_STRING(payload);
+    put_le32(p, (uint32_t)(size + a->extra));
+    p += 4;
+    memcpy(p, a->head.buf, (size_t)a->head.len);
+    p += a->head.len;
+    uint64_t id_offset = offset & 0xFFFFFFFFFFULL;
+    for (int b = 4; b >= 0; b--)
+        *p++ = (unsigned char)(id_offset >> (8 * b));
+    memcpy(p, a->stamp.buf, (size_t)a->stamp.len);
+    p += a->stamp.len;
+    memcpy(p, doc + 4, (size_t)(size - 5));
+    p += size - 5;
+    memcpy(p, a->tail.buf, (size_t)a->tail.len);
+    return payload;
+}
+
+static void release_assigned(assigned_t *a) {
+    PyBuffer_Release(&a->head);
+    PyBuffer_Release(&a->stamp);
+    PyBuffer_Release(&a->tail);
+}
+
 /* -- decoded JSON events: the plain check and the encoder ------------------------------------- */
 
 /* ASCII without NUL, at most `limit` characters (event._plain's test of a string). */
@@ -346,10 +383,8 @@ static int plain_object(PyObject *o, long depth, const limits_t *lim, long *coun
     if (PyUnicode_CheckExact(o))
         return plain_str(o, lim->max_string);
     if (PyLong_CheckExact(o)) {
-        int overflow;
+        int overflow; /* an exact int: no error, only an overflow */
         PyLong_AsLongLongAndOverflow(o, &overflow);
-        if (PyErr_Occurred())
-            PyErr_Clear();
         return !overflow;
     }
     if (PyFloat_CheckExact(o))
@@ -379,8 +414,6 @@ static int plain_object(PyObject *o, long depth, const limits_t *lim, long *coun
     return 0;
 }
 
-static PyObject *field_objects[N_FIELDS]; /* interned str of every plain top-level name */
-
 static int plain_event(PyObject *raw, const limits_t *lim) {
     if (!PyDict_CheckExact(raw))
         return 0;
@@ -393,8 +426,6 @@ static int plain_event(PyObject *raw, const limits_t *lim) {
             if (key == field_objects[i] ||
                 (PyUnicode_CheckExact(key) && PyUnicode_Compare(key, field_objects[i]) == 0))
                 field = i;
-        if (PyErr_Occurred())
-            PyErr_Clear();
         if (field < 0)
             return 0;
         if (field < N_STRING_FIELDS) {
@@ -583,9 +614,8 @@ static int encode_document(buffer_t *b, PyObject *o, int is_array, long depth) {
 static PyObject *encode_spliced(PyObject *self, PyObject *args) {
     PyObject *fields;
     unsigned long long offset;
-    Py_buffer head, stamp, tail;
-    Py_ssize_t extra;
-    if (!PyArg_ParseTuple(args, "OKy*y*y*n:encode_spliced", &fields, &offset, &head, &stamp, &tail, &extra))
+    assigned_t a;
+    if (!PyArg_ParseTuple(args, "OKy*y*y*n:encode_spliced", &fields, &offset, &a.head, &a.stamp, &a.tail, &a.extra))
         return NULL;
     buffer_t b = {NULL, 0, 0};
     PyObject *out = NULL, *seq = PySequence_Fast(fields, "fields must be a sequence");
@@ -596,51 +626,26 @@ static PyObject *encode_spliced(PyObject *self, PyObject *args) {
         goto done;
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *doc = PySequence_Fast_GET_ITEM(seq, i);
-        if (!PyDict_CheckExact(doc)) {
-            Py_CLEAR(out);
-            out = Py_None;
-            Py_INCREF(out);
-            goto done;
-        }
         /* The document alone first, then the payload around its elements. */
         b.len = 0;
-        int r = encode_document(&b, doc, 0, 1);
+        int r = PyDict_CheckExact(doc) ? encode_document(&b, doc, 0, 1) : NOT_OURS;
         if (r != ENCODED) {
             Py_CLEAR(out);
-            if (r == NOT_OURS) {
-                out = Py_None;
-                Py_INCREF(out);
-            }
+            if (r == NOT_OURS)
+                out = Py_NewRef(Py_None);
             goto done;
         }
-        Py_ssize_t size = b.len;
-        Py_ssize_t length = 4 + head.len + 5 + stamp.len + (size - 5) + tail.len;
-        PyObject *payload = PyBytes_FromStringAndSize(NULL, length);
+        PyObject *payload = spliced_payload(b.data, b.len, offset + (uint64_t)i, &a);
         if (payload == NULL) {
             Py_CLEAR(out);
             goto done;
         }
-        unsigned char *p = (unsigned char *)PyBytes_AS_STRING(payload);
-        put_le32(p, (uint32_t)(size + extra));
-        p += 4;
-        memcpy(p, head.buf, (size_t)head.len);
-        p += head.len;
-        uint64_t id_offset = (offset + (uint64_t)i) & 0xFFFFFFFFFFULL;
-        for (int k = 4; k >= 0; k--)
-            *p++ = (unsigned char)(id_offset >> (8 * k));
-        memcpy(p, stamp.buf, (size_t)stamp.len);
-        p += stamp.len;
-        memcpy(p, b.data + 4, (size_t)(size - 5));
-        p += size - 5;
-        memcpy(p, tail.buf, (size_t)tail.len);
         PyList_SET_ITEM(out, i, payload);
     }
 done:
     PyMem_Free(b.data);
     Py_XDECREF(seq);
-    PyBuffer_Release(&head);
-    PyBuffer_Release(&stamp);
-    PyBuffer_Release(&tail);
+    release_assigned(&a);
     return out;
 }
 
@@ -649,9 +654,8 @@ done:
 static PyObject *splice(PyObject *self, PyObject *args) {
     PyObject *docs;
     unsigned long long offset;
-    Py_buffer head, stamp, tail;
-    Py_ssize_t extra;
-    if (!PyArg_ParseTuple(args, "OKy*y*y*n:splice", &docs, &offset, &head, &stamp, &tail, &extra))
+    assigned_t a;
+    if (!PyArg_ParseTuple(args, "OKy*y*y*n:splice", &docs, &offset, &a.head, &a.stamp, &a.tail, &a.extra))
         return NULL;
     PyObject *out = NULL, *seq = PySequence_Fast(docs, "docs must be a sequence");
     if (seq == NULL)
@@ -663,33 +667,15 @@ static PyObject *splice(PyObject *self, PyObject *args) {
         Py_buffer doc;
         if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), &doc, PyBUF_SIMPLE) < 0)
             goto fail;
-        const unsigned char *d = doc.buf;
-        int32_t size = doc.len >= 5 ? read_i32(d) : 0;
-        if (size < 5 || size > doc.len) {
-            PyBuffer_Release(&doc);
+        int32_t size = doc.len >= 5 ? read_i32(doc.buf) : 0;
+        PyObject *payload = NULL;
+        if (size < 5 || size > doc.len)
             PyErr_Format(PyExc_ValueError, "document %zd: its size field does not fit its %zd bytes", i, doc.len);
-            goto fail;
-        }
-        Py_ssize_t length = 4 + head.len + 5 + stamp.len + (size - 5) + tail.len;
-        PyObject *payload = PyBytes_FromStringAndSize(NULL, length);
-        if (payload == NULL) {
-            PyBuffer_Release(&doc);
-            goto fail;
-        }
-        unsigned char *p = (unsigned char *)PyBytes_AS_STRING(payload);
-        put_le32(p, (uint32_t)(size + extra));
-        p += 4;
-        memcpy(p, head.buf, (size_t)head.len);
-        p += head.len;
-        uint64_t id_offset = (offset + (uint64_t)i) & 0xFFFFFFFFFFULL;
-        for (int b = 4; b >= 0; b--)
-            *p++ = (unsigned char)(id_offset >> (8 * b));
-        memcpy(p, stamp.buf, (size_t)stamp.len);
-        p += stamp.len;
-        memcpy(p, d + 4, (size_t)(size - 5));
-        p += size - 5;
-        memcpy(p, tail.buf, (size_t)tail.len);
+        else
+            payload = spliced_payload(doc.buf, size, offset + (uint64_t)i, &a);
         PyBuffer_Release(&doc);
+        if (payload == NULL)
+            goto fail;
         PyList_SET_ITEM(out, i, payload);
     }
     goto done;
@@ -697,9 +683,7 @@ fail:
     Py_CLEAR(out);
 done:
     Py_XDECREF(seq);
-    PyBuffer_Release(&head);
-    PyBuffer_Release(&stamp);
-    PyBuffer_Release(&tail);
+    release_assigned(&a);
     return out;
 }
 
@@ -757,13 +741,8 @@ static PyObject *record_marks(PyObject *self, PyObject *args) {
     PyObject *out = PyList_New(0);
     const unsigned char *p = data.buf;
     Py_ssize_t at = 0;
-    long long due = 0; /* the first record is always marked */
+    long long due = position;
     while (out != NULL && data.len - at >= RECORD_HEADER) {
-        if (p[at] != 'Z' || p[at + 1] != 'J') {
-            Py_CLEAR(out);
-            PyErr_Format(PyExc_ValueError, "no record at %zd", at);
-            break;
-        }
         if (position + at >= due) {
             PyObject *mark = Py_BuildValue("(KL)", (unsigned long long)read_be64(p + at + 6), position + at);
             if (mark == NULL || PyList_Append(out, mark) < 0)
@@ -805,8 +784,6 @@ PyMODINIT_FUNC PyInit__native(void) {
         field_objects[i] = PyUnicode_InternFromString(FIELD_NAMES[i]);
         if (field_objects[i] == NULL)
             return NULL;
-        if (i < N_STRING_FIELDS)
-            field_keys[i] = field_objects[i];
     }
     return PyModule_Create(&module);
 }

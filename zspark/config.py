@@ -157,6 +157,9 @@ class ZmqConfig:
     curve_authorized_keys: Path = Path("")
 
 
+MAX_EVENT_DEPTH = 200  # as _native.c's DEPTH_CAP; Python's recursion limit is 1,000 frames
+
+
 @dataclass
 class EventConfig:
     max_string_bytes: ByteSize = ByteSize(64 * 1024)
@@ -341,6 +344,9 @@ def from_dict(data, source="<dict>", base_dir=None) -> Config:
                           f"http.max_body_bytes ({http.max_body_bytes}), got {http.max_inflight_bytes}")
     _check_topics(config)
     _check_web(config)
+    if config.event.max_depth > MAX_EVENT_DEPTH:
+        raise ConfigError(f"{config.source}: key 'event.max_depth': at most {MAX_EVENT_DEPTH} (deeper "
+                          f"nesting than that cannot be decoded reliably), got {config.event.max_depth}")
     _check_journal_dir(config)
     _check_authorized_keys(config)
     return config

@@ -15,6 +15,7 @@ warning at start, see `describe`).
                                         journal.codec's splicing and batch encoding
 """
 import os
+import sys
 
 try:
     from . import _native
@@ -45,14 +46,20 @@ def describe():
 def plain_events(raws, limits):
     if not COMPILED:
         return None
-    return _native.plain_events(raws, limits.max_string_bytes, limits.max_depth, limits.max_fields)
+    return _native.plain_events(raws, *_c_limits(limits))
 
 
 # The top-level fields plain_bson_frames checks but does not hand over.
 PLAIN_FRAME_OMITS = ("context", "extra")
 
 
+def _c_limits(limits):
+    """The limits as C longs: any larger is as good as unlimited."""
+    return (min(limits.max_string_bytes, sys.maxsize), min(limits.max_depth, sys.maxsize),
+            min(limits.max_fields, sys.maxsize))
+
+
 def plain_bson_frames(frames, limits):
     if not COMPILED:
         return None
-    return _native.plain_bson_frames(frames, limits.max_string_bytes, limits.max_depth, limits.max_fields)
+    return _native.plain_bson_frames(frames, *_c_limits(limits))

@@ -9,9 +9,11 @@ encoder (the first three bytes choose the limits). Without a
 corpus directory it starts from a few events' frames (in a temporary one). A failure prints the
 input and leaves it in crash-<hash>; `python -m tests.fuzz.fuzz_native crash-<hash>` replays it.
 """
+import atexit
 import datetime
 import json
 import os
+import shutil
 import sys
 import tempfile
 
@@ -34,7 +36,9 @@ SEED_EVENTS = [
 
 
 def limits_of(data):
-    return Limits(max_string_bytes=1 + data[0] * 4, max_depth=data[1] % 8, max_fields=1 + data[2] * 2)
+    """Small limits mostly, so that inputs reach them; now and then the deepest config allows."""
+    depth = data[1] % 8 if data[1] < 240 else 200 - (data[1] - 240)
+    return Limits(max_string_bytes=1 + data[0] * 4, max_depth=depth, max_fields=1 + data[2] * 2)
 
 
 ASSIGNED = codec._assigned(datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc), "zmq_bson", "node")
@@ -93,6 +97,7 @@ def one_input(data):
 def main(argv):
     if not any(os.path.isdir(a) or os.path.isfile(a) for a in argv[1:] if not a.startswith("-")):
         corpus = tempfile.mkdtemp(prefix="zspark-fuzz-")
+        atexit.register(shutil.rmtree, corpus, True)
         for i, event in enumerate(SEED_EVENTS):
             with open(os.path.join(corpus, f"seed{i}"), "wb") as f:
                 f.write(b"\xff\x20\xff" + bytes([i % 2]) + bson.encode(event))
