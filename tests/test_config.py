@@ -1,5 +1,6 @@
 """Config loading: defaults, types, unknown keys, addresses, Zarkov's flat keys, relative paths,
 and `zcmd validate`'s exit codes and messages."""
+import json
 import os
 import unittest
 
@@ -202,8 +203,24 @@ class ValidateCommand(ConfigCase):
         lines = result.stderr.splitlines()
         self.assertEqual(len(lines), 1, lines)
         self.assertIn("zcmd validate: warning:", lines[0])
-        for key in ("backdoor", "incremental", "zmr", "webevent", "extra_dbs", "flush_mmap"):
+        for key in ("backdoor", "incremental", "zmr", "extra_dbs", "flush_mmap"):
             self.assertIn(key, lines[0])
+        self.assertNotIn("webevent", lines[0])  # it means something: http.pixel.bind
+
+    def test_zarkovs_webevent_is_the_pixel_on_a_listener_of_its_own(self):
+        path = self.write("webevent: {bind: '0.0.0.0:8082'}\n")
+        result = zcmd("-y", path, "validate")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        pixel = json.loads(result.stdout.split("\n", 1)[1])["http"]["pixel"]  # after "<path>: OK"
+        self.assertEqual((pixel["bind"], pixel["cookie"]), ("0.0.0.0:8082", "zess"))
+        for text, key in (("webevent: {bind: 8082}\n", "webevent"), ("webevent: {}\n", "webevent"),
+                          ("http: {pixel: {bind: 'localhost'}}\n", "http.pixel.bind"),
+                          ("http: {pixel: {bind: ':99999'}}\n", "http.pixel.bind"),
+                          ("webevent: {bind: ':1'}\nhttp: {pixel: {bind: ':2'}}\n", "webevent.bind")):
+            with self.subTest(text=text):
+                result = zcmd("-y", self.write(text), "validate")
+                self.assertEqual(result.returncode, 2, result.stdout)
+                self.assertIn(key, result.stderr)
 
     def test_tokens_are_not_printed(self):
         result = zcmd("-y", self.write("http: {tokens: [s3cret-token]}\n"), "validate")

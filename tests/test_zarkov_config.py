@@ -1,6 +1,7 @@
 """A Zarkov `development.yaml`, written as Zarkov's blog showed it (flat keys, `zmr:`, `backdoor:`),
-served as it is: `zcmd serve` starts, logs one warning naming the keys it ignores, and forwards
-an event to the real local MongoDB-compatible server, as Zarkov stored it."""
+served as it is: `zcmd serve` starts, logs one warning naming the keys it ignores, forwards an
+event to the real local MongoDB-compatible server, as Zarkov stored it, and serves Zarkov's
+web-event pixel on `webevent.bind`."""
 import unittest
 import uuid
 
@@ -23,6 +24,7 @@ num_event_servers: 0
 journal_file_size: 262144
 journal_min_files: 4
 flush_mmap: false
+webevent: {{bind: '127.0.0.1:{pixel}'}}
 zmr:
   req_uri: tcp://127.0.0.1:5555
   req_port: 5555
@@ -41,12 +43,12 @@ class ZarkovDevelopmentYaml(unittest.TestCase):
 
     def test_serves_and_forwards_to_mongodb(self):
         database = f"zarkov_{uuid.uuid4().hex[:8]}"
-        web = free_port()
+        web, pixel = free_port(), free_port()
         path = self.tmp.join("development.yaml")
         with open(path, "w") as f:
             f.write(DEVELOPMENT_YAML.format(bson=free_port(), json=free_port(), pub=free_port(), web=web,
                                             backdoor=free_port(), mongo_uri=self.mongo.uri,
-                                            database=database, journal=self.tmp.join("journal")))
+                                            database=database, journal=self.tmp.join("journal"), pixel=pixel))
         server = ServeProcess(path, web, self.tmp.join("serve.log"))
         self.addCleanup(server.kill)
         server.start(timeout=60)
@@ -57,6 +59,16 @@ class ZarkovDevelopmentYaml(unittest.TestCase):
         found = wait_until(lambda: client[database].event.find_one({"type": "zarkov_page"}), timeout=30,
                            message="the event in MongoDB's event collection")
         self.assertEqual(found["context"], {"user": "rick"})
+
+        # webevent.bind: Zarkov's pixel server, on any path, with its `zess` visitor cookie.
+        status, headers, body = request(pixel, "GET", "/anything/e.gif?type=zarkov_pixel&page=home")
+        self.assertEqual((status, headers["content-type"], body[:6]), (200, "image/gif", b"GIF89a"))
+        self.assertTrue(headers["set-cookie"].startswith("zess="), headers)
+        visitor = headers["set-cookie"].split(";")[0].split("=", 1)[1]
+        found = wait_until(lambda: client[database].event.find_one({"type": "zarkov_pixel"}), timeout=30,
+                           message="the pixel's event in MongoDB's event collection")
+        self.assertEqual((found["context"], found["cookies"]), ({"page": "home"}, {"zess": visitor}))
+        self.assertEqual(request(pixel, "POST", "/log", b"{}")[0], 405)  # the pixel only
         self.assertEqual(server.stop(), 0)
 
         warned = [line for line in server.log().splitlines() if "Zarkov's keys" in line]

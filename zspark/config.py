@@ -95,6 +95,9 @@ class PixelConfig:
     cookie_max_age_days: float = 3650.0
     cookie_same_site: _choice("Lax", "Strict", "None") = "Lax"
     cookie_secure: bool = False
+    # HOST:PORT of a listener of its own that answers the pixel on every path, as Zarkov's
+    # web-event server did (its `webevent.bind`); "" = none, the pixel is on the HTTP port only
+    bind: str = ""
 
 
 @dataclass
@@ -293,10 +296,10 @@ _ZARKOV_ENABLES = {"mongo_uri": "mongo", "mongo_database": "mongo", "publish_bin
 _ZARKOV_MONGO_CREDENTIALS = ("mongo_username", "mongo_password")
 # The rest of Zarkov's config schema (zarkov/config.py ConfigSchema): its client-side URIs, its
 # map-reduce, aggregation, journal tuning, backdoor and side services. Accepted with any value,
-# named in one warning. `webevent` (Zarkov's pixel server) is here until zspark has a pixel.
+# named in one warning. (`webevent`, Zarkov's pixel server, is http.pixel: _apply_webevent.)
 ZARKOV_IGNORED = ("backdoor", "bson_uri", "extra", "extra_dbs", "flush_mmap", "incremental",
                   "journal_file_size", "json_uri", "journal_min_files", "loadbalance", "logstream",
-                  "num_event_logs", "num_event_servers", "webevent", "zmr")
+                  "num_event_logs", "num_event_servers", "zmr")
 
 
 def load(path=None) -> Config:
@@ -411,9 +414,25 @@ def _check_web(config):
         fail("pixel.cookie", f"not a cookie name (letters, digits and !#$%&'*+.^_`|~-): {pixel.cookie!r}")
     if not pixel.cookie_max_age_days > 0:
         fail("pixel.cookie_max_age_days", "must be more than 0")
+    if pixel.bind and _host_port(pixel.bind) is None:
+        fail("pixel.bind", f"expected HOST:PORT such as 0.0.0.0:8082 or [::]:8082, got {pixel.bind!r}")
     if pixel.cookie_same_site == "None" and not pixel.cookie_secure:
         fail("pixel.cookie_same_site", "None needs http.pixel.cookie_secure: true (browsers drop a "
                                        "SameSite=None cookie that is not Secure)")
+
+
+def _host_port(text):
+    """(host, port) of "HOST:PORT" ("[v6]:PORT" for IPv6), or None."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    return (host, int(port)) if host and ":" not in host.strip("0123456789abcdefABCDEF:.") else None
+
+
+def pixel_address(config):
+    """(host, port) of `http.pixel.bind`, or None when it is not set."""
+    return _host_port(config.http.pixel.bind) if config.http.pixel.bind else None
 
 
 def _check_topics(config):
@@ -461,7 +480,26 @@ def _apply_aliases(data, source):
             target.setdefault("enabled", True)
     if user is not None or password is not None:
         _add_mongo_credentials(data, user, password, source)
+    if "webevent" in data:
+        _apply_webevent(data, data.pop("webevent"), source)
     return data
+
+
+def _apply_webevent(data, webevent, source):
+    """Zarkov's `webevent: {bind: HOST:PORT}`: its pixel server, which set the `zess` visitor
+    cookie: http.pixel.bind, and http.pixel.cookie `zess` unless the file names one. Its other
+    keys mean nothing here."""
+    if not isinstance(webevent, dict) or not isinstance(webevent.get("bind"), str):
+        raise ConfigError(f"{source}: key 'webevent': expected {{bind: HOST:PORT}} (Zarkov's pixel server; "
+                          f"zspark's is http.pixel), got {webevent!r}")
+    http = data.setdefault("http", {})
+    pixel = http.setdefault("pixel", {}) if isinstance(http, dict) else None
+    if not isinstance(pixel, dict):
+        raise ConfigError(f"{source}: key 'http.pixel' must be a mapping")
+    if "bind" in pixel:
+        raise ConfigError(f"{source}: 'webevent.bind' and 'http.pixel.bind' both set; keep one")
+    pixel["bind"] = webevent["bind"]
+    pixel.setdefault("cookie", "zess")
 
 
 def _add_mongo_credentials(data, user, password, source):

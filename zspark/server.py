@@ -127,6 +127,8 @@ class Server:
                                    f"(config key http.port): {e.strerror or e}") from None
             try:  # before any request is served: nothing yields since start()
                 self.http.server.access_log = accesslog.build(cfg.http)
+                if self.http.pixel_server is not None:
+                    self.http.pixel_server.access_log = self.http.server.access_log
             except OSError as e:
                 raise StartupError(f"cannot open the access log {cfg.http.access_log_file} "
                                    f"(config key http.access_log_file): {e.strerror or e}") from None

@@ -2,7 +2,8 @@
 served by httpserver.Server (gevent.pywsgi, strict framing, bounded connections).
 
     /log                    httpingest.py (events from the request: httpevents.py)
-    /pixel.gif /zspark.js   httpweb.py, which also adds CORS to /log (OPTIONS, the headers)
+    /pixel.gif /zspark.js   httpweb.py, which also adds CORS to /log (OPTIONS, the headers);
+                            with http.pixel.bind also on a listener of its own, on every path
     /imok /status /metrics /tail   httpadmin.py (/tail: tap.py)
 
 With `http.certfile` and `http.keyfile` it serves HTTPS. `http.tokens` guard /log;
@@ -18,6 +19,7 @@ import time
 import gevent
 from gevent.pool import Pool
 
+from ..config import pixel_address
 from ..errors import TlsError  # noqa: F401 (server.py catches it from here)
 from . import httpauth
 from .httpadmin import AdminRoutes
@@ -43,6 +45,11 @@ class HttpSource:
         self.router = Router({**self.web.routes(self.root, self.endpoint.routes(self.root)),
                               **admin.routes(self.root)})
         self.server = None
+        # http.pixel.bind (Zarkov's webevent.bind): a listener that answers the pixel on any path.
+        self.pixel_address = pixel_address(config)
+        self.pixel_router = Router({"/imok": {"GET": admin.imok, "HEAD": admin.imok}},
+                                   default={"GET": self.web.pixel}) if self.pixel_address else None
+        self.pixel_server = None
 
     def set_tokens(self, tokens, status_tokens):
         """The bearer tokens of /log, and of /status, /metrics and /tail (else the same), while
@@ -52,17 +59,17 @@ class HttpSource:
     @property
     def _in_flight(self):
         """Requests being answered now (a stop waits for them)."""
-        return self.router.in_flight
+        return self.router.in_flight + (self.pixel_router.in_flight if self.pixel_router else 0)
 
     def start(self):
-        """Listen and serve; raise OSError (the port) or TlsError (the certificate)."""
+        """Listen and serve; raise OSError (a port) or TlsError (the certificate)."""
         tls = {"ssl_context": self._tls_context()} if self.config.certfile else {}
-        c = self.config
-        self.server = Server((c.host, c.port), self.router, spawn=Pool(), log=None, error_log=ErrorLog(),
-                             idle_timeout=c.idle_timeout_s, header_timeout=c.header_timeout_s,
-                             tls_handshake_timeout=c.tls_handshake_timeout_s, max_connections=c.max_connections,
-                             imok_path=self.root + "/imok", retry_after_s=c.retry_after_s,
-                             on_malformed=self.endpoint.malformed, **tls)
+        self.server = self._server((self.config.host, self.config.port), self.router, self.root + "/imok", tls)
+        if self.pixel_address is not None:
+            self.pixel_server = self._server(self.pixel_address, self.pixel_router, "/imok", tls)
+            self.pixel_server.start()
+            log.info("HTTP pixel listening on %s://%s:%d (http.pixel.bind)", "https" if tls else "http",
+                     *self.pixel_server.address[:2])
         # /status sources.http: connections, timeouts..., and the bodies held in memory
         budget = self.endpoint.budget
         self.endpoint.stats.details = lambda: {**self.server.connection_stats(), "inflight_bytes": budget.used,
@@ -71,6 +78,14 @@ class HttpSource:
         self.server.start()
         log.info("HTTP listening on %s://%s:%d%s/log", "https" if tls else "http", self.config.host,
                  self.address[1], self.config.root)
+
+    def _server(self, address, router, imok_path, tls):
+        c = self.config
+        return Server(address, router, spawn=Pool(), log=None, error_log=ErrorLog(),
+                      idle_timeout=c.idle_timeout_s, header_timeout=c.header_timeout_s,
+                      tls_handshake_timeout=c.tls_handshake_timeout_s, max_connections=c.max_connections,
+                      imok_path=imok_path, retry_after_s=c.retry_after_s, on_malformed=self.endpoint.malformed,
+                      **tls)
 
     def _tls_context(self):
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -91,6 +106,8 @@ class HttpSource:
         the connections that are left (idle keep-alives)."""
         if self.server is None:
             return
+        if self.pixel_server is not None:
+            self.pixel_server.close()
         self.server.close()
         deadline = time.monotonic() + timeout
         while self._in_flight and time.monotonic() < deadline:
@@ -99,3 +116,5 @@ class HttpSource:
             log.warning("HTTP: %d request(s) still in flight after %.0fs; closing them unanswered",
                         self._in_flight, timeout)
         self.server.stop(timeout=0)
+        if self.pixel_server is not None:
+            self.pixel_server.stop(timeout=0)

@@ -1,6 +1,7 @@
 """The HTTP source's one router: a dispatch table from exact path and method to a handler.
 
     Router({path: {method: handler}})     the WSGI app the server calls for every request
+    Router({...}, default={method: handler})   the same, `default` serving every other path
 
 - The path must equal PATH_INFO exactly (no trailing slash, case or encoding folded); any other
   is 404. A known path with a method it does not list is 405 with `Allow` naming the ones it does.
@@ -26,12 +27,16 @@ INTERNAL_ERROR = (500, [("Content-Type", JSON)], error_body("internal error"))
 
 
 class Router:
-    def __init__(self, routes):
+    def __init__(self, routes, default=None):
+        """`default`: {method: handler} for every path not in `routes` (else they are 404)."""
         self.routes = {path: dict(methods) for path, methods in routes.items()}
+        self.default = dict(default) if default else None
         self.in_flight = 0
         # The 405 of each path, built once.
         self._not_allowed = {path: error_answer(HttpError(405, "method not allowed", {"Allow": ", ".join(methods)}))
                              for path, methods in self.routes.items()}
+        self._not_allowed_default = self.default and error_answer(
+            HttpError(405, "method not allowed", {"Allow": ", ".join(self.default)}))
 
     def __call__(self, environ, start_response):
         method = environ["REQUEST_METHOD"]
@@ -57,10 +62,10 @@ class Router:
         return body
 
     def _answer(self, environ, method, path):
-        methods = self.routes.get(path)
+        methods = self.routes.get(path, self.default)
         if methods is None:
             return NOT_FOUND
         handler = methods.get(method)
         if handler is None:
-            return self._not_allowed[path]
+            return self._not_allowed.get(path) or self._not_allowed_default
         return handler(environ)
