@@ -49,9 +49,21 @@ def config_data(directory, **sections):
         "log": {"level": "info"},
         "notices": {"enabled": False},
     }
-    for name, values in sections.items():
+    for name, values in list(test_settings().items()) + list(sections.items()):
         data.setdefault(name, {}).update(values)
     return data
+
+
+def test_settings():
+    """Settings every test config gets unless the test sets them itself: `ZSPARK_TEST_SET`,
+    comma-separated `section.key=value` (values read as YAML), e.g.
+    `ZSPARK_TEST_SET=http.workers=2,forward.own_process=true scripts/test` runs the suite so."""
+    out = {}
+    for item in filter(None, os.environ.get("ZSPARK_TEST_SET", "").split(",")):
+        key, _, value = item.partition("=")
+        section, _, name = key.strip().partition(".")
+        out.setdefault(section, {})[name] = yaml.safe_load(value)
+    return out
 
 
 def write_config(directory, data, name="zspark.yaml"):
