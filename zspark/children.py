@@ -34,6 +34,7 @@ import time
 import gevent
 import gevent.socket
 from gevent import subprocess
+from gevent.lock import Semaphore
 
 from .errors import ZsparkError
 from .retry import Backoff
@@ -59,14 +60,18 @@ class Link:
         self.sock = sock
         self.max_frame = max_frame
         self._buffer = bytearray()
+        # sendall yields while the socket is full: another sender must not put its frame in
+        # the middle of this one.
+        self._sending = Semaphore()
 
     def send(self, header, blob=b""):
         head = json.dumps(header, separators=(",", ":")).encode("utf-8")
-        self.sock.sendall(b"".join((_FRAME.pack(len(head) + len(blob), len(head)), head, blob)))
+        self.send_raw(head, blob)
 
     def send_raw(self, header_bytes, blob=b""):
-        self.sock.sendall(b"".join((_FRAME.pack(len(header_bytes) + len(blob), len(header_bytes)),
-                                    header_bytes, blob)))
+        data = b"".join((_FRAME.pack(len(header_bytes) + len(blob), len(header_bytes)), header_bytes, blob))
+        with self._sending:
+            self.sock.sendall(data)
 
     def recv(self):
         """The next message as (header, blob); raises EOFError when the other end is gone."""

@@ -186,6 +186,9 @@ class ForwardConfig:
     # At a clean stop, after the sources closed: how long the forwarders may go on delivering
     # what is left in the journal (the node_offline notice included) before they stop.
     drain_on_stop_s: float = 5.0
+    # Each enabled sink's forwarder in a child process of its own (zspark/fwdproxy.py), reading
+    # the journal read-only; false: in the serving process, as green threads.
+    own_process: bool = False
 
 
 @dataclass

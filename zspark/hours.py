@@ -54,6 +54,41 @@ def hour_text(hour):
     return time.strftime("%Y-%m-%dT%H:00:00Z", time.gmtime(hour))
 
 
+class HourCounts(dict):
+    """Delivered events counted by (hour of `timestamp`, Kafka topic); topic None: dead-lettered.
+    Notices and events without a timestamp are not in it."""
+
+    def as_list(self):
+        return [[hour, topic, n] for (hour, topic), n in self.items()]
+
+    @classmethod
+    def from_list(cls, items):
+        """From as_list()'s form, as a forwarder process sends it; raises ValueError if malformed."""
+        counts = cls()
+        for hour, topic, n in items:
+            if type(hour) is not int or type(n) is not int or not (topic is None or type(topic) is str):
+                raise ValueError(f"not an hour count: {[hour, topic, n]!r}")
+            counts[hour, topic] = counts.get((hour, topic), 0) + n
+        return counts
+
+
+def count_hours(events, topic_for):
+    """HourCounts of `events`, each under `topic_for(event)`, the topic it was delivered to."""
+    counts = HourCounts()
+    last_ts = last_hour = None
+    for event in events:
+        if event.get("source") == NOTICE_SOURCE:
+            continue
+        ts = event.get("timestamp")
+        if ts is None:
+            continue
+        if ts != last_ts:  # a request's events share one timestamp (equal once read back, not the same object)
+            last_ts, last_hour = ts, int(ts.timestamp()) // HOUR * HOUR
+        key = (last_hour, topic_for(event))
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
 class HourTracker:
     def __init__(self, journal, forwarder, topic_for, publish, grace_s=300.0, check_s=1.0,
                  clock=time.time, follows=None):
@@ -122,7 +157,8 @@ class HourTracker:
 
     def delivered(self, first_offset, next_offset, events):
         """The forwarder's hook: `events` (offsets first_offset..next_offset-1, less any it
-        dead-lettered) are confirmed by Kafka."""
+        dead-lettered) are confirmed by Kafka; or, from a forwarder in a process of its own,
+        the HourCounts it made of them there (zspark/fwdproxy.py)."""
         if first_offset != self.counted_to:
             return  # a gap: catch_up() counts from the journal
         self._count(events)
@@ -130,26 +166,18 @@ class HourTracker:
         self._dirty = True
 
     def _count(self, events):
-        last_ts = last_hour = None
-        for event in events:
-            if event.get("source") == NOTICE_SOURCE:
-                continue
-            ts = event.get("timestamp")
-            if ts is None:
-                continue
-            if ts != last_ts:  # a request's events share one timestamp (equal once read back, not the same object)
-                last_ts, last_hour = ts, int(ts.timestamp()) // HOUR * HOUR
-            if last_hour < self.next_hour:
-                self.late += 1
+        counts = events if isinstance(events, HourCounts) else count_hours(events, self.topic_for)
+        for (hour, topic), n in counts.items():
+            if hour < self.next_hour:
+                self.late += n
                 self._warn_late("hour-complete: an event of %s was delivered after that hour was "
                                 "announced (held longer than the %.0fs grace); counted as late",
-                                hour_text(last_hour), self.grace_s)
+                                hour_text(hour), self.grace_s)
                 continue
-            topic = self.topic_for(event)
             if topic is None:
                 continue  # dead-lettered (an illegal topic name), not delivered
-            per_topic = self.counts.setdefault(last_hour, {})
-            per_topic[topic] = per_topic.get(topic, 0) + 1
+            per_topic = self.counts.setdefault(hour, {})
+            per_topic[topic] = per_topic.get(topic, 0) + n
 
     def catch_up(self):
         """Count, from the journal, what the forwarder delivered beyond counted_to."""

@@ -50,12 +50,13 @@ class ZsparkCollector(Collector):
     """Metric families read from the live objects. `forwarders` is the server's own list: the
     forwarders started after this collector was made are seen too."""
 
-    def __init__(self, metrics, journal, forwarders, node, topics=None):
+    def __init__(self, metrics, journal, forwarders, node, topics=None, processes=None):
         self.metrics = metrics
         self.journal = journal
         self.forwarders = forwarders
         self.node = node
         self.topics = topics  # the Kafka TopicPolicy, or None
+        self.processes = processes  # () -> {name: {pid, state, restarts, last_exit}}, or None
 
     def collect(self):
         yield InfoMetricFamily("zspark_build", "The zspark version and this node's id.",
@@ -70,6 +71,19 @@ class ZsparkCollector(Collector):
         yield from self._forwarders()
         if self.topics is not None:
             yield from self._topics()
+        if self.processes is not None:
+            yield from self._processes()
+
+    def _processes(self):
+        up = GaugeMetricFamily("zspark_process_up", "1 while the process runs, 0 while it is being "
+                               "started again; the owner holds the journal, its children forward "
+                               "(forward.own_process).", labels=["process", "pid"])
+        restarts = CounterMetricFamily("zspark_process_restarts", "Times the process was started "
+                                       "again after it exited.", labels=["process"])
+        for name, p in self.processes().items():
+            up.add_metric([name, str(p["pid"] or "")], 1 if p["state"] in ("running", "stopping") else 0)
+            restarts.add_metric([name], p["restarts"])
+        return up, restarts
 
     def _sources(self):
         families = {
@@ -201,9 +215,9 @@ class _InThreadpool(Collector):
 class Exposition:
     """The /metrics answer: `render()` -> (body bytes, content type)."""
 
-    def __init__(self, metrics, journal, forwarders, node, topics=None):
+    def __init__(self, metrics, journal, forwarders, node, topics=None, processes=None):
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(ZsparkCollector(metrics, journal, forwarders, node, topics))
+        self.registry.register(ZsparkCollector(metrics, journal, forwarders, node, topics, processes))
         self.registry.register(_InThreadpool(ProcessCollector(registry=None)))
 
     def render(self):

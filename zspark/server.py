@@ -16,11 +16,11 @@ import gevent
 import zmq.green as zmq_green
 from gevent.event import Event
 
-from . import __version__, accesslog, descriptors, native, sinks
+from . import __version__, accesslog, descriptors, forwarders, native, sinks
 from .config import config_warnings
 from .errors import StartupError  # noqa: F401 (importable from here too)
 from .event import Limits
-from .forwarder import Forwarder
+from .forwarders import build_sinks  # noqa: F401 (importable from here too)
 from .hours import HourTracker
 from .ingest import Ingest
 from .journal import Journal, JournalError
@@ -37,15 +37,6 @@ from .topics import state_path as topics_state_path
 log = logging.getLogger("zspark.server")
 
 
-def build_sinks(config, topics=None):
-    """The sinks the config enables, in delivery order (zspark/sinks/__init__.py's registry);
-    `topics` the process's TopicPolicy, shared with the Kafka sink."""
-    try:
-        return sinks.build_enabled(config, sinks.Context(config, topics=topics))
-    except Exception as e:  # a bad broker list or URI, a PUB address in use
-        raise StartupError(f"cannot set up forwarding: {e}") from None
-
-
 class Server:
     def __init__(self, config):
         self.config = config
@@ -56,8 +47,10 @@ class Server:
                                retain_hours=jc.retain_hours, on_fatal=self.fatal,
                                allow_shared_dir=jc.allow_shared_dir)
         # Which Kafka topics events may choose: the ingest path (refuse mode), the Kafka sink and
-        # the hour tracker share this one rule and its record of the topics taken.
-        self.topics = (TopicPolicy(config.kafka, topics_state_path(jc.dir), load=False)
+        # the hour tracker share this one rule and its record of the topics taken, which the
+        # Kafka forwarder's process writes when it has one (topics.py).
+        self.topics = (TopicPolicy(config.kafka, topics_state_path(jc.dir), load=False,
+                                   persist=not config.forward.own_process)
                        if config.kafka.enabled else None)
         self.ingest = Ingest(self.journal, config.node.id, self.metrics, Limits.from_config(config.event),
                              topics=self.topics)
@@ -65,6 +58,7 @@ class Server:
         self.zap = None
         self.zmq_sources = []
         self.forwarders = []
+        self.children = []  # child processes (children.Child): forwarders with forward.own_process
         nc = config.notices
         self.notices = Notices(self.ingest, config.node.id, self._counters, nc.heartbeat_s) if nc.enabled else None
         self.hours = None
@@ -115,7 +109,8 @@ class Server:
     def _start_sources(self):
         cfg = self.config
         if cfg.http.enabled:
-            exposition = Exposition(self.metrics, self.journal, self.forwarders, cfg.node.id, self.topics)
+            exposition = Exposition(self.metrics, self.journal, self.forwarders, cfg.node.id, self.topics,
+                                    processes=self.processes)
             self.http = HttpSource(cfg, self.ingest, self.status, lambda: self._stopping,
                                    metrics_provider=exposition.render)
             try:
@@ -162,12 +157,8 @@ class Server:
         return keys
 
     def _start_forwarders(self):
-        fc = self.config.forward
-        for sink in build_sinks(self.config, self.topics):
-            self.forwarders.append(Forwarder(self.journal, sink, batch_size=fc.batch_size,
-                                             batch_wait=fc.batch_wait_ms / 1000.0,
-                                             backoff_initial=fc.backoff_initial_ms / 1000.0,
-                                             backoff_max=fc.backoff_max_s))
+        self.forwarders.extend(forwarders.build(self.config, self.journal, self.topics))
+        self.children.extend(forwarders.processes(self.forwarders))
         nc = self.config.notices
         tracked = next((f for f in self.forwarders if sinks.get(f.name).tracks_hours), None)
         if self.notices is not None and nc.hour_complete and tracked is not None:
@@ -272,6 +263,12 @@ class Server:
             self.metrics.sample()  # for the per-source rates in /status
             gevent.sleep(1.0)
 
+    def processes(self):
+        """Every process of this server: this one (the journal's owner) and its children."""
+        owner = {"pid": os.getpid(), "state": "stopping" if self._stopping else "running",
+                 "restarts": 0, "last_exit": None}
+        return {"owner": owner, **{child.name: child.status() for child in self.children}}
+
     def status(self):
         """`/status`: each part's own status() under its name."""
         return {
@@ -285,6 +282,7 @@ class Server:
             "stopping": self._stopping,
             "sources": {name: s.status() for name, s in self.metrics.sources.items()},
             "forwarders": {f.name: f.status() for f in self.forwarders},
+            "processes": self.processes(),
             "hour_complete": self.hours.as_dict() if self.hours is not None else None,
             "kafka_topics": self.topics.as_dict() if self.topics is not None else None,
             "journal": self.journal.status(),

@@ -26,6 +26,17 @@ names goes to `kafka.default_topic`. Then:
   either mode: it was acknowledged, so it is delivered.
 - A topic that is allowed but not a legal Kafka topic name goes to the dead-letter file as
   before (or is refused at ingest with `refuse`).
+
+One writer of topics.json: the process that routes events to Kafka. With `forward.own_process`
+that is the Kafka forwarder's process (zspark/fwdchild.py), whose policy loads the file at each
+start and saves it before producing to a new topic; the serving process's policy is made with
+`persist=False`: it loads the file once at start, never writes it, and learns the topics the
+child takes (and its redirected count) from the child's reports (`absorb`). In `refuse` mode the
+serving process still checks and takes topics at ingest, against the cap, in memory: every event
+journaled then has a topic it took, and the child, whose taken topics are only ever ones it
+routed to (so a subset of those), never finds the cap full for one of them. The hour tracker,
+in the serving process, counts what it reads back from the journal with the serving process's
+policy, which holds every topic the child reported taking.
 """
 import json
 import logging
@@ -202,6 +213,21 @@ class TopicPolicy:
         self.last_not_allowed = reasons[-1]
         self._warn("Kafka: %d event(s) sent to kafka.default_topic %s instead: %s", len(reasons),
                    quoted(self.default_topic), reasons[-1])
+
+    def absorb(self, taken, redirected=0, last_not_allowed=None):
+        """What the routing process reported (forward.own_process): the topics it has taken, and
+        `redirected` more events it sent to the default topic, the last for `last_not_allowed`."""
+        for topic in taken:
+            if type(topic) is str and legal_topic(topic) and topic not in self._own:
+                self._taken.add(topic)
+        if redirected:
+            self.redirected += redirected
+            self.last_not_allowed = last_not_allowed
+
+    def routing_report(self):
+        """What `absorb` takes, from the routing process's policy."""
+        return {"taken": sorted(self._taken), "redirected": self.redirected,
+                "last_not_allowed": self.last_not_allowed}
 
     def _take(self, topic):
         self._taken.add(topic)

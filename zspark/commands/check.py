@@ -11,12 +11,14 @@ and exits 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN. The worst condition wins:
       answers 503 and refuses events)
   a forwarder not running (backing_off: its destination fails and it retries) -> --not-running
   a forwarder failed (stopped for good by a bug or a permanent refusal, until a restart) -> CRITICAL
+  a child process (forward.own_process) not running: exited, being started again -> --not-running
   the server stopping -> WARNING
   no server answering, an answer that is not zspark's /status, bad arguments or a bad config
       -> UNKNOWN
 
 Performance data (label=value[UOM];warn;crit;min;max): lag_<forwarder> in records,
-journal_full in percent, rate_<source> accepted events per second over about the last minute.
+journal_full in percent, rate_<source> accepted events per second over about the last minute,
+restarts_<process> (a child process's restarts, spaces in its name as `_`).
 
 The URL and token come from the config as for `zcmd status`; --url overrides.
 
@@ -90,6 +92,13 @@ def evaluate(status, args):
             level = CRITICAL if f["state"] == "failed" else LEVELS[args.not_running]
             problems.append((level, f"{name} {f['state']}{error}"))
         perfdata.append(_perf(f"lag_{name}", lag, "", args.lag_warn, args.lag_crit, 0))
+    for name, p in status.get("processes", {}).items():
+        if name == "owner":
+            continue  # it answered this /status
+        if p["state"] != "running":
+            exit_ = f" ({clip(p['last_exit'], 100)})" if p.get("last_exit") else ""
+            problems.append((LEVELS[args.not_running], f"{name} process {p['state']}{exit_}"))
+        perfdata.append(_perf(f"restarts_{name.replace(' ', '_')}", int(p["restarts"]), "c", None, None, 0))
     full = journal_percent(status)
     if full > args.full_crit:
         problems.append((CRITICAL, f"journal {_num(full)}% full > {_num(args.full_crit)}%"))

@@ -74,6 +74,13 @@ def summary(status, url):
         lines += table(rows, "llrrrl")
     else:
         lines.append("forwarders  none enabled (kafka, mongo and pub are off in the config)")
+    processes = status.get("processes", {})
+    if len(processes) > 1:  # the owner alone is on the first line
+        rows = [["processes", "pid", "state", "restarts", "last exit"]]
+        for name, p in processes.items():
+            rows.append([f"  {name}", p.get("pid") or "-", p.get("state", "?"), p.get("restarts", 0),
+                         p.get("last_exit") or "-"])
+        lines += table(rows, "lrlrl")
     j = status["journal"]
     latency = j.get("sync_latency_ms", {})
     rows = [["journal", j.get("dir", "?")],
