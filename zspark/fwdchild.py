@@ -19,6 +19,7 @@ monkey.patch_all()  # before anything imports socket, threading or pymongo
 
 import logging  # noqa: E402
 import os  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
 
 import gevent  # noqa: E402
@@ -141,6 +142,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     link, config = children.attach()
     logsetup.setup(config.log.level, format=config.log.format, path=config.log.file)
+    gevent.signal_handler(signal.SIGHUP, logsetup.reopen)  # log rotation: SIGHUP to the process group
     name = argv[0]
     try:
         child = ForwarderChild(link, config, name)

@@ -101,7 +101,8 @@ class ForwarderProcess:
     def state(self):
         if self._linked:
             return self._remote.get("state", RUNNING)
-        return STOPPED if self.child.state == "stopped" else BACKING_OFF
+        # Not started yet (as a Forwarder before start()), or its process exited: being restarted.
+        return STOPPED if self.child.state == "stopped" or not self._ready.is_set() else BACKING_OFF
 
     @property
     def delivered(self):

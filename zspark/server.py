@@ -88,14 +88,18 @@ class Server:
             self._stop_sources()
             self.journal.close()
             raise
+        # Sampling the sources' counts from now: they take events while the forwarders start.
+        self._watch(gevent.spawn(self._sample_loop), "metrics sampler")
         try:
             self._start_forwarders()
         except BaseException:
             self._stop_sources()
+            for forwarder in self.forwarders:  # those started already (their processes)
+                forwarder.stop(0)
+            gevent.killall(self._greenlets)
             self.journal.close()
             raise
         self._watch(gevent.spawn(self._retention_loop), "retention")
-        self._watch(gevent.spawn(self._sample_loop), "metrics sampler")
         if self.notices is not None:
             self.notices.node_notice("node_online")
             if self.config.notices.heartbeat_s:
