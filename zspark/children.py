@@ -197,7 +197,7 @@ class Child:
     def _serve_link(self, link):
         try:
             self.on_link(link)
-        except EOFError:
+        except (EOFError, ConnectionError):  # the child is gone (a reset: it left data unread)
             pass
         except LinkError as e:
             log.error("%s (pid %s) sent a bad message, closing its link: %s", self.name, self.pid, e)

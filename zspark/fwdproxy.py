@@ -146,8 +146,10 @@ class ForwarderProcess:
         except OSError as e:
             raise StartupError(f"cannot start the {self.name} forwarder's process: {e}") from None
         self._feed = gevent.spawn(self._feed_loop)
+        # A process that dies before it is ready is started again meanwhile (children.py).
         if not self._ready.wait(START_TIMEOUT_S) or self._start_error is not None:
-            error = self._start_error or f"its process did not start within {START_TIMEOUT_S:.0f}s"
+            error = self._start_error or (f"its process was not ready within {START_TIMEOUT_S:.0f}s "
+                                          f"(last exit: {self.child.last_exit or 'none'}; see the log)")
             self.stop(STOP_MARGIN_S)
             raise StartupError(f"forwarder {self.name}: {error}")
         return greenlet
@@ -178,9 +180,6 @@ class ForwarderProcess:
                 except (KeyError, TypeError, ValueError, AttributeError) as e:
                     raise LinkError(f"a malformed {header['kind']!r} message: {e!r}") from None
         finally:
-            if not self._ready.is_set():
-                self._start_error = "its process exited before its sink was built (see the log)"
-                self._ready.set()
             for key in COUNTERS:
                 self._totals[key] += self._seen[key]
                 self._seen[key] = 0

@@ -50,8 +50,10 @@ class ForwarderProcesses(FaultCase):
     def child_pid(self, name, other_than=None):
         """The pid of forwarder `name`'s process once it runs (and is not `other_than`)."""
         def running():
-            process = self.status()["processes"][f"forwarder {name}"]
-            return process["state"] == "running" and process["pid"] != other_than and process["pid"]
+            status = self.status()
+            process = status["processes"][f"forwarder {name}"]
+            return (process["state"] == "running" and status["forwarders"][name]["state"] == "running"
+                    and process["pid"] != other_than and process["pid"])
         return wait_until(running, timeout=30, message=f"the {name} forwarder's process running")
 
     def check_delivered_once(self, acknowledged, answered, kills):
