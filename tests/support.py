@@ -143,12 +143,33 @@ class ServeProcess:
             return ""
 
     def rss_bytes(self):
-        """The process's resident set size now (VmRSS in /proc/<pid>/status)."""
-        with open(f"/proc/{self.proc.pid}/status") as f:
+        """The resident set size now (VmRSS in /proc/<pid>/status) of the process and of its
+        children (forwarder processes, with forward.own_process), summed."""
+        total = _rss(self.proc.pid)
+        if total is None:
+            raise AssertionError(f"no VmRSS in /proc/{self.proc.pid}/status")
+        for pid in _children(self.proc.pid):
+            total += _rss(pid) or 0  # one that exited meanwhile holds nothing
+        return total
+
+
+def _rss(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
             for line in f:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1]) * 1024
-        raise AssertionError(f"no VmRSS in /proc/{self.proc.pid}/status")
+    except FileNotFoundError:
+        pass
+    return None
+
+
+def _children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except FileNotFoundError:
+        return []
 
 
 def zcmd(*args, timeout=60, input=None):
