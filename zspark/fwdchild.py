@@ -76,28 +76,39 @@ class ForwarderChild:
         self._topics_reported = None
 
     def run(self):
-        greenlet = self.forwarder.start()
-        greenlet.link_exception(self._forwarder_died)
-        gevent.sleep(0)  # let it start: the first report shows it running
-        self.link.send({"kind": "ready", "pid": os.getpid(), "destination": self.sink.describe(),
-                        "forwarder": self._state()})
-        reporter = gevent.spawn(self._report_loop)
         try:
-            while True:
-                header, _ = self.link.recv()
-                kind = header["kind"]
-                if kind == "durable":
-                    self.journal.advance(int(header["end"]), int(header["segment"]), int(header["bytes"]))
-                elif kind == "stop":
-                    reporter.kill()
-                    self.forwarder.stop(self.config.forward.stop_timeout_s)
-                    self._report(force=True)
-                    return 0
-                else:
-                    raise LinkError(f"a message of kind {kind!r} from the owner")
-        except EOFError:
+            # The owner's first word is the journal's durable end: known before the forwarder starts.
+            if not self._handle(self.link.recv()[0]):
+                self.sink.close()
+                return 0
+            greenlet = self.forwarder.start()
+            greenlet.link_exception(self._forwarder_died)
+            gevent.sleep(0)  # let it start: the first report shows it running
+            self.link.send({"kind": "ready", "pid": os.getpid(), "destination": self.sink.describe(),
+                            "forwarder": self._state()})
+            reporter = gevent.spawn(self._report_loop)
+            while self._handle(self.link.recv()[0]):
+                pass
+            reporter.kill()
+            self.forwarder.stop(self.config.forward.stop_timeout_s)
+            self._report(force=True)
+            return 0
+        except (EOFError, ConnectionError):
             log.warning("forwarder %s (pid %d): the serving process is gone; exiting", self.name, os.getpid())
             os._exit(1)  # at once: the cursor is saved per batch, the batch in flight is sent again
+
+    def _handle(self, header):
+        """Act on a message from the owner; False for "stop"."""
+        kind = header["kind"]
+        if kind == "durable":
+            try:
+                self.journal.advance(int(header["end"]), int(header["segment"]), int(header["bytes"]))
+            except (KeyError, TypeError, ValueError) as e:
+                raise LinkError(f"a malformed durable message: {e!r}") from None
+            return True
+        if kind == "stop":
+            return False
+        raise LinkError(f"a message of kind {kind!r} from the owner")
 
     def _state(self):
         state = self.forwarder.as_dict()

@@ -190,6 +190,8 @@ class ForwarderProcesses(FaultCase):
         load.stop()
         for pid in children:
             self.assertFalse(alive(pid))
+        self.assertNotRegex(server.log(), r"forwarder \w+ \(pid \d+\) exited",
+                            "a forwarder process died of the SIGTERM instead of draining")
         events = journal_events(self.journal_dir)
         self.assertEqual(read_cursors(self.journal_dir), {"kafka": len(events), "mongo": len(events)},
                          "every journaled event delivered before the stop")
