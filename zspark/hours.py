@@ -9,7 +9,9 @@ How it knows, across crashes and restarts, without repeating or skipping an hour
   are counted per (hour of `timestamp`, Kafka topic), and `counted_to` becomes the next offset.
   What the forwarder delivered while counting was not running (or before a crash let counting
   save its state) is counted afterwards from the journal, from `counted_to` to the forwarder's
-  cursor: every delivered event is counted once.
+  cursor: every delivered event is counted once. A Kafka forwarder in a process of its own
+  (`forward.own_process`) counts its batch there (`count_hours`) and sends the HourCounts only;
+  which hours are late is still decided here.
 - The boundary. `timestamp` is the time zspark received the event, so when the clock passes the
   hour's end plus the grace, every event of the hour has been journaled: the journal's end offset
   then is the hour's boundary. Once `counted_to` reaches it, the hour is complete.

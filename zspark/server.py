@@ -1,4 +1,6 @@
 """One zspark process: wires config, journal, sources, forwarders and notices together.
+(With `forward.own_process` the forwarders run in child processes of this one, the journal's
+owner, behind stand-ins with the same interface: zspark/forwarders.py.)
 
 `Server.start()` opens the journal and starts the sources, the forwarders and the node's notices
 (node_online, heartbeats, hour_complete); `run()` serves until `request_stop` (SIGTERM/SIGINT)
