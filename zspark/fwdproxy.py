@@ -141,10 +141,18 @@ class ForwarderProcess:
 
     def start(self):
         """Start the child and wait until its sink is built; raise StartupError if it cannot be."""
-        try:
-            greenlet = self.child.start()
-        except OSError as e:
-            raise StartupError(f"cannot start the {self.name} forwarder's process: {e}") from None
+        backoff = Backoff(0.1, 2.0, timeout=START_TIMEOUT_S)
+        while True:
+            try:
+                greenlet = self.child.start()
+                break
+            except OSError as e:  # out of processes or descriptors (the machine's trouble): again
+                delay = backoff.failed()
+                if delay is None:
+                    raise StartupError(f"cannot start the {self.name} forwarder's process: {e}") from None
+                log.error("cannot start the %s forwarder's process, trying again in %.1fs: %s",
+                          self.name, delay, e)
+                backoff.wait(delay)
         self._feed = gevent.spawn(self._feed_loop)
         # A process that dies before it is ready is started again meanwhile (children.py).
         if not self._ready.wait(START_TIMEOUT_S) or self._start_error is not None:
