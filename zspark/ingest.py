@@ -10,7 +10,7 @@ from itertools import repeat
 
 from . import native
 from .event import NOTICE_SOURCE, InvalidEvent, Limits, normalize, sender_fields
-from .journal.codec import FrameEvent, encode_batch, encode_events, event_ids
+from .journal.codec import FrameBurst, FrameEvent, encode_batch, encode_events, event_ids
 from .native import PLAIN_FRAME_OMITS
 
 
@@ -120,12 +120,17 @@ class Ingest:
         self._check_topic(fields, source, now)
         return FrameEvent(frame, now, source, self.node)
 
+    def frame_burst(self, frames, source, now):
+        """The frames of a burst, all known valid as they are, as one FrameBurst; None where the
+        topic policy must see each one (kafka.topic_not_allowed: refuse): then frame_event."""
+        return FrameBurst(frames, now, source, self.node) if self.topics is None else None
+
     def plain_bson_frames(self, frames):
         """native.plain_bson_frames under this ingest's limits, or None where it cannot serve."""
         return native.plain_bson_frames(frames, self.limits) if self.plain_frames else None
 
     def append_nowait(self, events, source):
-        """Hand normalized events (dicts and FrameEvents) to the journal; `.wait()` on the result
+        """Hand normalized events (dicts and FrameEvents, or a FrameBurst) to the journal; `.wait()` on the result
         for durability.
 
         Raises JournalError (JournalFull included) if the journal refuses them now; the caller
