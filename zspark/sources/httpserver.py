@@ -37,11 +37,12 @@ import time
 from collections import OrderedDict
 
 from gevent import GreenletExit, Timeout, get_hub, getcurrent, spawn_later
-from gevent.pywsgi import WSGIHandler, WSGIServer, format_date_time
+from gevent.pywsgi import Input, WSGIHandler, WSGIServer, format_date_time
 
 from ..metrics import RateLimitedLog
 from .httperrors import JSON, HttpError, error_answer, error_body, respond, status_line
 from .httpframing import MAX_HEAD_BYTES, MAX_REQUEST_LINE, FramingError, parse_head
+from . import httpheaders
 from .httpheaders import Headers
 
 log = logging.getLogger("zspark.http")
@@ -110,11 +111,13 @@ class RequestHandler(WSGIHandler):
         self.headers = Headers(request.headers)
         self.content_length = request.content_length
         self.close_connection = self.overflow or not request.persistent
-        self.environ = self.get_environ()
+        self.environ = environ = httpheaders.environ(self.server.get_environ(), request, self.client_address)
+        sock = self.socket if environ.get("HTTP_EXPECT") == "100-continue" else None
+        self.wsgi_input = Input(self.rfile, request.content_length, socket=sock, chunked_input=request.chunked)
         # zspark upgrades no connection: a request asking for one has its body framed as any
         # other (pywsgi would hand the app the raw stream, and read a body's length again after).
-        self.environ["wsgi.input"] = self.wsgi_input
-        self.environ["wsgi.input_terminated"] = True
+        environ["wsgi.input"] = self.wsgi_input
+        environ["wsgi.input_terminated"] = True
         self.application = self.server.overflow_app if self.overflow else self.server.application
         self.handle_one_response()
         if self.close_connection or self.rfile.closed:
@@ -139,6 +142,9 @@ class RequestHandler(WSGIHandler):
             return None
         if not waited:
             return None  # closed (or evicted)
+        head = self._buffered_head()
+        if head is not None:
+            return head
         if deadline is None:
             deadline = time.monotonic() + server.header_timeout
         timer = Timeout(max(deadline - time.monotonic(), 0.0))
@@ -152,6 +158,21 @@ class RequestHandler(WSGIHandler):
                                "(http.header_timeout_s)") from None
         except OSError:
             return None
+
+    def _buffered_head(self):
+        """The next request head if the bytes already received hold all of it, as _read_head
+        would return it: the common case, where one recv brought the head (and a small body),
+        read without a timer or a read per line. None to read it line by line."""
+        buffered = self.rfile.peek(MAX_REQUEST_LINE)  # what is buffered: waited for, no recv
+        end = buffered.find(b"\r\n\r\n") + 4
+        if end < 4 or end > MAX_HEAD_BYTES or buffered[0] in b"\r\n":
+            return None
+        # Its first empty line is that one, as readline() sees lines, and its request line is
+        # not too long (else _read_head stops elsewhere, or answers 414).
+        if buffered.find(b"\n\r\n") != end - 3 or b"\n\n" in buffered[:end] or \
+                buffered.find(b"\n") >= MAX_REQUEST_LINE - 1:
+            return None
+        return self.rfile.read(end)
 
     def _read_head(self):
         """Lines up to the first empty one (any line end: parse_head judges them), or None at
