@@ -41,6 +41,7 @@ from gevent.pywsgi import Input, WSGIHandler, WSGIServer, format_date_time
 
 from ..metrics import RateLimitedLog
 from .httperrors import JSON, HttpError, error_answer, error_body, respond, status_line
+from .httpbody import BODY_IN_HAND
 from .httpframing import MAX_HEAD_BYTES, MAX_REQUEST_LINE, FramingError, parse_head
 from . import httpheaders
 from .httpheaders import Headers
@@ -79,6 +80,7 @@ class RequestHandler(WSGIHandler):
     accepted = 0.0  # monotonic time the connection was accepted (or its TLS handshake done)
     overflow = False  # taken beyond max_connections: one request, /imok or a 503
     _served = 0  # requests read on this connection so far
+    _in_hand = 0  # bytes the read buffer held after the last request head
 
     def handle(self):
         # Without TCP_NODELAY, keep-alive answers wait ~40 ms for the client's delayed ACK.
@@ -118,6 +120,8 @@ class RequestHandler(WSGIHandler):
         # other (pywsgi would hand the app the raw stream, and read a body's length again after).
         environ["wsgi.input"] = self.wsgi_input
         environ["wsgi.input_terminated"] = True
+        if request.content_length is not None and request.content_length <= self._in_hand:
+            environ[BODY_IN_HAND] = True
         self.application = self.server.overflow_app if self.overflow else self.server.application
         self.handle_one_response()
         if self.close_connection or self.rfile.closed:
@@ -131,6 +135,7 @@ class RequestHandler(WSGIHandler):
         server = self.server
         first = not self._served
         self._served += 1
+        self._in_hand = 0
         now = time.monotonic()
         deadline = self.accepted + server.header_timeout if first else None
         waited = server.wait_for_request(self.rfile, (deadline - now) if first else server.idle_timeout)
@@ -172,6 +177,7 @@ class RequestHandler(WSGIHandler):
         if buffered.find(b"\n\r\n") != end - 3 or b"\n\n" in buffered[:end] or \
                 buffered.find(b"\n") >= MAX_REQUEST_LINE - 1:
             return None
+        self._in_hand = len(buffered) - end
         return self.rfile.read(end)
 
     def _read_head(self):
