@@ -6,7 +6,10 @@ about framing and bounded in what a connection can hold.
   through `on_malformed`, like any refused request) and the connection closed. A head cut short
   by the client's close or by a timeout never reaches the app. The body is left to the app,
   through environ['wsgi.input'] (pywsgi's Input, which reads exactly the framed length or the
-  chunks), and whatever the app left unread is read and dropped before the next request.
+  chunks), and whatever the app left unread is read and dropped before the next request. A head
+  that arrived whole with the bytes already received (the common case) is taken from them at
+  once, exactly as the line-by-line reading would have taken it; the environ is built from
+  parse_head's fields (httpheaders.environ) and says when the body is in hand too (httpbody).
 - **Timeouts.** A connection must send its first request head within `header_timeout` of being
   accepted (of the TLS handshake's end on HTTPS); between requests it may wait `idle_timeout` for
   the next one, whose head then has `header_timeout` from its first byte. Both are deadlines for
