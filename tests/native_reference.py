@@ -85,3 +85,22 @@ def check_encode_batch(fields, offset, assigned):
     if payloads is not None:
         assert payloads == codec._encode_batch(fields, offset, assigned), f"encoded differently: {fields!r}"
     return payloads
+
+
+def check_parse_head(head):
+    """Fail if the compiled head parser gives anything but the Head httpframing's Python parser
+    gives (or gives one where Python refuses the head); return its Head, or None where it leaves
+    the head to Python."""
+    from zspark.sources.httpframing import FramingError, Head, _parse_head
+    fields = _native.parse_head(head)
+    if fields is None:
+        return None
+    try:
+        expected = _parse_head(head)
+    except FramingError as e:
+        raise AssertionError(f"compiled: parsed; Python: {e.status} {e.reason} ({head!r})") from None
+    got = Head(*fields)
+    assert got == expected, f"parsed differently: {got!r} != {expected!r} ({head!r})"
+    assert type(got.content_length) is type(expected.content_length) and type(got.persistent) is bool, \
+        f"types differ: {got!r} ({head!r})"
+    return got

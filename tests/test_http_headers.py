@@ -6,12 +6,13 @@ import http.client
 import io
 import unittest
 
-from gevent.pywsgi import OldMessage
+from gevent.pywsgi import OldMessage, WSGIHandler
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tests.hostile  # noqa: F401  (loads the hypothesis profile: derandomized in CI)
 from zspark.sources.httpframing import FramingError, parse_head
+from zspark.sources import httpheaders
 from zspark.sources.httpheaders import Headers
 
 
@@ -107,6 +108,49 @@ class HeaderParsingTest(unittest.TestCase):
     def test_generated_blocks_answer_as_the_email_parser_does(self, block):
         if ours(block) is not None and b"\x85" not in block:  # see test_latin1_values_stay_as_sent
             self.assert_same(block)
+
+
+BASE_ENVIRON = {"GATEWAY_INTERFACE": "CGI/1.1", "SERVER_NAME": "h", "SERVER_PORT": "80", "SCRIPT_NAME": "x"}
+TARGETS = ["/log", "/log?type=t&a=%41", "/a%20b%C3%A9?q", "/%ZZ%e9", "*", "/?", "/p?a?b", "/\xe9"]
+
+
+class EnvironTest(unittest.TestCase):
+    """httpheaders.environ gives the environ pywsgi's get_environ built from the same request."""
+
+    def assert_same_environ(self, head, address=("10.1.2.3", 4567)):
+        request = parse_head(head)
+
+        class Server:  # what get_environ asks of the server
+            def get_environ(self):
+                return dict(BASE_ENVIRON)
+
+        handler = WSGIHandler.__new__(WSGIHandler)
+        handler.server, handler.client_address, handler.rfile, handler.socket = Server(), address, io.BytesIO(), None
+        handler.command, handler.path, handler.request_version = request.method, request.target, request.version
+        handler.headers = Headers(request.headers)
+        handler.content_length = request.content_length
+        theirs = handler.get_environ()
+        mine = httpheaders.environ(dict(BASE_ENVIRON), request, address)
+        for env in (theirs, mine):
+            env.pop("wsgi.input", None)
+            env.pop("wsgi.input_terminated", None)
+        self.assertEqual(list(mine.items()), list(theirs.items()), head)  # the same order too
+
+    def test_a_typical_request(self):
+        self.assert_same_environ(b"POST /log?x=1 HTTP/1.1\r\nHost: h:8080\r\nContent-Type: application/json\r\n"
+                                 b"Content-Length: 017\r\nCookie: a=1\r\nCookie: b=2\r\nX-F: 1\r\nx-f: 2\r\n"
+                                 b"X_Under: u\r\ncontent-type: second\r\nExpect: 100-continue\r\n\r\n")
+        self.assert_same_environ(b"GET / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"[:16] + b"\r\n",
+                                 address="unix")
+        self.assert_same_environ(b"POST / HTTP/1.1\r\nTransfer-Encoding: CHUNKED\r\nUpgrade: websocket\r\n"
+                                 b"X-Obs: \xa0caf\xe9\x85\r\n\r\n")
+
+    @settings(max_examples=300)
+    @given(st.sampled_from(TARGETS), header_blocks())
+    def test_generated_requests(self, target, block):
+        head = b"GET " + target.encode("latin-1") + b" HTTP/1.1\r\n" + block
+        if ours(block) is not None:
+            self.assert_same_environ(head)
 
 
 def _fields(lines):

@@ -3,6 +3,7 @@ preflights and headers, the pixel (always the GIF, the status telling what becam
 the visitor cookie, /zspark.js, the request's fields on POSTed events, and the config keys.
 tests/test_browser.py does the same from a real browser.
 """
+import json
 import unittest
 
 from tests.support import TempDir, config_data, write_config
@@ -73,6 +74,21 @@ class AnyOriginTest(HttpCase):
                          ("127.0.0.1", "Mozilla/5.0 (test)", "https://shop.example/cart"))
         self.assertEqual((second["ip"], second["user_agent"], second["referrer"]),
                          ("192.0.2.7", "mine", "https://mine.example/"), "the sender's own fields stay")
+
+
+class RequestFieldLimitTest(HttpCase):
+    event_settings = {"max_string_bytes": 100}
+
+    def test_a_request_field_over_the_limits_refuses_the_batch_naming_the_first_event_it_reached(self):
+        body = "\n".join(json.dumps(e) for e in [{"type": "a", "user_agent": "own"}, {"type": "b"}, {"type": "c"}])
+        status, _, answer = self.call_json("POST", "/log", body.encode(),
+                                           {"Content-Type": "application/x-ndjson", "User-Agent": "u" * 101})
+        self.assertEqual((400, {"ok": False, "error": "user_agent: longer than 100 bytes", "index": 1}),
+                         (status, answer))
+        status, _, answer = self.call_json("POST", "/log", body.encode(),
+                                           {"Content-Type": "application/x-ndjson", "User-Agent": "u" * 100})
+        self.assertEqual(200, status, answer)
+        self.assertEqual(["u" * 100] * 2, [e["user_agent"] for e in self.events()[1:]])
 
 
 class ListedOriginTest(HttpCase):

@@ -15,8 +15,8 @@ from zspark import native
 from zspark.event import Limits
 from zspark.journal import codec, record
 
-from .native_reference import (check_encode_batch, check_plain_events, check_plain_frame, document, element,
-                               native_verdict, python_verdict)
+from .native_reference import (check_encode_batch, check_parse_head, check_plain_events, check_plain_frame, document,
+                               element, native_verdict, python_verdict)
 
 SMALL = Limits(max_string_bytes=40, max_depth=3, max_fields=12)
 DEFAULT = Limits()
@@ -304,3 +304,144 @@ class SwitchTest(unittest.TestCase):
 
     def test_this_run_uses_what_its_environment_asks(self):
         self.assertEqual(native.COMPILED, not native.PURE)
+
+
+# -- HTTP request heads (httpframing.parse_head) ---------------------------------------------------
+
+TCHARS = "!#$%&'*+.^_`|~-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+tokens = st.text(st.sampled_from(TCHARS), min_size=1, max_size=12)
+FRAMING_NAMES = ["Content-Length", "content-length", "CONTENT-LENGTH", "Transfer-Encoding", "transfer-encoding",
+                 "Connection", "connection", "CONNECTION", "Host", "Content-Type", "Prefer"]
+field_names = st.one_of(tokens, st.sampled_from(FRAMING_NAMES))
+ows = st.sampled_from(["", " ", "\t", "  ", " \t "])
+field_values = st.one_of(
+    st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7e), max_size=30),
+    st.sampled_from(["0", "5", "007", "00", "12345678901234567", "123456789012345678", "1234567890123456789",
+                     "5, 5", "5,6", "", "chunked", "Chunked", "gzip, chunked", "close", "keep-alive",
+                     "Keep-Alive", "keep-alive, close", "upgrade , CLOSE", ",", "x\x80y", "\xff", "a\tb"]))
+targets = st.one_of(st.sampled_from(["/log", "/", "*", "/log?type=t&x=%20", "http://h/p", "/\x80\xff"]),
+                    st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7e), min_size=1, max_size=20))
+methods = st.one_of(st.sampled_from(["GET", "POST", "HEAD", "OPTIONS", "PUT"]), tokens)
+versions = st.sampled_from(["HTTP/1.1", "HTTP/1.0", "HTTP/1.1", "HTTP/2.0", "HTTP/0.9", "HTTP/1.2", "http/1.1"])
+
+
+@st.composite
+def heads(draw, max_fields=8):
+    """Request heads built as a sender would write them: most valid, the rest at a rule's edge."""
+    line = f"{draw(methods)} {draw(targets)} {draw(versions)}\r\n"
+    fields = draw(st.lists(st.tuples(field_names, ows, field_values, ows), max_size=max_fields))
+    text = line + "".join(f"{n}:{a}{v}{b}\r\n" for n, a, v, b in fields) + "\r\n"
+    return text.encode("latin-1")
+
+
+COMMON_HEADS = [
+    b"POST /log HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nContent-Type: application/json\r\nContent-Length: 80\r\n\r\n",
+    b"GET /log?type=t HTTP/1.1\r\nHost: h\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n\r\n",
+    b"GET /imok HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+    b"GET /imok HTTP/1.0\r\n\r\n",
+    b"POST /log HTTP/1.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    b"HEAD /imok HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+    b"POST /log HTTP/1.1\r\ncontent-length:\t0007 \r\nX-Empty:\r\nX-Obs: caf\xe9\r\n\r\n",
+    b"OPTIONS * HTTP/1.1\r\nConnection: Upgrade, Keep-Alive\r\nConnection: CLOSE\r\n\r\n",
+]
+
+
+class ParseHeadTest(unittest.TestCase):
+    """The compiled head parser gives parse_head's Head or leaves the head to Python: never
+    another Head, never a Head for a head Python refuses."""
+
+    @settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
+    @given(heads())
+    def test_generated_heads(self, head):
+        check_parse_head(head)
+
+    @settings(max_examples=300)
+    @given(st.sampled_from(["GET", "POST", "HEAD"]), st.sampled_from(["/log", "/imok?x=1"]),
+           st.sampled_from(["HTTP/1.1", "HTTP/1.0"]),
+           st.lists(st.tuples(tokens.filter(lambda n: n.lower() not in ("content-length", "transfer-encoding")),
+                              st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7e), max_size=20)),
+                    max_size=10))
+    def test_recognises_common_heads(self, method, target, version, fields):
+        head = f"{method} {target} {version}\r\n{''.join(f'{n}: {v}' + chr(13) + chr(10) for n, v in fields)}\r\n"
+        self.assertIsNotNone(check_parse_head(head.encode()))
+
+    def test_common_heads(self):
+        for head in COMMON_HEADS:
+            with self.subTest(head=head):
+                self.assertIsNotNone(check_parse_head(head))
+
+    def test_one_bad_byte_anywhere(self):
+        """Every byte of each common head replaced by each byte value, and each byte removed or
+        doubled."""
+        for head in COMMON_HEADS:
+            for at in range(len(head)):
+                for byte in range(256):
+                    check_parse_head(head[:at] + bytes([byte]) + head[at + 1:])
+                check_parse_head(head[:at] + head[at + 1:])
+                check_parse_head(head[:at] + head[at:at + 1] * 2 + head[at:])
+
+    def test_heads_cut_short(self):
+        for head in COMMON_HEADS:
+            for cut in range(len(head) + 1):
+                check_parse_head(head[:cut])
+                check_parse_head(head[:cut] + b"\r\n\r\n")
+
+    @settings(max_examples=400)
+    @given(heads(max_fields=4), st.lists(st.tuples(st.integers(0, 10**4), st.integers(0, 255)), min_size=1,
+                                         max_size=4), st.integers(0, 10**4))
+    def test_mutated_generated_heads(self, head, flips, cut_at):
+        mutated = bytearray(head)
+        for at, byte in flips:
+            mutated[at % len(mutated)] = byte
+        check_parse_head(bytes(mutated))
+        check_parse_head(bytes(mutated[:cut_at % len(mutated)]))
+
+    def test_each_rule_at_its_edge(self):
+        line = b"POST /log HTTP/1.1\r\n"
+        many = b"".join(b"X-%d: v\r\n" % i for i in range(100))
+        self.assertEqual(len(check_parse_head(line + many + b"\r\n").headers), 100)  # the most allowed
+        self.assertIsNone(check_parse_head(line + many + b"X: v\r\n\r\n"))  # 101: Python's 431
+        for size in (64 * 1024 - 1, 64 * 1024, 64 * 1024 + 1):  # MAX_HEAD_BYTES
+            head = line + b"X: " + b"v" * (size - len(line) - 7) + b"\r\n\r\n"
+            self.assertEqual(len(head), size)
+            (self.assertIsNotNone if size <= 64 * 1024 else self.assertIsNone)(check_parse_head(head))
+        for value, expected in [(b"0", 0), (b"007", 7), (b"9" * 18, 10**18 - 1), (b"0" * 18, 0)]:
+            self.assertEqual(check_parse_head(line + b"Content-Length: " + value + b"\r\n\r\n").content_length, expected)
+        for value in (b"9" * 19, b"0" * 19 + b"1", b"5, 5", b"5,5", b"", b"+5", b"-1", b"5 5", b"0x5", b"\xb5"):
+            with self.subTest(value=value):
+                self.assertIsNone(check_parse_head(line + b"Content-Length: " + value + b"\r\n\r\n"))
+        self.assertIsNone(check_parse_head(line + b"Content-Length: 5\r\nContent-Length: 5\r\n\r\n"))
+        self.assertIsNone(check_parse_head(line + b"Transfer-Encoding: chunked\r\n\r\n"))
+        self.assertEqual(check_parse_head(b"HEAD / HTTP/1.1\r\nContent-Length: 000\r\n\r\n").content_length, 0)
+        self.assertIsNone(check_parse_head(b"HEAD / HTTP/1.1\r\nContent-Length: 1\r\n\r\n"))  # a body: 400
+        self.assertTrue(check_parse_head(b"HEADS / HTTP/1.1\r\nContent-Length: 1\r\n\r\n").persistent)
+        persistent = {b"HTTP/1.1": True, b"HTTP/1.1|close": False, b"HTTP/1.1|Close": False,
+                      b"HTTP/1.1|keep-alive": True, b"HTTP/1.1|foo, close ,bar": False, b"HTTP/1.1|closed": True,
+                      b"HTTP/1.1|,": True, b"HTTP/1.1|\tclose\t": False, b"HTTP/1.0": False,
+                      b"HTTP/1.0|keep-alive": True, b"HTTP/1.0|KEEP-ALIVE": True, b"HTTP/1.0|keep-alive,close": False,
+                      b"HTTP/1.0|keep-alive|close": False, b"HTTP/1.0|keep-alivex": False}
+        for spec, expected in persistent.items():
+            version, *options = spec.split(b"|")
+            head = b"GET / " + version + b"\r\n" + b"".join(b"Connection: " + o + b"\r\n" for o in options) + b"\r\n"
+            with self.subTest(head=head):
+                self.assertIs(check_parse_head(head).persistent, expected)
+        for bad in (b"GET / HTTP/1.1\r\n\r\nX: y\r\n\r\n", b"GET / HTTP/1.1\r\n\r\n\r\n", b"\r\nGET / HTTP/1.1\r\n\r\n",
+                    b"GET  / HTTP/1.1\r\n\r\n", b"GET / HTTP/1.1 \r\n\r\n", b"GET / HTTP/1.1\r\n \r\n\r\n",
+                    b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n", b"GET / HTTP/1.1\r\nX : a\r\n\r\n",
+                    b"GET / HTTP/1.1\r\n: a\r\n\r\n", b"GET / HTTP/1.1\r\nX\r\n\r\n", b"GET / HTTP/1.1\r\nX: a\x00\r\n\r\n",
+                    b"GET / HTTP/1.1\r\nX: a\x7f\r\n\r\n", b"GET / HTTP/1.1\r\nX: a\rb\r\n\r\n",
+                    b"GET / HTTP/1.1\r\nX: a\nb\r\n\r\n", b"GET / HTTP/1.1\n\r\n", b"GET / HTTP/1.1\r\n\n",
+                    b"GET / HTTP/2.0\r\n\r\n", b"GET / HTTP/1.1\r\n\r\nextra", b"GET /\x7f HTTP/1.1\r\n\r\n",
+                    b"G\x80T / HTTP/1.1\r\n\r\n", b"GET / HTTP/1.1\r\n\r\n\x00", b"", b"\r\n\r\n"):
+            with self.subTest(head=bad):
+                self.assertIsNone(check_parse_head(bad))
+        self.assertIsNone(native._native.parse_head("GET / HTTP/1.1\r\n\r\n"))  # not bytes: Python's to refuse
+        self.assertIsNone(native._native.parse_head(bytearray(b"GET / HTTP/1.1\r\n\r\n")))
+
+    def test_the_switch(self):
+        """parse_head uses the compiled parser where compiled paths are in use, and gives the
+        same Head either way."""
+        from zspark.sources import httpframing
+        self.assertEqual(httpframing._compiled_parse_head is not None, native.COMPILED)
+        for head in COMMON_HEADS:
+            self.assertEqual(httpframing.parse_head(head), httpframing._parse_head(head))

@@ -53,6 +53,17 @@
  *   journal.record.marks: the first record of `data` (records back to back, as frame_all
  *   writes them, at file position `position`) and each one starting `spacing` bytes or more
  *   after the last one given: where the index notes them.
+ *
+ * parse_head(head) -> tuple or None
+ *
+ *   httpframing.parse_head's Head, as the tuple (method, target, version, headers,
+ *   content_length, chunked, persistent), for a request head (bytes up to and with its empty
+ *   line) that follows every rule of httpframing's docstring in the common way: a request line
+ *   of a token, a target and HTTP/1.0 or HTTP/1.1; at most 100 field lines of a token name, a
+ *   colon and a value (OWS stripped); at most one Content-Length, of at most 18 digits (leading
+ *   zeros dropped); no Transfer-Encoding; Connection options read for `persistent`. Anything
+ *   else (every refusal, chunked, repeated or listed Content-Length, ...) is None: Python
+ *   parses it and raises FramingError naming the rule broken.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -756,6 +767,183 @@ static PyObject *record_marks(PyObject *self, PyObject *args) {
     return out;
 }
 
+/* -- parse_head: the common HTTP request head (httpframing.parse_head's fast path) ------------ */
+
+#define HEAD_MAX_BYTES (64 * 1024) /* httpframing.MAX_HEAD_BYTES */
+#define HEAD_MAX_FIELDS 100        /* httpframing.MAX_HEADERS */
+#define HEAD_MAX_LENGTH_DIGITS 18  /* a Content-Length of more digits is left to Python */
+
+/* RFC 9110 tchar, as httpframing._TOKEN. */
+static unsigned char head_token[256];
+/* A field value's bytes, as httpframing._FIELD_LINE: HTAB, SP, visible, obs-text. */
+static unsigned char head_value[256];
+static PyObject *head_http10, *head_http11, *head_content_length;
+
+static void head_tables(void) {
+    const char *extra = "!#$%&'*+.^_`|~-";
+    for (int c = '0'; c <= '9'; c++)
+        head_token[c] = 1;
+    for (int c = 'A'; c <= 'Z'; c++)
+        head_token[c] = head_token[c + 32] = 1;
+    for (const char *e = extra; *e; e++)
+        head_token[(unsigned char)*e] = 1;
+    head_value['\t'] = 1;
+    for (int c = 0x20; c < 0x100; c++)
+        head_value[c] = c != 0x7f;
+}
+
+/* `s` (n bytes) equals the lower-case ASCII `name`, in any case. */
+static int head_name_is(const unsigned char *s, Py_ssize_t n, const char *name) {
+    Py_ssize_t len = (Py_ssize_t)strlen(name);
+    if (n != len)
+        return 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = s[i];
+        if (c >= 'A' && c <= 'Z')
+            c += 32;
+        if (c != (unsigned char)name[i])
+            return 0;
+    }
+    return 1;
+}
+
+/* Note the options of a Connection value (comma-separated, OWS around each) in *close and
+ * *keep_alive. */
+static void head_connection(const unsigned char *s, Py_ssize_t n, int *close, int *keep_alive) {
+    Py_ssize_t at = 0;
+    while (at <= n) {
+        Py_ssize_t end = at;
+        while (end < n && s[end] != ',')
+            end++;
+        Py_ssize_t a = at, b = end;
+        while (a < b && (s[a] == ' ' || s[a] == '\t'))
+            a++;
+        while (b > a && (s[b - 1] == ' ' || s[b - 1] == '\t'))
+            b--;
+        if (head_name_is(s + a, b - a, "close"))
+            *close = 1;
+        else if (head_name_is(s + a, b - a, "keep-alive"))
+            *keep_alive = 1;
+        at = end + 1;
+    }
+}
+
+static PyObject *parse_head(PyObject *self, PyObject *arg) {
+    if (!PyBytes_Check(arg))
+        Py_RETURN_NONE;
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(arg);
+    Py_ssize_t n = PyBytes_GET_SIZE(arg), at = 0;
+    if (n > HEAD_MAX_BYTES || n < 4 || memcmp(p + n - 4, "\r\n\r\n", 4) != 0)
+        Py_RETURN_NONE;
+    /* request-line = method SP request-target SP HTTP-version CRLF */
+    while (at < n && head_token[p[at]])
+        at++;
+    Py_ssize_t method_end = at;
+    if (method_end == 0 || at >= n || p[at] != ' ')
+        Py_RETURN_NONE;
+    Py_ssize_t target_start = ++at;
+    while (at < n && p[at] > 0x20 && p[at] != 0x7f)
+        at++;
+    Py_ssize_t target_end = at;
+    if (target_end == target_start || n - at < 11 || memcmp(p + at, " HTTP/1.", 8) != 0 ||
+        (p[at + 8] != '0' && p[at + 8] != '1') || p[at + 9] != '\r' || p[at + 10] != '\n')
+        Py_RETURN_NONE;
+    int http11 = p[at + 8] == '1';
+    at += 11;
+    /* The field lines: where each name and (stripped) value is. */
+    Py_ssize_t spans[HEAD_MAX_FIELDS][4];
+    int count = 0, length_at = -1, close = 0, keep_alive = 0;
+    long long length = 0;
+    while (1) {
+        if (at + 2 > n)
+            Py_RETURN_NONE;
+        if (p[at] == '\r' && p[at + 1] == '\n') { /* the empty line: the end, and only there */
+            if (at + 2 != n)
+                Py_RETURN_NONE;
+            break;
+        }
+        if (count == HEAD_MAX_FIELDS)
+            Py_RETURN_NONE;
+        Py_ssize_t name = at;
+        while (at < n && head_token[p[at]])
+            at++;
+        if (at == name || at >= n || p[at] != ':')
+            Py_RETURN_NONE;
+        Py_ssize_t name_end = at++;
+        while (at < n && (p[at] == ' ' || p[at] == '\t'))
+            at++;
+        Py_ssize_t value = at;
+        while (at < n && head_value[p[at]])
+            at++;
+        if (n - at < 2 || p[at] != '\r' || p[at + 1] != '\n')
+            Py_RETURN_NONE;
+        Py_ssize_t value_end = at;
+        while (value_end > value && (p[value_end - 1] == ' ' || p[value_end - 1] == '\t'))
+            value_end--;
+        at += 2;
+        const unsigned char *nm = p + name;
+        Py_ssize_t nlen = name_end - name;
+        if (head_name_is(nm, nlen, "transfer-encoding"))
+            Py_RETURN_NONE; /* chunked, or refused: Python says which */
+        if (head_name_is(nm, nlen, "content-length")) {
+            if (length_at >= 0 || value_end == value || value_end - value > HEAD_MAX_LENGTH_DIGITS)
+                Py_RETURN_NONE; /* repeated, empty or long: Python compares or refuses them */
+            for (Py_ssize_t i = value; i < value_end; i++) {
+                if (p[i] < '0' || p[i] > '9')
+                    Py_RETURN_NONE;
+                length = length * 10 + (p[i] - '0');
+            }
+            length_at = count;
+        } else if (head_name_is(nm, nlen, "connection")) {
+            head_connection(p + value, value_end - value, &close, &keep_alive);
+        }
+        spans[count][0] = name;
+        spans[count][1] = name_end;
+        spans[count][2] = value;
+        spans[count][3] = value_end;
+        count++;
+    }
+    if (length > 0 && method_end == 4 && memcmp(p, "HEAD", 4) == 0)
+        Py_RETURN_NONE; /* a HEAD request with a body: refused */
+    PyObject *headers = PyList_New(count), *method = NULL, *target = NULL, *content_length = NULL;
+    if (headers == NULL)
+        return NULL;
+    for (int i = 0; i < count; i++) {
+        PyObject *pair;
+        if (i == length_at) {
+            PyObject *number = PyUnicode_FromFormat("%lld", length);
+            pair = number == NULL ? NULL : PyTuple_Pack(2, head_content_length, number);
+            Py_XDECREF(number);
+        } else {
+            PyObject *key = PyUnicode_DecodeLatin1((const char *)p + spans[i][0], spans[i][1] - spans[i][0], NULL);
+            PyObject *val = PyUnicode_DecodeLatin1((const char *)p + spans[i][2], spans[i][3] - spans[i][2], NULL);
+            pair = key == NULL || val == NULL ? NULL : PyTuple_Pack(2, key, val);
+            Py_XDECREF(key);
+            Py_XDECREF(val);
+        }
+        if (pair == NULL)
+            goto fail;
+        PyList_SET_ITEM(headers, i, pair);
+    }
+    method = PyUnicode_DecodeASCII((const char *)p, method_end, NULL);
+    target = PyUnicode_DecodeLatin1((const char *)p + target_start, target_end - target_start, NULL);
+    if (length_at >= 0)
+        content_length = PyLong_FromLongLong(length);
+    else
+        content_length = Py_NewRef(Py_None);
+    if (method == NULL || target == NULL || content_length == NULL)
+        goto fail;
+    int persistent = http11 ? !close : keep_alive && !close;
+    return Py_BuildValue("(NNONNOO)", method, target, http11 ? head_http11 : head_http10, headers, content_length,
+                         Py_False, persistent ? Py_True : Py_False);
+fail:
+    Py_DECREF(headers);
+    Py_XDECREF(method);
+    Py_XDECREF(target);
+    Py_XDECREF(content_length);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"plain_bson_frames", plain_bson_frames, METH_VARARGS,
      "plain_bson_frames(frames, max_string_bytes, max_depth, max_fields) -> list: for each BSON "
@@ -774,6 +962,9 @@ static PyMethodDef methods[] = {
      "frame_all(offset, payloads) -> bytes: the journal records of payloads, joined."},
     {"record_marks", record_marks, METH_VARARGS,
      "record_marks(data, position, spacing) -> list of (offset, position) for the index."},
+    {"parse_head", parse_head, METH_O,
+     "parse_head(head) -> tuple or None: httpframing.parse_head's Head fields for a common, valid "
+     "request head, else None (the Python parser decides)."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "zspark._native",
@@ -785,5 +976,11 @@ PyMODINIT_FUNC PyInit__native(void) {
         if (field_objects[i] == NULL)
             return NULL;
     }
+    head_tables();
+    head_http10 = PyUnicode_InternFromString("HTTP/1.0");
+    head_http11 = PyUnicode_InternFromString("HTTP/1.1");
+    head_content_length = PyUnicode_InternFromString("Content-Length");
+    if (head_http10 == NULL || head_http11 == NULL || head_content_length == NULL)
+        return NULL;
     return PyModule_Create(&module);
 }

@@ -34,15 +34,18 @@ def raise_limit():
     return soft
 
 
-def connection_cap(wanted, limit, also_held=0):
-    """How many HTTP connections to allow: `wanted`, or fewer when the descriptor limit would
+def connection_cap(wanted, limit, also_held=0, listeners=1):
+    """How many HTTP connections each of `listeners` HTTP listeners may hold (the main one and
+    http.pixel.bind's each have the cap): `wanted`, or fewer when the descriptor limit would
     leave the rest of the process without descriptors (at least a few are always allowed);
-    `also_held`: the connections the server takes beyond the cap (for /imok)."""
-    room = max(16, limit - RESERVED - also_held)
+    `also_held`: the connections each listener takes beyond the cap (for /imok)."""
+    room = max(16, (limit - RESERVED) // listeners - also_held)
     if wanted > room:
-        log.warning("http.max_connections %d is more than the open files limit %d leaves room for; "
-                    "allowing %d connections (raise the limit, e.g. LimitNOFILE= in systemd or "
-                    "ulimit -n, for more)", wanted, limit, room)
+        log.warning("http.max_connections %d is more than the open files limit %d leaves room for%s; "
+                    "allowing %d connections%s (raise the limit, e.g. LimitNOFILE= in systemd or "
+                    "ulimit -n, for more)", wanted, limit,
+                    f" with {listeners} HTTP listeners" if listeners > 1 else "", room,
+                    " on each" if listeners > 1 else "")
         return room
     return wanted
 

@@ -10,7 +10,7 @@ from itertools import repeat
 
 from . import native
 from .event import NOTICE_SOURCE, InvalidEvent, Limits, normalize, sender_fields
-from .journal.codec import FrameEvent, encode_batch, encode_events, event_ids
+from .journal.codec import FrameBurst, FrameEvent, encode_batch, encode_events, event_ids
 from .native import PLAIN_FRAME_OMITS
 
 
@@ -50,10 +50,22 @@ class Ingest:
         # unless the topic policy reads those.
         self.plain_frames = self.topics is None or not set(self.topics.template_fields) & set(PLAIN_FRAME_OMITS)
 
-    def normalize_all(self, raws, source, trusted=False):
+    def normalize_all(self, raws, source, trusted=False, added=None):
         """Normalize a batch that is accepted whole or not at all: a `Received`; raise
-        BatchRejected."""
+        BatchRejected. `added`: fields every event gets where it has none (a POST's ip,
+        referrer and user_agent, from the request: http.post_request_fields)."""
         plain = None if trusted else native.plain_events(raws, self.limits)
+        if added:
+            # Checked once for the whole request, not once per event: an event valid as it came
+            # stays valid as it is with fields added that are valid as they are. Else (a
+            # User-Agent too long...) every event goes the full way, which says which and why.
+            if plain is not None and not self._valid_as_they_are(added):
+                plain = None
+            for raw in raws:
+                if type(raw) is dict:  # anything else is refused below
+                    for name, value in added.items():
+                        if name not in raw:
+                            raw[name] = value
         try:
             if plain is None:
                 fields = list(map(sender_fields, raws, repeat(self.limits), repeat(trusted)))
@@ -76,6 +88,14 @@ class Ingest:
                 self.metrics.source(source).reject(str(e), len(raws))
                 raise BatchRejected(e.index, str(e)) from None
         return received
+
+    def _valid_as_they_are(self, fields):
+        """True if sender_fields keeps `fields` (beside a type) exactly as they are."""
+        event = {"type": "x", **fields}
+        try:
+            return sender_fields(event, self.limits) == event
+        except InvalidEvent:
+            return False
 
     def _view(self, timestamp, source):
         """What the topic template reads of an event's sender fields: those, or with a template
@@ -120,12 +140,17 @@ class Ingest:
         self._check_topic(fields, source, now)
         return FrameEvent(frame, now, source, self.node)
 
+    def frame_burst(self, frames, source, now):
+        """The frames of a burst, all known valid as they are, as one FrameBurst; None where the
+        topic policy must see each one (kafka.topic_not_allowed: refuse): then frame_event."""
+        return FrameBurst(frames, now, source, self.node) if self.topics is None else None
+
     def plain_bson_frames(self, frames):
         """native.plain_bson_frames under this ingest's limits, or None where it cannot serve."""
         return native.plain_bson_frames(frames, self.limits) if self.plain_frames else None
 
     def append_nowait(self, events, source):
-        """Hand normalized events (dicts and FrameEvents) to the journal; `.wait()` on the result
+        """Hand normalized events (dicts and FrameEvents, or a FrameBurst) to the journal; `.wait()` on the result
         for durability.
 
         Raises JournalError (JournalFull included) if the journal refuses them now; the caller

@@ -12,7 +12,8 @@ warning at start, see `describe`).
     plain_events(raws, limits)          for each decoded JSON event, 1 if sender_fields keeps
                                         it as it is, else 0 (bytes); None when not compiled
     `compiled(name, reference)`         the others: journal.record.frame_all and marks,
-                                        journal.codec's splicing and batch encoding
+                                        journal.codec's splicing and batch encoding,
+                                        sources.httpframing's parse_head of common heads
 """
 import os
 import sys

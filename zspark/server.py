@@ -19,7 +19,7 @@ import zmq.green as zmq_green
 from gevent.event import Event
 
 from . import __version__, accesslog, descriptors, forwarders, native, sinks
-from .config import config_warnings
+from .config import config_warnings, pixel_address
 from .errors import StartupError  # noqa: F401 (importable from here too)
 from .event import Limits
 from .forwarders import build_sinks  # noqa: F401 (importable from here too)
@@ -75,7 +75,9 @@ class Server:
     def start(self):
         limit = descriptors.raise_limit()
         hc = self.config.http
-        hc.max_connections = descriptors.connection_cap(hc.max_connections, limit, also_held=OVERFLOW_CONNECTIONS)
+        listeners = 2 if hc.enabled and pixel_address(self.config) else 1  # http.pixel.bind has its own
+        hc.max_connections = descriptors.connection_cap(hc.max_connections, limit, also_held=OVERFLOW_CONNECTIONS,
+                                                        listeners=listeners)
         for warning in config_warnings(self.config):
             log.warning("%s", warning)
         try:

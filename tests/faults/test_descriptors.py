@@ -119,5 +119,15 @@ class Descriptors(FaultCase):
                      delivered=len(acknowledged), duplicated=0, rejected=load.rejected, held=len(held),
                      http=self.http_counts)
 
+class ConnectionCapTest(unittest.TestCase):
+    def test_two_http_listeners_share_the_descriptors_left_for_connections(self):
+        from zspark.descriptors import RESERVED, connection_cap
+        one = connection_cap(10000, NOFILE, also_held=64)
+        two = connection_cap(10000, NOFILE, also_held=64, listeners=2)
+        self.assertEqual(NOFILE - RESERVED - 64, one)
+        self.assertLessEqual(2 * (two + 64), NOFILE - RESERVED)  # http.pixel.bind's listener too
+        self.assertEqual(300, connection_cap(300, NOFILE, also_held=64, listeners=2))
+
+
 if __name__ == "__main__":
     unittest.main()

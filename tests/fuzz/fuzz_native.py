@@ -4,8 +4,8 @@ against the pure-Python reference (tests/native_reference.py).
     .venv/bin/python -m tests.fuzz.fuzz_native -max_total_time=60 [corpus_dir ...]
 
 The input's fourth byte chooses the entry point: a ZeroMQ BSON frame for plain_bson_frames, bytes
-to splice and frame as journal records, or an HTTP body's JSON for plain_events and the batch
-encoder (the first three bytes choose the limits). Without a
+to splice and frame as journal records, an HTTP body's JSON for plain_events and the batch
+encoder (the first three bytes choose the limits), or an HTTP request head for parse_head. Without a
 corpus directory it starts from a few events' frames (in a temporary one). A failure prints the
 input and leaves it in crash-<hash>; `python -m tests.fuzz.fuzz_native crash-<hash>` replays it.
 """
@@ -25,13 +25,19 @@ with atheris.instrument_imports():
     from zspark.event import Limits
     from zspark.journal import codec, record
     from zspark.sources import fastjson
-    from tests.native_reference import check_encode_batch, check_plain_events, check_plain_frame
+    from tests.native_reference import check_encode_batch, check_parse_head, check_plain_events, check_plain_frame
 
 SEED_EVENTS = [
     {"type": "page_view", "level": "info", "topic": "web", "context": {"user": "u1", "n": 1, "ok": True}},
     {"type": "t", "extra": [1.5, None, {"a": bson.ObjectId(b"012345678901")}], "env": "prod"},
     {"type": "t", "context": {"deep": {"er": {"still": [b"\x00\x01", bson.Int64(2**40)]}}}},
     {"type": "t", "ip": "10.0.0.1", "timestamp": datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)},
+]
+
+SEED_HEADS = [
+    b"POST /log HTTP/1.1\r\nHost: h:8080\r\nContent-Type: application/json\r\nContent-Length: 80\r\n\r\n",
+    b"GET /log?type=t HTTP/1.0\r\nConnection: keep-alive, x\r\ncontent-length:\t007 \r\n\r\n",
+    b"POST /log HTTP/1.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
 ]
 
 
@@ -85,13 +91,23 @@ def check_json(data, limits):
 def one_input(data):
     if len(data) < 4:
         return
-    entry = data[3] % 3
+    entry = data[3] % 4
     if entry == 0:
         check_plain_frame(data[4:], limits_of(data))
     elif entry == 1:
         check_journal_writing(data[4:])
-    else:
+    elif entry == 2:
         check_json(data[4:], limits_of(data))
+    else:
+        check_head(data[4:])
+
+
+def check_head(data):
+    """The HTTP path's first step: a request head as read off the socket (the compiled parser
+    judges exactly those bytes), and the same bytes ended with the empty line, so that mutations
+    reach the field lines' rules rather than the end's."""
+    check_parse_head(data)
+    check_parse_head(data + b"\r\n\r\n")
 
 
 def main(argv):
@@ -103,6 +119,9 @@ def main(argv):
                 f.write(b"\xff\x20\xff" + bytes([i % 2]) + bson.encode(event))
             with open(os.path.join(corpus, f"seed{i}.json"), "wb") as f:
                 f.write(b"\xff\x20\xff\x02" + json.dumps(event, default=str).encode())
+        for i, head in enumerate(SEED_HEADS):
+            with open(os.path.join(corpus, f"seed{i}.head"), "wb") as f:
+                f.write(b"\0\0\0\x03" + head)
         argv = argv + [corpus]
     atheris.Setup(argv, one_input)
     atheris.Fuzz()

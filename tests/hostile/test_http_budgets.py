@@ -191,6 +191,17 @@ class BodyDeadlineTest(HttpCase):
         self.assertEqual(self.http_counts(), (0, 1))
         self.assert_accepted(self.post([{"type": "after"}]), 1)
 
+    def test_a_body_one_byte_short_is_cut_off(self):
+        # Sent with its head, all but its last byte: the server holds nearly all of it at once,
+        # and must still wait for that byte under the deadline.
+        body = json.dumps([{"type": "short"}]).encode()
+        sock = open_post(self.port, len(body), body[:-1])
+        self.addCleanup(sock.close)
+        status, headers, answer = read_answer(sock, timeout=20)
+        self.assertEqual(status, 408, answer)
+        self.assertEqual(self.events(), [])
+        self.assert_accepted(self.post([{"type": "after"}]), 1)
+
     def test_a_body_that_trickles_is_cut_off_at_the_deadline_however_steady(self):
         # A byte every 50 ms is never idle for long: a deadline for the whole body still ends it.
         body = json.dumps([{"type": "trickle"}]).encode() + b" " * 400

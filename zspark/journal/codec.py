@@ -58,6 +58,29 @@ class FrameEvent:
         self.node = node
 
 
+class FrameBurst:
+    """Frames received together, each one valid as it is (a FrameEvent's frame), sharing what
+    they are assigned: a ZeroMQ burst held as one object instead of one FrameEvent per frame,
+    journaled by one splice call. Slices are bursts too (a journal with no room for a whole burst
+    takes it in parts)."""
+
+    __slots__ = ("frames", "timestamp", "source", "node")
+
+    def __init__(self, frames, timestamp, source, node):
+        self.frames = frames
+        self.timestamp = timestamp
+        self.source = source
+        self.node = node
+
+    def __len__(self):
+        return len(self.frames)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return FrameBurst(self.frames[index], self.timestamp, self.source, self.node)
+        return FrameEvent(self.frames[index], self.timestamp, self.source, self.node)
+
+
 def encode_event(item, offset):
     """The journal `encode` hook: set the event's `_id` from its offset and return BSON."""
     if type(item) is FrameEvent:
@@ -67,8 +90,10 @@ def encode_event(item, offset):
 
 
 def encode_events(items, offset):
-    """The journal `encode_all` hook for a list of events (dicts and FrameEvents): each one's
-    encode_event payload."""
+    """The journal `encode_all` hook for a list of events (dicts and FrameEvents), or a
+    FrameBurst: each one's encode_event payload."""
+    if type(items) is FrameBurst:
+        return splice_all(items.frames, offset, _assigned(items.timestamp, items.source, items.node))
     first = items[0] if items else None
     if type(first) is FrameEvent and all(
             type(item) is FrameEvent and item.timestamp is first.timestamp and item.source == first.source

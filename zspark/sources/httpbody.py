@@ -14,6 +14,10 @@ request alone is always admitted, so a body within `http.max_body_bytes` can alw
 the others are done. The events decoded from a body are not charged: they live only while their
 request is answered, and `http.max_body_bytes` bounds them per request.
 
+A plain body the server already holds whole in its read buffer (environ[BODY_IN_HAND], set by
+httpserver.RequestHandler: the common small POST) is read without arming the deadline, since
+reading it cannot wait.
+
 A body refused before its end is not read further: the server answers it with `Connection:
 close` (httpserver.RequestHandler), where pywsgi would read and discard the rest after the answer
 for as long as the client cares to send it.
@@ -26,6 +30,7 @@ from .httperrors import HttpError
 
 CHUNK = 64 * 1024  # read from the socket, and fed to the decoder, at most this much at a time
 FIRST_SLICE = 64  # a gzip member is first fed this many bytes, then twice as many each time
+BODY_IN_HAND = "zspark.body_in_hand"  # environ: True if wsgi.input's next bytes hold the whole body
 
 
 class OverBudget(Exception):
@@ -83,11 +88,11 @@ def read_body(environ, limit, timeout_s, held, retry_after_s):
     return _read(environ, environ["wsgi.input"], limit, timeout_s, held, retry_after_s)
 
 
+def _too_large(limit):
+    return HttpError(413, f"the body is larger than {limit} bytes")
+
+
 def _read(environ, stream, limit, timeout_s, held, retry_after_s):
-    too_large = HttpError(413, f"the body is larger than {limit} bytes")
-    busy = HttpError(503, "the server holds as many request bodies in memory as it may "
-                          "(http.max_inflight_bytes); send again later",
-                     {"Retry-After": str(retry_after_s), "Connection": "close"})  # shed the load
     length = environ.get("CONTENT_LENGTH") or ""
     if length:
         try:
@@ -95,7 +100,7 @@ def _read(environ, stream, limit, timeout_s, held, retry_after_s):
         except ValueError:
             raise HttpError(400, "bad Content-Length") from None
         if length > limit:
-            raise too_large
+            raise _too_large(limit)
     else:
         length = None  # chunked, or none at all
     encoding = environ.get("HTTP_CONTENT_ENCODING", "identity").strip().lower()
@@ -111,13 +116,17 @@ def _read(environ, stream, limit, timeout_s, held, retry_after_s):
         try:
             held.grow_to(nbytes)
         except OverBudget:
-            raise busy from None
+            raise HttpError(503, "the server holds as many request bodies in memory as it may "
+                                 "(http.max_inflight_bytes); send again later",
+                            {"Retry-After": str(retry_after_s), "Connection": "close"}) from None  # shed the load
 
     chunks = []
     received = 0
     read_whole = False
-    deadline = gevent.Timeout(timeout_s)
-    deadline.start()
+    in_hand = decoder is None and length is not None and environ.get(BODY_IN_HAND)
+    deadline = None if in_hand else gevent.Timeout(timeout_s)
+    if deadline is not None:
+        deadline.start()
     try:
         while True:
             want = CHUNK if length is None else min(CHUNK, length - received)
@@ -132,7 +141,7 @@ def _read(environ, stream, limit, timeout_s, held, retry_after_s):
                 break
             received += len(data)
             if received > limit:
-                raise too_large
+                raise _too_large(limit)
             if decoder is None:
                 chunks.append(data)
             else:
@@ -147,7 +156,8 @@ def _read(environ, stream, limit, timeout_s, held, retry_after_s):
     except (OSError, ValueError) as e:
         raise HttpError(400, f"could not read the body: {e}") from None
     finally:
-        deadline.close()
+        if deadline is not None:
+            deadline.close()
         if not read_whole and decoder is not None:
             # Refused: let go of its output now (the frame the error refers to would keep it
             # until the cycle collector runs, and sixty refusals would hold sixty bodies).

@@ -8,9 +8,8 @@ any other into `context`, a list when repeated, or refused by `event.unknown_fie
 defaults to the client's address (`client_ip`: the peer, or the rightmost address in
 X-Forwarded-For that is not of a proxy in `http.trusted_proxies` when the peer is one), and the
 Referer, User-Agent and Cookie headers give `referrer`, `user_agent` and `cookies`. POSTed events
-get the same `ip`, `referrer` and `user_agent` where they have none (`http.post_request_fields`,
-add_sender_fields). The dicts
-are raw: event.normalize (through ingest) validates them.
+get the same `ip`, `referrer` and `user_agent` where they have none (`http.post_request_fields`:
+Ingest.normalize_all adds them). The dicts are raw: event.normalize (through ingest) validates them.
 """
 import ipaddress
 import urllib.parse
@@ -50,16 +49,6 @@ class RequestEvents:
         if environ.get("HTTP_USER_AGENT"):
             fields["user_agent"] = header_text(environ["HTTP_USER_AGENT"])
         return fields
-
-    def add_sender_fields(self, events, environ):
-        """Give each event dict of a POST the sender_fields it does not have
-        (`http.post_request_fields`)."""
-        fields = self.sender_fields(environ)
-        for event in events:
-            if type(event) is dict:  # anything else is refused by normalize
-                for name, value in fields.items():
-                    if name not in event:
-                        event[name] = value
 
     def client_ip(self, environ):
         peer = environ.get("REMOTE_ADDR", "")

@@ -7,6 +7,9 @@ body is framed (a length, chunked, or none). A head that breaks a rule raises `F
 one can tell where the next request would start. Whatever parses HTTP for zspark (gevent.pywsgi
 through httpserver.RequestHandler today, a C parser perhaps tomorrow) must frame requests by this
 function's answer alone; tests/hostile/test_http_framing.py holds the server to it over sockets.
+The common head is parsed by compiled code (zspark/_native.c, `parse_head`: see zspark/native.py),
+which gives the same Head or hands the head to `_parse_head` here, the reference it is tested and
+fuzzed against (tests/test_native.py): every refusal and its reason come from the Python code.
 
 The rules, each one the strict choice where the RFC leaves one, so that no proxy in front can read
 the same bytes as a different sequence of requests:
@@ -28,6 +31,7 @@ A request with neither Content-Length nor Transfer-Encoding has no body (§6.3 r
 import re
 from dataclasses import dataclass
 
+from .. import native
 from .httperrors import HttpError
 
 MAX_REQUEST_LINE = 8192  # pywsgi's limit: a longer request line is answered 414
@@ -58,8 +62,20 @@ class Head:
     persistent: bool  # the connection may carry another request after this one
 
 
+_compiled_parse_head = native.compiled("parse_head", None)
+
+
 def parse_head(head):
     """The `Head` of `head` (bytes ending with CRLF CRLF), or FramingError naming the rule broken."""
+    if _compiled_parse_head is not None:
+        fields = _compiled_parse_head(head)
+        if fields is not None:
+            return Head(*fields)
+    return _parse_head(head)
+
+
+def _parse_head(head):
+    """parse_head in Python: the reference, and the parser of every head the compiled one declines."""
     if len(head) > MAX_HEAD_BYTES:
         raise FramingError(431, f"the request head is larger than {MAX_HEAD_BYTES} bytes")
     crlfs = head.count(b"\r\n")

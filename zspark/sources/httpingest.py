@@ -90,10 +90,10 @@ class LogEndpoint:
         if self.stopping():
             raise HttpError(503, "the server is stopping", {**self._retry(), "Connection": "close"})
         self.tokens.check(environ)
-        raws = read_events(environ, held)
+        raws, added = read_events(environ, held)
         if len(raws) > _LARGE_BATCH:
             gevent.sleep(0)  # decoding, validating and encoding a large batch each take tens of ms
-        received = self.ingest.normalize_all(raws, SOURCE)
+        received = self.ingest.normalize_all(raws, SOURCE, added=added)
         if len(raws) > _LARGE_BATCH:
             gevent.sleep(0)  # the batch is still journaled whole: it is all in hand
         try:
@@ -124,13 +124,12 @@ class LogEndpoint:
     # -- reading requests ---------------------------------------------------------------------
 
     def _events_from_query(self, environ, held):
-        return self.events.from_query(environ)
+        """(events, fields each event gets where it has none): a GET's event has them already."""
+        return self.events.from_query(environ), None
 
     def _events_from_body(self, environ, held):
         events = self._parse_body(environ, held)
-        if self.config.post_request_fields:
-            self.events.add_sender_fields(events, environ)
-        return events
+        return events, self.events.sender_fields(environ) if self.config.post_request_fields else None
 
     def _parse_body(self, environ, held):
         body = httpbody.read_body(environ, self.config.max_body_bytes, self.config.body_timeout_s, held,

@@ -6,7 +6,10 @@ about framing and bounded in what a connection can hold.
   through `on_malformed`, like any refused request) and the connection closed. A head cut short
   by the client's close or by a timeout never reaches the app. The body is left to the app,
   through environ['wsgi.input'] (pywsgi's Input, which reads exactly the framed length or the
-  chunks), and whatever the app left unread is read and dropped before the next request.
+  chunks), and whatever the app left unread is read and dropped before the next request. A head
+  that arrived whole with the bytes already received (the common case) is taken from them at
+  once, exactly as the line-by-line reading would have taken it; the environ is built from
+  parse_head's fields (httpheaders.environ) and says when the body is in hand too (httpbody).
 - **Timeouts.** A connection must send its first request head within `header_timeout` of being
   accepted (of the TLS handshake's end on HTTPS); between requests it may wait `idle_timeout` for
   the next one, whose head then has `header_timeout` from its first byte. Both are deadlines for
@@ -37,11 +40,13 @@ import time
 from collections import OrderedDict
 
 from gevent import GreenletExit, Timeout, get_hub, getcurrent, spawn_later
-from gevent.pywsgi import WSGIHandler, WSGIServer, format_date_time
+from gevent.pywsgi import Input, WSGIHandler, WSGIServer, format_date_time
 
 from ..metrics import RateLimitedLog
 from .httperrors import JSON, HttpError, error_answer, error_body, respond, status_line
+from .httpbody import BODY_IN_HAND
 from .httpframing import MAX_HEAD_BYTES, MAX_REQUEST_LINE, FramingError, parse_head
+from . import httpheaders
 from .httpheaders import Headers
 
 log = logging.getLogger("zspark.http")
@@ -78,6 +83,7 @@ class RequestHandler(WSGIHandler):
     accepted = 0.0  # monotonic time the connection was accepted (or its TLS handshake done)
     overflow = False  # taken beyond max_connections: one request, /imok or a 503
     _served = 0  # requests read on this connection so far
+    _in_hand = 0  # bytes the read buffer held after the last request head
 
     def handle(self):
         # Without TCP_NODELAY, keep-alive answers wait ~40 ms for the client's delayed ACK.
@@ -110,11 +116,15 @@ class RequestHandler(WSGIHandler):
         self.headers = Headers(request.headers)
         self.content_length = request.content_length
         self.close_connection = self.overflow or not request.persistent
-        self.environ = self.get_environ()
+        self.environ = environ = httpheaders.environ(self.server.get_environ(), request, self.client_address)
+        sock = self.socket if environ.get("HTTP_EXPECT") == "100-continue" else None
+        self.wsgi_input = Input(self.rfile, request.content_length, socket=sock, chunked_input=request.chunked)
         # zspark upgrades no connection: a request asking for one has its body framed as any
         # other (pywsgi would hand the app the raw stream, and read a body's length again after).
-        self.environ["wsgi.input"] = self.wsgi_input
-        self.environ["wsgi.input_terminated"] = True
+        environ["wsgi.input"] = self.wsgi_input
+        environ["wsgi.input_terminated"] = True
+        if request.content_length is not None and request.content_length <= self._in_hand:
+            environ[BODY_IN_HAND] = True
         self.application = self.server.overflow_app if self.overflow else self.server.application
         self.handle_one_response()
         if self.close_connection or self.rfile.closed:
@@ -128,6 +138,7 @@ class RequestHandler(WSGIHandler):
         server = self.server
         first = not self._served
         self._served += 1
+        self._in_hand = 0
         now = time.monotonic()
         deadline = self.accepted + server.header_timeout if first else None
         waited = server.wait_for_request(self.rfile, (deadline - now) if first else server.idle_timeout)
@@ -139,6 +150,9 @@ class RequestHandler(WSGIHandler):
             return None
         if not waited:
             return None  # closed (or evicted)
+        head = self._buffered_head()
+        if head is not None:
+            return head
         if deadline is None:
             deadline = time.monotonic() + server.header_timeout
         timer = Timeout(max(deadline - time.monotonic(), 0.0))
@@ -152,6 +166,22 @@ class RequestHandler(WSGIHandler):
                                "(http.header_timeout_s)") from None
         except OSError:
             return None
+
+    def _buffered_head(self):
+        """The next request head if the bytes already received hold all of it, as _read_head
+        would return it: the common case, where one recv brought the head (and a small body),
+        read without a timer or a read per line. None to read it line by line."""
+        buffered = self.rfile.peek(MAX_REQUEST_LINE)  # what is buffered: waited for, no recv
+        end = buffered.find(b"\r\n\r\n") + 4
+        if end < 4 or end > MAX_HEAD_BYTES or buffered[0] in b"\r\n":
+            return None
+        # Its first empty line is that one, as readline() sees lines, and its request line is
+        # not too long (else _read_head stops elsewhere, or answers 414).
+        if buffered.find(b"\n\r\n") != end - 3 or b"\n\n" in buffered[:end] or \
+                buffered.find(b"\n") >= MAX_REQUEST_LINE - 1:
+            return None
+        self._in_hand = len(buffered) - end
+        return self.rfile.read(end)
 
     def _read_head(self):
         """Lines up to the first empty one (any line end: parse_head judges them), or None at

@@ -217,6 +217,10 @@ class ZmqSource:
         # Frames the compiled check finds valid as they are need no decoding (native.py); the
         # rest are decoded and validated here in Python, which words every rejection.
         plain = self.ingest.plain_bson_frames(frames) if self.splice else None
+        if plain is not None and None not in plain:  # the usual burst: every frame as it came
+            burst = self.ingest.frame_burst(frames, self.name, now)
+            if burst is not None:
+                return burst
         slow = frames if plain is None else [frame for frame, fields in zip(frames, plain) if fields is None]
         docs = iter(self._decode_burst(slow) or ()) if self.splice and slow else None
         for index, frame in enumerate(frames):
@@ -263,7 +267,7 @@ class ZmqSource:
     def _within_limit(self, frames):
         """The frames of at most max_message_bytes; each larger one is a counted rejection."""
         limit = self.max_message_bytes
-        if all(len(frame) <= limit for frame in frames):
+        if not frames or max(map(len, frames)) <= limit:
             return frames
         kept = []
         for frame in frames:
