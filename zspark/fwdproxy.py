@@ -18,7 +18,9 @@ is the only data link: no event crosses the link, only these messages:
                                   forwarder's, for the hour tracker), topics: a batch confirmed
                      damage       what its readers skipped or found missing in the journal
 
-The counters (delivered, failed, dead_lettered) go on across the child's restarts. While its
+The counters (delivered, failed, dead_lettered) go on across the child's restarts (the records
+a killed run delivered without reporting them count as delivered when the next run starts past
+them). While its
 process is down the forwarder shows `backing_off` with the exit in last_error; a child that
 exits is restarted with the one backoff (children.py), and sends its batch in flight again from
 its cursor. The hour tracker's count stays exact across a crash: a batch whose `delivered` never
@@ -196,6 +198,11 @@ class ForwarderProcess:
 
     def _on_ready(self, header):
         self.sink.destination = str(header["destination"])
+        cursor = header["forwarder"]["cursor"]
+        if self._ready.is_set() and type(cursor) is int and cursor > self.cursor.offset:
+            # Started again past where its last run's report left it: that run delivered these
+            # records (and saved its cursor) but was killed before it said so.
+            self._totals["delivered"] += cursor - self.cursor.offset
         self._update(header)
         self._linked = True
         self._ready.set()
