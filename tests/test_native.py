@@ -438,6 +438,24 @@ class ParseHeadTest(unittest.TestCase):
         self.assertIsNone(native._native.parse_head("GET / HTTP/1.1\r\n\r\n"))  # not bytes: Python's to refuse
         self.assertIsNone(native._native.parse_head(bytearray(b"GET / HTTP/1.1\r\n\r\n")))
 
+    def test_failed_allocations(self):
+        """Each allocation the compiled parser makes failing in turn (and every one from there on):
+        a MemoryError, None (Python decides) or the Head, never another result or a crash."""
+        import _testcapi
+        from zspark.sources.httpframing import Head, _parse_head
+        for head in (COMMON_HEADS[0], COMMON_HEADS[6], b"GET /\xff HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"):
+            expected = _parse_head(head)
+            for start, stop in [(i, i + 1) for i in range(60)] + [(i, 0) for i in range(60)]:
+                with self.subTest(head=head, start=start, stop=stop):
+                    _testcapi.set_nomemory(start, stop)
+                    try:
+                        fields = native._native.parse_head(head)
+                    except MemoryError:
+                        continue
+                    finally:
+                        _testcapi.remove_mem_hooks()
+                    self.assertTrue(fields is None or Head(*fields) == expected, fields)
+
     def test_the_switch(self):
         """parse_head uses the compiled parser where compiled paths are in use, and gives the
         same Head either way."""
