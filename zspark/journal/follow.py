@@ -12,24 +12,22 @@ with Damage's `skipped` and `missing`: the owner's report, over the link).
 """
 import os
 
-from gevent.event import Event
 
 from . import index, record
 from .cursor import Cursor
 from .damage import Damage
-from .reader import Reader
+from .reader import DurableEnd
 
 
-class FollowedJournal:
+class FollowedJournal(DurableEnd):
     def __init__(self, directory, damage=None):
         self.directory = os.path.abspath(directory)
         self.index = index.OffsetIndex()
         self.damage = damage if damage is not None else Damage()
-        self._end_offset = 0
+        self._init_durable_end()
         self._active = None  # the base of the owner's active segment, once told
         self._active_bytes = 0
         self._complete = {}  # base -> size of a segment before the active one (final)
-        self._appended = Event()
         self._closed = False
 
     def advance(self, end_offset, segment, nbytes):
@@ -39,12 +37,12 @@ class FollowedJournal:
         self._end_offset = max(self._end_offset, end_offset)
         self._active = segment
         self._active_bytes = nbytes
-        self._notify()
+        self._notify_readers()
 
     def close(self):
         """The owner is gone: waits end at once, and no more records become readable."""
         self._closed = True
-        self._notify()
+        self._notify_readers()
 
     @property
     def end_offset(self):
@@ -70,17 +68,5 @@ class FollowedJournal:
             self._complete[base] = size
         return size
 
-    def reader(self, offset=0):
-        return Reader(self.directory, offset, journal=self)
-
-    def wait_for_append(self, offset, timeout=None):
-        if offset < self._end_offset or self._closed:
-            return True
-        return self._appended.wait(timeout)
-
     def cursor(self, name):
         return Cursor(self.directory, name)
-
-    def _notify(self):
-        appended, self._appended = self._appended, Event()
-        appended.set()

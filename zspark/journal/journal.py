@@ -37,7 +37,7 @@ from . import files, record
 from .cursor import Cursor, read_cursor, read_cursors
 from .damage import Damage
 from .index import SPACING, OffsetIndex
-from .reader import Reader
+from .reader import DurableEnd
 
 log = logging.getLogger("zspark.journal")
 
@@ -129,7 +129,7 @@ class Segment:
         return record.segment_name(self.base)
 
 
-class Journal:
+class Journal(DurableEnd):
     def __init__(self, directory, sync="batch", sync_interval=0.005, segment_bytes=64 * 1024**2,
                  max_bytes=10 * 1024**3, retain_hours=168.0, on_fatal=None, allow_shared_dir=False):
         if sync not in SYNC_POLICIES:
@@ -151,11 +151,10 @@ class Journal:
         self._dir_fd = None  # the journal directory, checked at open; segments are opened relative to it
         self._lock_fd = None
         self._next_offset = 0  # the offset the next appended record gets
-        self._end_offset = 0  # records below this are durable and readable
+        self._init_durable_end()
         self._open_batch = _Batch()
         self._pending_bytes = 0  # framed bytes handed over but not yet written
         self._wake = Event()
-        self._appended = Event()  # replaced each time records become durable
         self._closing = False
         self._closed = True
         self._failed = None
@@ -357,19 +356,6 @@ class Journal:
             if segment.base == base:
                 return segment.size
         return 0
-
-    def reader(self, offset=0):
-        return Reader(self.directory, offset, journal=self)
-
-    def wait_for_append(self, offset, timeout=None):
-        """Block until records at or past `offset` are durable, the journal closes, or timeout."""
-        if offset < self._end_offset or self._closed:
-            return True
-        return self._appended.wait(timeout)
-
-    def _notify_readers(self):
-        appended, self._appended = self._appended, Event()
-        appended.set()
 
     def cursor(self, name):
         return Cursor(self.directory, name)

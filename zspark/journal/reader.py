@@ -21,6 +21,7 @@ import logging
 import os
 
 import gevent
+from gevent.event import Event
 
 from .. import blocking
 from . import index, record
@@ -259,3 +260,27 @@ class Reader:
 
 def _call(func, *args):
     return func(*args)
+
+
+class DurableEnd:
+    """What a Reader waits on: a journal's durable end offset (`_end_offset`), moved on by its
+    owner (Journal) or by the owner's word (follow.FollowedJournal), with `_notify_readers()` after
+    each move; `_closed` ends every wait. Subclasses also give segment_bases() and durable_bytes()."""
+
+    def _init_durable_end(self):
+        self._end_offset = 0  # records below this are durable and readable
+        self._appended = Event()  # replaced each time records become durable
+
+    def reader(self, offset=0):
+        return Reader(self.directory, offset, journal=self)
+
+    def wait_for_append(self, offset, timeout=None):
+        """Block until records at or past `offset` are durable, the journal closes, or timeout."""
+        if offset < self._end_offset or self._closed:
+            return True
+        return self._appended.wait(timeout)
+
+    def _notify_readers(self):
+        appended, self._appended = self._appended, Event()
+        appended.set()
+
