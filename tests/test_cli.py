@@ -45,6 +45,15 @@ class CliCase(unittest.TestCase):
 
 
 class CtrlCTest(CliCase):
+    def setUp(self):
+        super().setUp()
+        # Ctrl-C at a terminal reaches a command whose SIGINT is at its default. A test runner
+        # started in the background by a non-interactive shell (`cmd &`) ignores SIGINT, and an
+        # ignored signal stays ignored across exec: the commands spawned here would ignore it
+        # too. A handler of ours is reset to the default in them.
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        self.addCleanup(signal.signal, signal.SIGINT, previous)
+
     def test_tail_follow_exits_130_quietly(self):
         self.write_events("first")
         proc = self.spawn("-y", self.config_path, "tail", "-f")
