@@ -177,6 +177,14 @@ class Errors(ConfigCase):
             config.load(self.tmp.join("nope.yaml"))
         self.assertIn("nope.yaml", str(ctx.exception))
 
+    def test_http_workers_is_a_number_of_processes_or_auto(self):
+        self.assertEqual(config.load(self.write("http: {}\n")).http.workers, 1)  # one process
+        self.assertEqual(config.load(self.write("http: {workers: 3}\n")).http.workers, 3)
+        self.assertEqual(config.load(self.write("http: {workers: auto}\n")).http.workers, os.cpu_count())
+        for bad in ("0", "-2", "2.5", "true", "'two'", "[2]"):
+            with self.subTest(bad=bad):
+                self.assertConfigError(f"http: {{workers: {bad}}}\n", "key 'http.workers'", '"auto"')
+
     def test_alias_and_nested_key_together_are_refused(self):
         self.assertConfigError("web_port: 1\nhttp: {port: 2}\n", "web_port", "http.port")
 

@@ -49,6 +49,11 @@ class Port(int):
     """A TCP port, 1-65535 (0 asks the kernel for a free one)."""
 
 
+class Workers(int):
+    """A number of processes, at least 1; YAML may also say `auto`: one per core
+    (os.cpu_count())."""
+
+
 class Secret(str):
     """A token. In YAML it is the token itself, or `env:NAME` (read from that environment
     variable) or `file:PATH` (every non-empty line not starting with # is a token), so that
@@ -129,6 +134,10 @@ class HttpConfig:
     idle_timeout_s: float = 75.0
     tls_handshake_timeout_s: float = 10.0
     max_connections: int = 10000
+    # Processes serving HTTP (zspark/httpworkers.py): 1 = this one; N > 1 (or `auto`: one per
+    # core) = N worker processes sharing the port (SO_REUSEPORT), handing encoded batches to
+    # this one, the journal's only writer.
+    workers: Workers = Workers(1)
     # One line per request (zspark/accesslog.py), to access_log_file ("" = stdout; reopened on SIGHUP).
     access_log: _choice("off", "combined", "json") = "off"
     access_log_file: Path = Path("")
@@ -590,6 +599,12 @@ def _convert(typ, value, key, ctx):
         return value
     if typ is ByteSize:
         return ByteSize(_parse_size(value, fail))
+    if typ is Workers:
+        if value == "auto":
+            return Workers(os.cpu_count() or 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            fail('a number of processes (1 or more) or "auto" (one per core)')
+        return Workers(value)
     if typ is Port:
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
             fail("a TCP port number 0-65535")

@@ -25,14 +25,17 @@ class BatchRejected(InvalidEvent):
 
 class Received:
     """A batch of events received together and validated: their sender fields (each as
-    `event.sender_fields` returns them), and the receive time and source they share."""
+    `event.sender_fields` returns them), and the receive time and source they share. `topics`:
+    each event's Kafka topic, where an HTTP worker process leaves the topic check to the
+    journal's owner (zspark/httpworker.py); else None."""
 
-    __slots__ = ("fields", "timestamp", "source")
+    __slots__ = ("fields", "timestamp", "source", "topics")
 
     def __init__(self, fields, timestamp, source):
         self.fields = fields
         self.timestamp = timestamp
         self.source = source
+        self.topics = None
 
     def __len__(self):
         return len(self.fields)
@@ -82,12 +85,16 @@ class Ingest:
         # One request, one receive time.
         received = Received(fields, datetime.datetime.now(datetime.timezone.utc), source)
         if self.topics is not None and source != NOTICE_SOURCE:
-            try:
-                self.topics.check(fields, self._view(received.timestamp, source))
-            except InvalidEvent as e:  # TopicNotAllowed
-                self.metrics.source(source).reject(str(e), len(raws))
-                raise BatchRejected(e.index, str(e)) from None
+            self._check_topics(received, len(raws))
         return received
+
+    def _check_topics(self, received, count):
+        """The topic policy's verdict on a batch (refuse mode): BatchRejected, counted."""
+        try:
+            self.topics.check(received.fields, self._view(received.timestamp, received.source))
+        except InvalidEvent as e:  # TopicNotAllowed
+            self.metrics.source(received.source).reject(str(e), count)
+            raise BatchRejected(e.index, str(e)) from None
 
     def _valid_as_they_are(self, fields):
         """True if sender_fields keeps `fields` (beside a type) exactly as they are."""

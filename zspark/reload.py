@@ -5,7 +5,8 @@ Applied live (LIVE): `http.tokens` and `http.status_tokens` (token files are rea
 `http.cors.allowed_origins` and `http.cors.max_age_s`, and `log.level`. Any other setting changed
 in the file keeps its running value until a restart; the log line names those keys (never their
 values: some are secrets). A config that no longer loads is logged as an error and changes
-nothing. The signal never stops the server.
+nothing. The signal never stops the server. HTTP worker processes (`http.workers`) get the
+same from the owner over their link: they reopen their log files and apply what it applied.
 """
 import copy
 import dataclasses
@@ -34,19 +35,28 @@ class Reloader:
         log.info("SIGHUP: reopening the log files%s", "" if path == "<defaults>" else f" and reloading {path}")
         logsetup.reopen()
         if path == "<defaults>":
+            self._tell_workers(self.server.config, [])
             return
         new = blocking.call(_load, path)  # reading the files (tokens too) off the event loop
         if isinstance(new, config_module.ConfigError):
             log.error("SIGHUP: the config no longer loads, nothing changed: %s", new)
+            self._tell_workers(self.server.config, [])
             return
         changed = _changed(self.running, new)
         live = [key for key in changed if key in LIVE]
         for config in (self.running, self.server.config):
             _copy_settings(new, config, live)
         self._apply(live)
+        self._tell_workers(self.server.config, live)
         rest = [key for key in changed if key not in LIVE]
         log.info("SIGHUP: %s%s", f"applied {', '.join(live)}" if live else "no change to apply",
                  f"; changed in the file but applied only at a restart: {', '.join(rest)}" if rest else "")
+
+    def _tell_workers(self, config, keys):
+        """HTTP worker processes (http.workers) reopen their log files and apply `keys` too."""
+        reload_workers = getattr(self.server.http, "reload", None)
+        if reload_workers is not None:
+            reload_workers(config, keys)
 
     def _apply(self, keys):
         config = self.server.config
@@ -54,8 +64,9 @@ class Reloader:
             logsetup.set_level(config.log.level)
         if ("http.tokens" in keys or "http.status_tokens" in keys) and self.server.http is not None:
             self.server.http.set_tokens(config.http.tokens, config.http.status_tokens)
-        if any(key.startswith("http.cors.") for key in keys) and self.server.http is not None:
-            self.server.http.web.reload_cors(config.http.cors)
+        web = getattr(self.server.http, "web", None)  # (HTTP workers: theirs, by _tell_workers)
+        if any(key.startswith("http.cors.") for key in keys) and web is not None:
+            web.reload_cors(config.http.cors)
 
 
 def _load(path):

@@ -24,6 +24,7 @@ from .errors import StartupError  # noqa: F401 (importable from here too)
 from .event import Limits
 from .forwarders import build_sinks  # noqa: F401 (importable from here too)
 from .hours import HourTracker
+from .httpworkers import HttpWorkers
 from .ingest import Ingest
 from .journal import Journal, JournalError
 from .metrics import Metrics
@@ -116,11 +117,13 @@ class Server:
 
     def _start_sources(self):
         cfg = self.config
-        if cfg.http.enabled:
-            exposition = Exposition(self.metrics, self.journal, self.forwarders, cfg.node.id, self.topics,
-                                    processes=self.processes)
+        self.exposition = Exposition(self.metrics, self.journal, self.forwarders, cfg.node.id, self.topics,
+                                     processes=self.processes)
+        if cfg.http.enabled and cfg.http.workers > 1:
+            self._start_http_workers()
+        elif cfg.http.enabled:
             self.http = HttpSource(cfg, self.ingest, self.status, lambda: self._stopping,
-                                   metrics_provider=exposition.render)
+                                   metrics_provider=self.exposition.render)
             try:
                 self.http.start()
             except TlsError as e:
@@ -149,6 +152,17 @@ class Server:
                                    f"{key}): {e}") from None
             self.zmq_sources.append(source)
             self._watch(greenlet, f"ZeroMQ source {name}")
+
+    def _start_http_workers(self):
+        """http.workers > 1: HTTP served by worker processes, this one journaling (httpworkers.py)."""
+        cfg = self.config
+        self.http = HttpWorkers(self)
+        try:
+            self.http.start()
+        except OSError as e:
+            raise StartupError(f"cannot listen for HTTP on {cfg.http.host}:{cfg.http.port} "
+                               f"(config key http.port): {e.strerror or e}") from None
+        self.children[:0] = self.http.children
 
     def _start_curve(self):
         """The server's CURVE key pair, with the ZAP handler running; None without CURVE."""

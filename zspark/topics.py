@@ -188,11 +188,16 @@ class TopicPolicy:
         """At ingest, in refuse mode: raise TopicNotAllowed (with `.index`, the event at fault)
         unless every one of `events` may go to its topic; then take the new topics, all or none.
         `view(event)` gives the mapping the template reads (the event itself by default)."""
+        self.check_topics([None if event.get("source") == NOTICE_SOURCE
+                           else self.topic_of(event if view is None else view(event)) for event in events])
+
+    def check_topics(self, topics):
+        """`check` of events given as their topics (`topic_of`; None for a notice): what the
+        journal's owner checks of a batch an HTTP worker process sends (zspark/httpworkers.py)."""
         new = {}  # topics to take, in order
-        for index, event in enumerate(events):
-            if event.get("source") == NOTICE_SOURCE:
+        for index, topic in enumerate(topics):
+            if topic is None:
                 continue
-            topic = self.topic_of(event if view is None else view(event))
             if topic in self._taken or topic in self._own or topic in new:
                 continue
             reason = self._refusal(topic, len(new))
@@ -200,7 +205,7 @@ class TopicPolicy:
                 reason = (f"topic {quoted(topic)} is not a legal Kafka topic name (1-249 letters, "
                           f"digits, '.', '_', '-')")
             if reason is not None:
-                self.refused += len(events)
+                self.refused += len(topics)
                 self.last_not_allowed = reason
                 raise TopicNotAllowed(reason, index)
             new[topic] = None

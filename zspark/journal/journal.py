@@ -73,6 +73,13 @@ class PendingAppend:
         self.offsets = offsets
         self._batch = batch
 
+    @property
+    def group(self):
+        """What this append shares with the others of its group commit (the same object for
+        each of them): `.done` (an Event) is set once it is written, `.error` is then the
+        JournalError or None. An owner answering many appends waits once per group."""
+        return self._batch
+
     def wait(self):
         """Block until durable; return the offsets, or raise JournalError."""
         self._batch.done.wait()

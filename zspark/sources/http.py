@@ -34,8 +34,12 @@ log = logging.getLogger("zspark.http")
 
 
 class HttpSource:
-    def __init__(self, config, ingest, status_provider, stopping, metrics_provider=None):
+    def __init__(self, config, ingest, status_provider, stopping, metrics_provider=None, listen=None):
+        """`listen(which, address)`: the listening socket for "main" (http.host and port) or
+        "pixel" (http.pixel.bind), where the server should not bind it itself (an HTTP worker
+        process: zspark/httpworker.py)."""
         self.config = c = config.http
+        self._listen = listen
         log_tokens, status_tokens = httpauth.groups(c.tokens, c.status_tokens)
         self.endpoint = LogEndpoint(c, ingest, RequestEvents(c.trusted_proxies, ingest.limits), log_tokens, stopping)
         self.tail = TailStream(ingest.journal, stopping, c.tail_max_last, c.tail_max_clients, c.retry_after_s)
@@ -64,9 +68,11 @@ class HttpSource:
     def start(self):
         """Listen and serve; raise OSError (a port) or TlsError (the certificate)."""
         tls = {"ssl_context": self._tls_context()} if self.config.certfile else {}
-        self.server = self._server((self.config.host, self.config.port), self.router, self.root + "/imok", tls)
+        self.server = self._server(self._listener("main", (self.config.host, self.config.port)), self.router,
+                                   self.root + "/imok", tls)
         if self.pixel_address is not None:
-            self.pixel_server = self._server(self.pixel_address, self.pixel_router, "/imok", tls)
+            self.pixel_server = self._server(self._listener("pixel", self.pixel_address), self.pixel_router,
+                                             "/imok", tls)
             self.pixel_server.start()
             log.info("HTTP pixel listening on %s://%s:%d (http.pixel.bind)", "https" if tls else "http",
                      *self.pixel_server.address[:2])
@@ -78,6 +84,9 @@ class HttpSource:
         self.server.start()
         log.info("HTTP listening on %s://%s:%d%s/log", "https" if tls else "http", self.config.host,
                  self.address[1], self.config.root)
+
+    def _listener(self, which, address):
+        return address if self._listen is None else self._listen(which, address)
 
     def _server(self, address, router, imok_path, tls):
         c = self.config
