@@ -30,6 +30,7 @@ from .files import READ_FLAGS
 log = logging.getLogger("zspark.journal")
 
 READ_CHUNK = 1024 * 1024
+_NO_LIMIT = 2**64 - 1  # a record's offset is a uint64
 
 
 class Reader:
@@ -72,6 +73,12 @@ class Reader:
                 break
             if self._fd is None and not self._open_segment_for(self.offset):
                 break
+            if self._verify is None and self._gap_after is None:
+                taken = self._run(out, limit, max_records, max_bytes - size)
+                if taken is not None:
+                    size += taken
+                    continue
+            # One record, and what comes at the end of a run: more to read, damage, a segment's end.
             result = record.parse(self._buf, self._pos)
             if self._verify is not None and result is not record.INCOMPLETE:
                 if not isinstance(result, tuple) or result[0] != self._verify:
@@ -165,6 +172,27 @@ class Reader:
                     record.segment_name(self._segment), self._file_pos - len(self._buf) + self._pos)
         self._index.forget(self._segment)
         self._open(self._segment)
+
+    def _run(self, out, limit, max_records, max_bytes):
+        """Take the intact records from the parse position on into `out` in one call
+        (record.parse_run), noting them in the index as they pass: the payload bytes taken, or
+        None if no record was parsed."""
+        records, pos, notes, next_note = record.parse_run(
+            self._buf, self._pos, self.offset, _NO_LIMIT if limit is None else limit,
+            max_records - len(out), max_bytes, self._file_pos - len(self._buf),
+            self._next_note if self._aligned else -1, index.SPACING)
+        if pos == self._pos:
+            return None
+        for rec_offset, position in notes:
+            self._index.note(self._segment, rec_offset, position)
+        if self._aligned:
+            self._next_note = next_note
+        if records:
+            out += records
+            self.offset = records[-1][0] + 1
+        self._pos = pos
+        self._stuck_at = None
+        return sum(len(payload) for _, payload in records)
 
     def _note(self, rec_offset):
         position = self._file_pos - len(self._buf) + self._pos
