@@ -657,7 +657,7 @@ class JournalFullTest(HttpCase):
 
 
 class StoppingTest(HttpCase):
-    http_settings = {"retry_after_s": 3, "stop_timeout_s": 20}
+    http_settings = {"retry_after_s": 3, "stop_timeout_s": 20, "workers": 1}  # watched from inside this process: not with HTTP worker processes
 
     def test_requests_while_stopping_get_503_and_requests_in_flight_are_answered(self):
         idle_conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
@@ -704,6 +704,8 @@ class StoppingTest(HttpCase):
 
 
 class KeepAliveTest(HttpCase):
+    http_settings = {"workers": 1}  # watched from inside this process: not with HTTP worker processes
+
     def test_many_requests_on_one_connection_with_tcp_nodelay(self):
         nodelay = []
         original = httpserver.RequestHandler.handle_one_request

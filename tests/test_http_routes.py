@@ -109,6 +109,8 @@ class HeadTest(RouterCase):
 
 
 class HandlerBugTest(RouterCase):
+    http_settings = {"workers": 1}  # patched from inside this process: not with HTTP worker processes
+
     def assert_internal_error(self, answer, method, path, logs):
         _, _, raw = answer
         self.assert_json_error(answer, 500, "internal error")

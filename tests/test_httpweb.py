@@ -118,7 +118,7 @@ class ListedOriginTest(HttpCase):
 
 
 class ReloadTest(HttpCase):
-    http_settings = {"cors": {"allowed_origins": ["https://old.example"]}}
+    http_settings = {"cors": {"allowed_origins": ["https://old.example"]}, "workers": 1}  # reloaded from inside this process: not with HTTP worker processes
 
     def test_new_origins_apply_at_once_and_the_count_goes_on(self):
         self.assertEqual(self.call("OPTIONS", "/log", headers=PREFLIGHT)[0], 403)

@@ -134,10 +134,10 @@ class _Worker:
     def __init__(self, pool, index, child_args):
         self.pool = pool
         self.index = index
-        self.name = f"http worker {index}"
+        self.name = f"http-worker {index}"
         config = pool.server.config
-        self.child = Child(self.name, MODULE, config, self.serve, args=child_args)
-        self.link = None
+        self.child = _WorkerChild(self, MODULE, config, child_args)
+        self.link = None  # while it listens
         self.ready = Event()
         self.start_error = None
         self.current = {}  # this run's last stats
@@ -246,6 +246,20 @@ class _Worker:
         return out
 
 
+class _WorkerChild(Child):
+    """A worker's Child: "starting" in /status from its spawn until it listens."""
+
+    def __init__(self, worker, module, config, args):
+        super().__init__(worker.name, module, config, worker.serve, args=args)
+        self.worker = worker
+
+    def status(self):
+        status = super().status()
+        if status["state"] == "running" and self.worker.link is None:
+            status["state"] = "starting"
+        return status
+
+
 class HttpWorkers:
     """The HTTP source's stand-in in the owner (server.http) when http.workers > 1."""
 
@@ -287,6 +301,8 @@ class HttpWorkers:
             pixel_port = self.pixel_address[1]
         for index in range(1, hc.workers + 1):
             self.workers.append(_Worker(self, index, [str(index), str(self.address[1]), str(pixel_port)]))
+        # In /status from the first request a worker answers (while the rest start).
+        self.server.children[:0] = self.children
         try:
             for worker in self.workers:
                 worker.child.start()
@@ -414,7 +430,7 @@ class HttpWorkers:
                     summed[key] = max(summed.get(key, 0), value)
                 else:
                     summed[key] = summed.get(key, 0) + value
-            workers[w.name] = {"pid": w.child.pid, "state": w.child.state, "restarts": w.child.restarts,
+            workers[w.name] = {**w.child.status(),
                                "accepted": c["accepted"], "rejected": c["rejected"], "refused": c["refused"],
                                "connections_open": int(c["details"].get("connections.open", 0))}
         if "connections.open" not in summed:

@@ -162,7 +162,6 @@ class Server:
         except OSError as e:
             raise StartupError(f"cannot listen for HTTP on {cfg.http.host}:{cfg.http.port} "
                                f"(config key http.port): {e.strerror or e}") from None
-        self.children[:0] = self.http.children
 
     def _start_curve(self):
         """The server's CURVE key pair, with the ZAP handler running; None without CURVE."""
