@@ -45,7 +45,7 @@ LINK_FD_ENV = "ZSPARK_LINK_FD"
 OWNER_PID_ENV = "ZSPARK_OWNER_PID"
 MAX_FRAME_BYTES = 64 * 1024**2 + 1024 * 1024  # a batch of http.max_body_bytes and its header, with room
 RESET_AFTER_S = 10.0
-_FRAME = struct.Struct(">II")
+_FRAME = FRAME = struct.Struct(">II")  # total length, header length
 _PR_SET_PDEATHSIG = 1
 
 
@@ -70,6 +70,12 @@ class Link:
 
     def send_raw(self, header_bytes, blob=b""):
         data = b"".join((_FRAME.pack(len(header_bytes) + len(blob), len(header_bytes)), header_bytes, blob))
+        with self._sending:
+            self.sock.sendall(data)
+
+    def send_frames(self, parts):
+        """Frames already made (FRAME-packed lengths, headers and blobs, in order) in one send."""
+        data = b"".join(parts)
         with self._sending:
             self.sock.sendall(data)
 

@@ -74,16 +74,25 @@ ANSWER_TIMEOUT_S = 10.0  # for /status and /metrics from the owner
 _encode = bson._dict_to_bson
 _OPTIONS = bson.DEFAULT_CODEC_OPTIONS
 # The exceptions the owner's refusals stand for (their names are on the link).
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+_FRAME = children.FRAME
 REFUSALS = {cls.__name__: cls for cls in (TooLargeForJournal, JournalFull, JournalError)}
 
 
 class OwnerLink:
-    """The worker's side of the link: requests to the owner by id, answered by one reader."""
+    """The worker's side of the link: requests to the owner by id, answered by one reader.
+
+    Requests are written by one writer greenlet, all those made since it last ran in one send:
+    the requests of every connection the event loop found ready at once cost the owner one
+    wakeup, not one each."""
 
     def __init__(self, link):
         self.link = link
         self._next = 0
         self._waiting = {}  # id -> AsyncResult
+        self._out = []  # frames to send
+        self._wake = Event()
+        self._writer = gevent.spawn(self._write_loop)
         self.closed = False
 
     def ask(self, header, blob=b""):
@@ -93,12 +102,23 @@ class OwnerLink:
         self._next += 1
         header["id"] = ident = self._next
         result = self._waiting[ident] = AsyncResult()
-        try:
-            self.link.send(header, blob)
-        except OSError as e:
-            self._waiting.pop(ident, None)
-            raise EOFError(f"the serving process is gone: {e}") from None
+        head = _dumps(header).encode()
+        self._out.append(_FRAME.pack(len(head) + len(blob), len(head)) + head)
+        if blob:
+            self._out.append(blob)
+        self._wake.set()
         return result
+
+    def _write_loop(self):
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            out, self._out = self._out, []
+            try:
+                self.link.send_frames(out)
+            except OSError:
+                self.close()
+                return
 
     def answered(self, ident, value):
         result = self._waiting.pop(ident, None)
@@ -107,6 +127,8 @@ class OwnerLink:
 
     def close(self):
         self.closed = True
+        if self._writer is not gevent.getcurrent():
+            self._writer.kill(block=False)
         waiting, self._waiting = self._waiting, {}
         for result in waiting.values():
             result.set_exception(EOFError("the serving process is gone"))
