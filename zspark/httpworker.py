@@ -44,6 +44,7 @@ import math  # noqa: E402
 import os  # noqa: E402
 import pickle  # noqa: E402
 import signal  # noqa: E402
+import time  # noqa: E402
 import sys  # noqa: E402
 
 import bson  # noqa: E402
@@ -68,7 +69,7 @@ from .httpworkers import micros, reuseport_listener  # noqa: E402
 log = logging.getLogger("zspark.httpworker")
 
 EXIT_NO_LISTENER = 3
-ANSWER_TIMEOUT_S = 10.0  # for /status and /metrics from the owner
+ANSWER_TIMEOUT_S = 30.0  # for /status and /metrics from the owner (once it has started)
 # pymongo's C encoder without bson.encode's wrapper: each event's sender fields, as the owner's
 # encode_batch would encode them (journal/codec.py).
 _encode = bson._dict_to_bson
@@ -209,12 +210,51 @@ class HttpWorker:
         hc.max_connections = max(1, math.ceil(hc.max_connections / workers))
         hc.max_inflight_bytes = max(hc.max_body_bytes, hc.max_inflight_bytes // workers)
         self.tail_journal = TailJournal(config.journal.dir, damage=_LinkedDamage(link))
+        stats = self.metrics.source("http")
+        reject = stats.reject
+
+        def rejected(reason, count=1):  # when: the owner shows the latest of all the workers'
+            reject(reason, count)
+            stats.last_rejection_time = time.time()
+        stats.reject = rejected
+        stats.last_rejection_time = 0.0
         topics = (TopicPolicy(config.kafka, None, persist=False, load=False)
                   if config.kafka.enabled and config.kafka.topic_not_allowed == "refuse" else None)
         self.ingest = RemoteIngest(self.owner, self.tail_journal, config.node.id, self.metrics,
                                    Limits.from_config(config.event), topics)
         self.http = HttpSource(config, self.ingest, self._status, lambda: self._stopping,
                                metrics_provider=self._metrics, listen=self._listen)
+        self.http.tail.max_clients = hc.tail_max_clients * workers  # the owner counts them all
+        self.http.admin.tail = self
+        self._tail_answer = self.http.tail.answer
+
+    def answer(self, environ):
+        """/tail: a client place from the owner (http.tail_max_clients counts every worker's),
+        and the journal's durable end as of now, then the stream as in one process."""
+        header, _ = self._ask("tail")
+        if not header.get("ok"):
+            raise HttpError(503, header["reason"], {"Retry-After": str(self.config.http.retry_after_s)})
+        try:
+            header, _ = self._ask("durable_now")
+            if header.get("segment") is not None:
+                self.tail_journal.advance(header["end"], header["segment"], header["bytes"])
+            status, headers, stream = self._tail_answer(environ)
+        except BaseException:
+            self._release_tail()
+            raise
+        close = stream.close
+
+        def closed():
+            close()
+            self._release_tail()
+        stream.close = closed
+        return status, headers, stream
+
+    def _release_tail(self):
+        try:
+            self.link.send({"kind": "untail"})
+        except OSError:
+            pass
 
     def _listen(self, which, address):
         return reuseport_listener(address[0], self.ports[which])
@@ -239,13 +279,15 @@ class HttpWorker:
 
     # -- what the admin routes ask of the owner --------------------------------------------
 
-    def _ask_owner(self, kind):
+    def _ask(self, kind):
         try:
-            header, blob = self.owner.ask({"kind": kind}).get(timeout=ANSWER_TIMEOUT_S)
+            return self.owner.ask({"kind": kind}).get(timeout=ANSWER_TIMEOUT_S)
         except (EOFError, gevent.Timeout) as e:
             raise HttpError(503, f"the serving process did not answer: {e or 'timed out'}",
                             {"Retry-After": str(self.config.http.retry_after_s)}) from None
-        return blob
+
+    def _ask_owner(self, kind):
+        return self._ask(kind)[1]
 
     def _status(self):
         return json.loads(self._ask_owner("status"))
@@ -258,7 +300,8 @@ class HttpWorker:
         s = self.metrics.source("http")
         details = s.details() if s.details else {}
         return {"accepted": s.accepted, "rejected": s.rejected, "refused": s.refused,
-                "last_rejection": s.last_rejection, "details": details,
+                "last_rejection": s.last_rejection, "last_rejection_time": s.last_rejection_time,
+                "details": details,
                 "tail_clients": self.http.tail.clients}
 
     # -- the link ---------------------------------------------------------------------------
@@ -272,7 +315,7 @@ class HttpWorker:
                 if kind == "ok":
                     for ident, first in header["r"]:
                         self.owner.answered(ident, ({"kind": "ok", "first": first}, b""))
-                elif kind in ("refused", "status", "metrics"):
+                elif kind in ("refused", "status", "metrics", "durable_now", "tail"):
                     self.owner.answered(header["id"], (header, blob))
                 elif kind == "durable":
                     self.tail_journal.advance(header["end"], header["segment"], header["bytes"])

@@ -143,10 +143,11 @@ class _Worker:
         self.current = {}  # this run's last stats
         self.totals = {"accepted": 0, "rejected": 0, "refused": 0, "details": {}}  # earlier runs'
         self.last_rejection = None
-        self.rejection_seen = 0.0  # monotonic time its last_rejection was seen to change
         self._stats = {}  # id -> AsyncResult
         self._next = 0
         self.sent_end = None
+        self.tails = 0  # /tail streams of this run open now
+        self.rejection_time = 0.0  # when its last_rejection happened (its clock: time.time())
 
     # -- the link ---------------------------------------------------------------------------
 
@@ -165,6 +166,12 @@ class _Worker:
                         self._on_stats(header)
                     elif kind in ("status", "metrics"):
                         gevent.spawn(pool.answer, link, kind, header["id"])
+                    elif kind == "durable_now":
+                        pool.answer_durable(link, header["id"])
+                    elif kind == "tail":
+                        pool.take_tail(self, link, header["id"])
+                    elif kind == "untail":
+                        pool.release_tail(self)
                     elif kind == "damage":
                         self._on_damage(header)
                     elif kind == "ready":
@@ -181,6 +188,8 @@ class _Worker:
         finally:
             if self.link is link:
                 self.link = None
+            pool.tail_clients -= self.tails
+            self.tails = 0
             self._fold()
             for result in self._stats.values():
                 result.set(None)
@@ -206,9 +215,9 @@ class _Worker:
             raise ValueError("stats that are not a mapping")
         self.current = stats
         rejection = stats.get("last_rejection")
-        if rejection is not None and rejection != self.last_rejection:
+        if rejection is not None:
             self.last_rejection = str(rejection)
-            self.rejection_seen = time.monotonic()
+            self.rejection_time = float(stats.get("last_rejection_time") or 0.0)
         result = self._stats.pop(header["id"], None)
         if result is not None:
             result.set(stats)
@@ -278,6 +287,8 @@ class HttpWorkers:
         self._groups = {}  # a group commit -> [(link, id, first offset, count)] to answer
         self._stopping = False
         self._greenlets = []
+        self.tail_clients = 0  # /tail streams open in all the workers
+        self.started = Event()  # the server has started: /status shows all of it
 
     @property
     def children(self):
@@ -392,6 +403,7 @@ class HttpWorkers:
     # -- /status and /metrics, asked by a worker --------------------------------------------
 
     def answer(self, link, kind, ident):
+        self.started.wait(START_TIMEOUT_S / 2)  # not half-started (forwarders missing)
         self.refresh()
         if kind == "status":
             body = dumps(self.server.status())
@@ -401,6 +413,32 @@ class HttpWorkers:
             link.send({"kind": kind, "id": ident}, body)
         except OSError:
             pass
+
+    def answer_durable(self, link, ident):
+        """The journal's durable end now (a /tail starting in a worker)."""
+        journal = self.journal
+        bases = journal.segment_bases()
+        header = {"kind": "durable_now", "id": ident, "end": journal.end_offset}
+        if bases:
+            header.update(segment=bases[-1], bytes=journal.durable_bytes(bases[-1]))
+        link.send(header)
+
+    def take_tail(self, worker, link, ident):
+        """A /tail client's place under http.tail_max_clients, counted over every worker."""
+        cap = self.config.tail_max_clients
+        if self.tail_clients >= cap:
+            link.send({"kind": "tail", "id": ident, "ok": False,
+                       "reason": f"{self.tail_clients} /tail clients already, as many as may be "
+                                 f"(http.tail_max_clients); try again later"})
+            return
+        self.tail_clients += 1
+        worker.tails += 1
+        link.send({"kind": "tail", "id": ident, "ok": True})
+
+    def release_tail(self, worker):
+        if worker.tails > 0:
+            worker.tails -= 1
+            self.tail_clients -= 1
 
     def refresh(self, timeout=STATS_TIMEOUT_S):
         """Ask every running worker for its counters (up to `timeout` s) and sum them up."""
@@ -414,7 +452,7 @@ class HttpWorkers:
         counts = [w.counts() for w in self.workers]
         self.stats.rejected = sum(c["rejected"] for c in counts)
         self.stats.refused = sum(c["refused"] for c in counts)
-        latest = max(self.workers, key=lambda w: w.rejection_seen, default=None)
+        latest = max(self.workers, key=lambda w: w.rejection_time, default=None)
         if latest is not None and latest.last_rejection is not None:
             self.stats.last_rejection = latest.last_rejection
 

@@ -112,6 +112,8 @@ class Server:
                 self._watch(self._heartbeats, "heartbeats")
         if self.hours is not None:
             self._watch(gevent.spawn(self.hours.run), "hour-complete notices")
+        if isinstance(self.http, HttpWorkers):
+            self.http.started.set()
         log.info("zspark %s serving as node %r (pid %d)", __version__, self.config.node.id, os.getpid())
         (log.info if native.COMPILED or native.PURE else log.warning)("%s", native.describe())
 

@@ -94,7 +94,8 @@ class TailLastTest(TailCase):
 
 
 class TailClientsTest(TailCase):
-    http_settings = {"tail_max_clients": 2, "retry_after_s": 9, "tail_max_last": 10000}
+    # (workers: 1: one test counts the records decoded in this process)
+    http_settings = {"tail_max_clients": 2, "retry_after_s": 9, "tail_max_last": 10000, "workers": 1}
 
     def test_clients_beyond_the_cap_get_503_with_retry_after(self):
         first, second = self.tail("last=0"), self.tail("last=0")
