@@ -13,6 +13,7 @@ import json
 import socket
 import sys
 import unittest
+import unittest.mock
 
 import bson
 import gevent
@@ -22,6 +23,9 @@ from confluent_kafka import KafkaError
 from zspark.errors import PermanentDeliveryError, TransientDeliveryError
 from zspark.config import KafkaConfig
 from zspark.journal.codec import decode_event, decode_events, encode_event, event_json_bytes, event_to_json
+from zspark import _native, native
+from zspark.hours import count_hours
+from zspark.sinks import kafka as kafka_sink_module
 from zspark.sinks.kafka import KafkaSink
 
 from .support import TempDir, free_port, kafka_read, start_broker, wait_until
@@ -177,9 +181,51 @@ class Broker(unittest.TestCase):
         finally:
             sys.setprofile(None)
         self.assertEqual(rejected, [])
-        self.assertEqual(calls["on_delivery"], 0)
+        self.assertEqual(calls["_on_delivery"], 0)
         messages = kafka_read(self.broker.address, ["quiet"], done=lambda m: len(m) >= 2000)
         self.assertEqual(sorted(json.loads(m.value)["context"]["i"] for m in messages), list(range(2000)))
+
+    def test_records_of_the_common_shape_cost_no_python_call_per_message(self):
+        """From the records as read to the confirmed batch, compiled: no Python call per message
+        (no decoding to dicts, no JSON writing in Python, no callback). (Under ZSPARK_PURE=1 too:
+        the compiled function is what this is about.)"""
+        compiled = unittest.mock.patch.object(native, "json_fields", lambda payloads, names: _native.json_fields(payloads, names))
+        compiled.start()
+        self.addCleanup(compiled.stop)
+        sink = self.sink(topic="quiet-records", key_field="level")
+        records = [(offset, encode_event({"timestamp": NOW, "type": "t", "level": f"l{offset % 7}",
+                                          "context": {"i": offset, "f": 0.5, "ok": True}, "source": "http",
+                                          "node": "node-1"}, offset)) for offset in range(2000)]
+        calls = collections.Counter()
+
+        def profile(frame, event, arg):
+            if event == "call":
+                calls[frame.f_code.co_name] += 1
+
+        sys.setprofile(profile)
+        try:
+            sent = sink.send_records(records, hours=True)
+        finally:
+            sys.setprofile(None)
+        self.assertEqual((sent.rejected, sent.undecodable, sent.delivered), ([], [], 2000))
+        self.assertLess(sum(calls.values()), 200, calls.most_common(5))
+        self.assertEqual(sent.hours, {(1772600400, "quiet-records"): 2000})
+        messages = kafka_read(self.broker.address, ["quiet-records"], done=lambda m: len(m) >= 2000)
+        self.assertEqual(sorted((m.key, m.value) for m in messages),
+                         sorted((f"l{offset % 7}".encode(), expected(decode_event(payload)))
+                                for offset, payload in records))
+
+    def test_records_are_sent_as_their_events_are(self):
+        sink = self.sink(topic="records-{env}", key_field="env")
+        events = [{"type": "t", "env": "a", "context": {name: value}} for name, value in VALUES.items()]
+        records = [(offset, encode_event({"timestamp": NOW, **event, "source": "zmq_bson", "node": "node-1"}, offset))
+                   for offset, event in enumerate(events)]
+        sent = sink.send_records(records)
+        self.assertEqual((sent.rejected, sent.undecodable, sent.delivered), ([], [], len(records)))
+        messages = kafka_read(self.broker.address, ["records-a"], done=lambda m: len(m) >= len(records))
+        self.assertEqual(sorted(m.value for m in messages),
+                         sorted(expected(decode_event(payload)) for _, payload in records))
+        self.assertEqual({m.key for m in messages}, {b"a"})
 
     def test_bson_and_plain_formats_are_unchanged(self):
         event = decoded({"type": "t", "topic": "formats", "level": "info", "context": {"x": 1.5}})
@@ -207,21 +253,26 @@ class FakeMessage:
 
 
 class ScriptedProducer:
-    """Takes messages and reports each at the next poll: with the error `errors(value)` gives."""
+    """Takes messages and reports each at the next poll, to the producer's `on_delivery`, with
+    the error `errors(value)` gives (None: delivered, not reported, as with
+    delivery.report.only.error)."""
 
-    def __init__(self, errors):
+    def __init__(self, errors, on_delivery):
         self.errors = errors
+        self.on_delivery = on_delivery
         self.pending = []
         self.produced = []
 
-    def produce(self, topic, value=None, key=None, on_delivery=None):
+    def produce(self, topic, value=None, key=None):
         self.produced.append((topic, key, value))
-        self.pending.append((on_delivery, FakeMessage(topic, value, key)))
+        self.pending.append(FakeMessage(topic, value, key))
 
     def poll(self, timeout=None):
         pending, self.pending = self.pending, []
-        for callback, msg in pending:
-            callback(self.errors(msg.value()), msg)
+        for msg in pending:
+            error = self.errors(msg.value())
+            if error is not None:
+                self.on_delivery(error, msg)
         return len(pending)
 
     def flush(self, timeout=None):
@@ -239,7 +290,7 @@ class Reports(unittest.TestCase):
     def sink(self, errors, **config):
         sink = KafkaSink(KafkaConfig(enabled=True, brokers="127.0.0.1:9", **config))
         real = sink.producer
-        sink.producer = ScriptedProducer(errors)
+        sink.producer = ScriptedProducer(errors, sink._on_delivery)
         self.addCleanup(real.purge)
         return sink
 
@@ -278,9 +329,82 @@ class Reports(unittest.TestCase):
     def test_a_refusal_that_matches_no_event_fails_the_batch(self):
         sink = self.sink(lambda value: KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
         real_produce = sink.producer.produce
-        sink.producer.produce = lambda topic, value, key, on_delivery: real_produce(topic, value + b" ", key, on_delivery)
+        sink.producer.produce = lambda topic, value, key: real_produce(topic, value + b" ", key)
         with self.assertRaisesRegex(PermanentDeliveryError, "not delivered"):
             sink.send(self.items([{"i": 0}]))
+
+
+class Records(unittest.TestCase):
+    """send_records, the forwarder's way in: journal records as read, most never decoded (the
+    compiled path), must come out as the very messages, refusals and hour counts that `send`
+    of their decoded events gives."""
+
+    def sink(self, errors=lambda value: None, **config):
+        sink = KafkaSink(KafkaConfig(enabled=True, brokers="127.0.0.1:9", **config))
+        real = sink.producer
+        sink.producer = ScriptedProducer(errors, sink._on_delivery)
+        self.addCleanup(real.purge)
+        return sink
+
+    def batch(self):
+        """Records of every shape: plain events, every kind of value, topics routed, missing,
+        empty, illegal and not allowed, keys of text and of a number, a notice, an event of an
+        hour before, and a record that is no event."""
+        events = [{"type": "t", "topic": "routed", "env": "prod", "context": {"i": 0}},
+                  {"type": "t", "env": "dev", "context": {"i": 1}},
+                  {"type": "t", "topic": "", "context": {"i": 2}},
+                  {"type": "t", "topic": "bad topic!", "env": "x", "context": {"i": 3}},
+                  {"type": "t", "topic": "secret-1", "env": "x", "context": {"i": 4}},
+                  {"type": "t", "topic": "routed", "env": 5, "context": {"i": 5}},
+                  {"type": "t", "topic": "routed", "env": "prod", "timestamp": NOW - datetime.timedelta(hours=1)}]
+        events += [{"type": "v", "topic": "values", "env": name, "context": {name: value}}
+                   for name, value in VALUES.items()]
+        records = [(offset, encode_event({"timestamp": NOW, **event, "source": "zmq_bson", "node": "node-1"}, offset))
+                   for offset, event in enumerate(events)]
+        records.append((len(records), encode_event({"timestamp": NOW, "type": "node_online", "source": "notice",
+                                                    "node": "node-1"}, len(records))))
+        records.append((len(records), b"\x05\x00\x00\x00no event"))
+        return records
+
+    def test_the_messages_refusals_and_hours_are_those_of_the_decoded_events(self):
+        too_large = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)
+
+        def errors(value):
+            return too_large if b'"ascii"' in value else None
+        config = dict(key_field="env", topics_allowed=["routed", "values", "zspark", "bad*"])
+        by_events, by_records = self.sink(errors, **config), self.sink(errors, **config)
+        records = self.batch()
+        items = [(offset, decode_event(payload)) for offset, payload in records[:-1]]
+        rejected = by_events.send(items)
+        sent = by_records.send_records(records, hours=True)
+        self.assertEqual(by_records.producer.produced, by_events.producer.produced)
+        self.assertEqual(sent.rejected, rejected)
+        self.assertEqual(sorted(offset for offset, _, _ in rejected), [3, 7])  # illegal name, refused
+        self.assertEqual([offset for offset, _, _ in sent.undecodable], [len(records) - 1])
+        self.assertEqual(sent.delivered, len(items) - 2)
+        refused = {offset for offset, _, _ in rejected}
+        self.assertEqual(sent.hours, count_hours([event for offset, event in items if offset not in refused],
+                                                 by_events.topic_for))
+        self.assertEqual(sent.hours[NOW.replace(minute=0, second=0, microsecond=0).timestamp() - 3600, "routed"], 1)
+        self.assertEqual(by_records.topics.redirected, by_events.topics.redirected)
+        self.assertEqual(by_records.topics.redirected, 1)  # secret-1: not allowed
+
+    def test_only_what_the_compiled_path_leaves_is_decoded(self):
+        sink = self.sink(key_field="env")
+        decoded_offsets = []
+        real = kafka_sink_module.decode_records
+
+        def counting(records, skipped=None):
+            decoded_offsets.extend(offset for offset, _ in records)
+            return real(records, skipped)
+        kafka_sink_module.decode_records = counting
+        self.addCleanup(setattr, kafka_sink_module, "decode_records", real)
+        records = self.batch()
+        sink.send_records(records)
+        if native.COMPILED:  # the number key, the binary of subtype 4, the notice, the record that is no event
+            self.assertEqual(decoded_offsets, [5, 7 + list(VALUES).index("bytes"), len(records) - 2, len(records) - 1])
+        else:
+            self.assertEqual(decoded_offsets, [offset for offset, _ in records])
 
 
 class Outage(unittest.TestCase):

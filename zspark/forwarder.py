@@ -40,9 +40,11 @@ from gevent.event import Event
 from . import blocking
 from .errors import RETRYABLE, PermanentDeliveryError, describe
 from .journal import decode_records, event_to_json, files
+from .hours import count_hours
 from .metrics import RateLimitedLog
 from .redact import redact
 from .retry import Backoff
+from .sinks import Sent
 
 log = logging.getLogger("zspark.forwarder")
 
@@ -69,9 +71,11 @@ class Forwarder:
         self._stopping = False
         self._stop_requested = Event()  # set by stop(): ends a failed forwarder's wait
         self._greenlet = None
-        # Called after each confirmed batch as on_delivered(first_offset, next_offset, events),
-        # `events` an iterable of the delivered events (not those dead-lettered); see hours.py.
+        # Called after each confirmed batch as on_delivered(first_offset, next_offset, hours):
+        # `hours` the hours.HourCounts of the events delivered (not those dead-lettered) when
+        # `counts_hours` is set (the hour tracker sets both), else None; see hours.py.
         self.on_delivered = None
+        self.counts_hours = False
         self.dead_letter_path = os.path.join(journal.directory, "dead-letter", f"{self.name}.jsonl")
         self._warn = RateLimitedLog(log, logging.ERROR)
         if hasattr(sink, "on_destination"):
@@ -177,12 +181,10 @@ class Forwarder:
         return records
 
     def _deliver(self, records):
-        undecodable = []  # intact records that are not events: set aside (dead-lettered)
-        items = decode_records(records, lambda offset, payload, e: undecodable.append(
-            (offset, {"payload_hex": payload[:4096].hex()}, f"undecodable: {e}")))
+        send = self._sender(records)
         while True:
             try:
-                rejected = self.sink.send(items) if items else []
+                sent = send()
                 break
             except RETRYABLE as e:
                 if self._stopping:
@@ -207,17 +209,36 @@ class Forwarder:
         if self._backoff.attempt:
             log.info("forwarder %s: delivered after %d failed attempt(s)", self.name, self._backoff.attempt)
             self._backoff.reset()
-        dead = undecodable + list(rejected)
+        dead = [(offset, {"payload_hex": payload[:4096].hex()}, f"undecodable: {e}")
+                for offset, payload, e in sent.undecodable] + list(sent.rejected)
         if dead and not self._dead_letter(dead):
             return  # stopping: the cursor is unchanged, the batch goes again at the next start
         self.state = RUNNING
         self._save_cursor(records[-1][0] + 1)
-        self.delivered += len(items) - len(rejected)
+        self.delivered += sent.delivered
         self.last_delivery_time = time.time()
         if self.on_delivered is not None:
-            refused = {offset for offset, _, _ in rejected}
-            self.on_delivered(records[0][0], records[-1][0] + 1,
-                              (event for offset, event in items if offset not in refused))
+            self.on_delivered(records[0][0], records[-1][0] + 1, sent.hours)
+
+    def _sender(self, records):
+        """A call that delivers `records` and returns a sinks.Sent: the sink's send_records where
+        it has one, else its send of the events decoded from them (decoded once, for every
+        attempt). The Sent counts the delivered events by hour and topic when counts_hours is set."""
+        hours = self.counts_hours
+        if hasattr(self.sink, "send_records"):
+            return lambda: self.sink.send_records(records, hours=hours)
+        undecodable = []  # intact records that are not events: set aside (dead-lettered)
+        items = decode_records(records, lambda offset, payload, e: undecodable.append((offset, payload, e)))
+
+        def send():
+            rejected = self.sink.send(items) if items else []
+            sent = Sent(list(rejected), len(items) - len(rejected), undecodable)
+            if hours:
+                refused = {offset for offset, _, _ in rejected}
+                sent.hours = count_hours((event for offset, event in items if offset not in refused),
+                                         self.sink.topic_for)
+            return sent
+        return send
 
     def _fail(self, records, reason):
         """Stop delivering for good (until a restart), loudly; the cursor stays where it is."""

@@ -27,7 +27,6 @@ import gevent  # noqa: E402
 from . import children, logsetup, sinks  # noqa: E402
 from .children import LinkError  # noqa: E402
 from .forwarders import make_forwarder  # noqa: E402
-from .hours import count_hours  # noqa: E402
 from .journal.follow import FollowedJournal  # noqa: E402
 from .topics import TopicPolicy, state_path  # noqa: E402
 
@@ -72,6 +71,7 @@ class ForwarderChild:
         nc = config.notices
         self.counting = sink_type.tracks_hours and nc.enabled and nc.hour_complete
         self.forwarder.on_delivered = self._delivered
+        self.forwarder.counts_hours = self.counting
         self._reported = None
         self._topics_reported = None
 
@@ -116,10 +116,10 @@ class ForwarderChild:
             state.pop(key, None)
         return state
 
-    def _delivered(self, first, next_offset, events):
+    def _delivered(self, first, next_offset, hours):
         header = {"kind": "delivered", "first": first, "next": next_offset, "forwarder": self._state()}
         if self.counting:
-            header["counts"] = count_hours(events, self.sink.topic_for).as_list()
+            header["counts"] = hours.as_list()
         self._add_topics(header)
         self.link.send(header)
         self._reported = header["forwarder"]

@@ -76,17 +76,22 @@ class HourCounts(dict):
 
 def count_hours(events, topic_for):
     """HourCounts of `events`, each under `topic_for(event)`, the topic it was delivered to."""
+    return count_stamped((event.get("timestamp"), topic_for(event)) for event in events
+                         if event.get("source") != NOTICE_SOURCE)
+
+
+def count_stamped(pairs):
+    """HourCounts of (timestamp, topic) pairs, a timestamp being a datetime, BSON's milliseconds
+    since the epoch (an int), or None (not counted)."""
     counts = HourCounts()
     last_ts = last_hour = None
-    for event in events:
-        if event.get("source") == NOTICE_SOURCE:
-            continue
-        ts = event.get("timestamp")
+    for ts, topic in pairs:
         if ts is None:
             continue
         if ts != last_ts:  # a request's events share one timestamp (equal once read back, not the same object)
-            last_ts, last_hour = ts, int(ts.timestamp()) // HOUR * HOUR
-        key = (last_hour, topic_for(event))
+            seconds = ts / 1000 if type(ts) is int else ts.timestamp()
+            last_ts, last_hour = ts, int(seconds) // HOUR * HOUR
+        key = (last_hour, topic)
         counts[key] = counts.get(key, 0) + 1
     return counts
 
@@ -114,6 +119,7 @@ class HourTracker:
         self._already_sent = {}  # hour -> topics found in the journal at start (see recover)
         self._load()
         forwarder.on_delivered = self.delivered
+        forwarder.counts_hours = True
 
     # -- state ------------------------------------------------------------------------------
 
@@ -157,13 +163,13 @@ class HourTracker:
 
     # -- counting ---------------------------------------------------------------------------
 
-    def delivered(self, first_offset, next_offset, events):
-        """The forwarder's hook: `events` (offsets first_offset..next_offset-1, less any it
-        dead-lettered) are confirmed by Kafka; or, from a forwarder in a process of its own,
-        the HourCounts it made of them there (zspark/fwdproxy.py)."""
+    def delivered(self, first_offset, next_offset, counts):
+        """The forwarder's hook: the events of offsets first_offset..next_offset-1, less any it
+        dead-lettered, are confirmed by Kafka; `counts`, their HourCounts, made by the forwarder
+        (in a process of its own: there, zspark/fwdproxy.py)."""
         if first_offset != self.counted_to:
             return  # a gap: catch_up() counts from the journal
-        self._count(events)
+        self._count(counts)
         self.counted_to = next_offset
         self._dirty = True
 

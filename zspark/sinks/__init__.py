@@ -22,6 +22,10 @@ What a built sink must offer (the forwarder's contract, see zspark/forwarder.py)
     close(abandon=False)        release it; `abandon`: the caller gives up on what is still
                                 queued (drop it rather than wait for it)
     on_destination              optional: see zspark/forwarder.py
+    send_records(records, hours=False) -> Sent
+                                optional, instead of send for the forwarder: deliver journal
+                                records (offset, payload) as read, decoding what it needs
+                                (the Kafka sink: most records never become dicts); a Sent
 """
 import dataclasses
 import importlib
@@ -35,6 +39,16 @@ def first_line(e):
     """An exception's message cut to one short line (a driver's may run to many)."""
     text = str(e) or type(e).__name__
     return text.splitlines()[0][:300]
+
+
+@dataclasses.dataclass
+class Sent:
+    """What a sink made of a batch of journal records (send_records)."""
+    rejected: list  # (offset, event, reason): refused for good, to be dead-lettered
+    delivered: int  # events the destination confirmed
+    undecodable: list = dataclasses.field(default_factory=list)  # (offset, payload, error): intact
+    # records that are not events, to be dead-lettered
+    hours: object = None  # with hours=True: hours.HourCounts of the events delivered
 
 
 @dataclasses.dataclass(frozen=True)

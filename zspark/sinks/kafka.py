@@ -41,14 +41,15 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from gevent.monkey import get_original
 
-from .. import blocking
+from .. import blocking, native
 from ..errors import PermanentDeliveryError, TransientDeliveryError
 from ..event import NOTICE_SOURCE
-from ..journal.codec import event_json_bytes, to_json_value
+from ..hours import count_stamped
+from ..journal.codec import decode_event, decode_records, event_json_bytes, to_json_value
 from ..metrics import RateLimitedLog
 from ..redact import redact
 from ..topics import LEGAL_TOPIC, TopicPolicy, state_path
-from . import Unreachable, first_line
+from . import Sent, Unreachable, first_line
 
 log = logging.getLogger("zspark.sinks.kafka")
 _thread_id = get_original("_thread", "get_ident")  # the OS thread's (gevent's is the greenlet's)
@@ -111,6 +112,7 @@ class KafkaSink:
             "queue.buffering.max.messages": 1000000,
             "delivery.report.only.error": True,  # a batch is confirmed by the queue draining
             "error_cb": self._on_error,
+            "on_delivery": self._on_delivery,
             # librdkafka logs each failed connection attempt (many a second while a broker is
             # down); through a rate-limited logger they say it a few times a minute.
             "logger": _RateLimitedLogger(),
@@ -118,6 +120,7 @@ class KafkaSink:
         settings.update(config.producer)
         self._settings = settings
         self._fatal = None
+        self._failed = []  # (error, message) reports of the batch in flight
         self._timed_out_batches = 0  # batches in a row whose every failure was a timeout
         self._down = None  # why, while all brokers are down (librdkafka said so; no answer since)
         self._back_at = None  # when a broker answered again after an outage (monotonic)
@@ -129,6 +132,7 @@ class KafkaSink:
         self.producer = Producer(settings)
         self._legal_topics = set()  # topic names seen legal lately (the same few come again and again)
         self.encode = {"json": event_json_bytes, "bson": bson.encode, "plain": self._as_plain}[config.format]
+        self.fast_fields = FastFields.of(config, self.topics)
 
     def describe(self):
         return f"Kafka {redact(self.config.brokers)}"
@@ -138,6 +142,24 @@ class KafkaSink:
         return self.topics.delivered_topic(event)
 
     def send(self, items):
+        """Deliver (offset, event) items: the sink protocol's send (zspark/sinks/__init__.py)."""
+        return self._deliver(_Messages.of_events(self, items)).rejected
+
+    def send_records(self, records, hours=False):
+        """Deliver journal records (offset, payload) as they were read: a Sent (sinks/__init__.py).
+        Records of the common shape become messages without being decoded (native.json_fields,
+        compiled: the same JSON bytes as event_json_bytes of the decoded event); the others are
+        decoded and go the way `send` takes them. With `hours`, the Sent counts the delivered
+        events by hour and topic for the hour tracker."""
+        messages = _Messages.of_records(self, records)
+        sent = self._deliver(messages)
+        sent.undecodable = messages.undecodable
+        if hours:
+            sent.hours = messages.hour_counts(sent.rejected)
+        return sent
+
+    def _deliver(self, messages):
+        """Produce `messages` (a _Messages) and wait until each is confirmed: a Sent, or raise."""
         if self._fatal is not None:
             # An idempotent producer that hit a fatal error refuses everything: start afresh.
             log.warning("Kafka: replacing the producer after a fatal error: %s", self._fatal)
@@ -150,42 +172,32 @@ class KafkaSink:
             log.warning("Kafka: %d batches in a row timed out; replacing the producer",
                         self._timed_out_batches)
             self._replace_producer()
-        rejected = []
-        # Only failed messages come back (delivery.report.only.error): a Python call per
-        # message would cost as much as producing it. A message has been confirmed once it has
-        # left the producer's queue with no error report; which item a failed message was is
-        # worked out only for permanent errors (_refused).
-        failed = []
-
-        def on_delivery(err, msg):
-            if err is not None:
-                failed.append((err, msg))
-
-        produce = self.producer.produce
-        legal = self._legal_topics
-        encode, key_for = self.encode, self._key
-        redirected = []  # why each event sent to the default topic instead of its own was
-        route = self.topics.route
-        topics = [route(event, redirected) for _, event in items]
+        rejected = []  # indexes into messages, and why
+        # Only failed messages come back (delivery.report.only.error, to the producer's
+        # on_delivery: a Python call per message would cost as much as producing it). A message
+        # has been confirmed once it has left the producer's queue with no error report; which
+        # message a failed report was is worked out only for permanent errors.
+        failed = self._failed = []
         if self.topics.unsaved:
             # A new topic is on disk before anything is produced to it, so that a restart does
             # not forget it and make room under kafka.max_topics for one more (raises OSError,
             # retried by the forwarder).
             self.topics.save()
+        produce = self.producer.produce
+        legal = self._legal_topics
         sent = 0
         try:
-            for (offset, event), topic in zip(items, topics):
+            for index, (topic, value, key) in enumerate(zip(messages.topics, messages.values, messages.keys)):
                 if topic not in legal:
                     if not LEGAL_TOPIC.match(topic):
-                        rejected.append((offset, event, f"not a legal Kafka topic name: {topic[:60]!r}"))
+                        rejected.append((index, f"not a legal Kafka topic name: {topic[:60]!r}"))
                         continue
                     if len(legal) >= 1000:
                         legal.clear()
                     legal.add(topic)
-                value, key = encode(event), key_for(event)
                 while True:
                     try:
-                        produce(topic, value, key, on_delivery=on_delivery)
+                        produce(topic, value, key)
                         sent += 1
                         break
                     except BufferError:  # the local queue is full: let deliveries drain it
@@ -195,7 +207,7 @@ class KafkaSink:
                         err = e.args[0]
                         if err.code() not in PERMANENT_ERRORS:
                             raise
-                        rejected.append((offset, event, f"Kafka refused it: {err.str()}"))
+                        rejected.append((index, f"Kafka refused it: {err.str()}"))
                         break
             self._wait_for_reports()
         except Exception as e:
@@ -220,8 +232,7 @@ class KafkaSink:
                 if err.fatal() or err.code() == KafkaError._FATAL:
                     self._fatal = err.str()
         if refused:
-            already = {offset for offset, _, _ in rejected}
-            rejected += self._refused([item for item in items if item[0] not in already], refused)
+            rejected += messages.matching(refused, {index for index, _ in rejected})
         timed_out = failures and all(err.code() == KafkaError._MSG_TIMED_OUT for err in failures)
         self._timed_out_batches = self._timed_out_batches + 1 if timed_out else 0
         if failures:
@@ -237,24 +248,21 @@ class KafkaSink:
         if sent:  # a broker confirmed messages: it is up, whatever was said before
             self._back_at = None
             self._answered()
-        if redirected:
-            self.topics.note_redirected(redirected)
-        return rejected
+        if messages.redirected:
+            self.topics.note_redirected(messages.redirected)
+        return Sent(rejected=[(messages.offsets[index], messages.event(index), reason)
+                              for index, reason in rejected],
+                    delivered=len(messages.values) - len(rejected))
 
-    def _refused(self, items, refused):
-        """The items (offset, event, reason) whose messages came back with a permanent error:
-        `refused` maps (topic, key, value) to those errors, and an error is taken from it for
-        each item matched (the encodings are deterministic; identical messages are matched by count)."""
-        out = []
-        for offset, event in items:
-            errors = refused.get((self.topic_for(event), self._key(event), self.encode(event)))
-            if errors:
-                out.append((offset, event, f"Kafka refused it: {errors.pop().str()}"))
-        return out
+    def _on_delivery(self, err, msg):
+        """The producer's delivery report callback: only failures come (delivery.report.only.error)."""
+        if err is not None:
+            self._failed.append((err, msg))
 
     def _replace_producer(self):
         old, self.producer = self.producer, Producer(self._settings)
         self._fatal = None
+        self._failed = []  # (error, message) reports of the batch in flight
         self._timed_out_batches = 0
         # Drop what the old one still holds (the forwarder sends the batch again) and let it go
         # in the thread pool: destroying a producer waits for its threads.
@@ -422,3 +430,125 @@ def _fatal_error(exc):
         exc = exc.__cause__ or exc.__context__
     return None
 
+
+
+class _Messages:
+    """A batch as the messages to produce, in journal order: parallel lists of each message's
+    offset, topic, value and key, what it was made from (the event, or the record's payload
+    when it was never decoded) and its event's timestamp (for the hour counts; None for a
+    notice)."""
+
+    def __init__(self, sink):
+        self.sink = sink
+        self.offsets, self.topics, self.values, self.keys = [], [], [], []
+        self.origins, self.stamps = [], []
+        self.redirected = []  # why each event sent to the default topic instead of its own was
+        self.undecodable = []  # (offset, payload, error): intact records that are not events
+
+    @classmethod
+    def of_events(cls, sink, items):
+        messages = cls(sink)
+        for offset, event in items:
+            messages.add_event(offset, event)
+        return messages
+
+    @classmethod
+    def of_records(cls, sink, records):
+        messages = cls(sink)
+        fast = sink.fast_fields
+        results = native.json_fields([payload for _, payload in records], fast.names) if fast else None
+        if results is None:
+            results = [None] * len(records)
+        # The records the compiled path left to Python (all of them when it is not compiled),
+        # decoded in one call; notices too (their key is the node).
+        slow = [record for record, result in zip(records, results)
+                if result is None or result[fast.source] == NOTICE_SOURCE]
+        decoded = dict(decode_records(slow, lambda offset, payload, e: messages.undecodable.append(
+            (offset, payload, e)))) if slow else {}
+        routes = {}  # the template fields' values -> (topic, why it was redirected or None)
+        first, end = (fast.first_template, fast.end_template) if fast else (0, 0)
+        for (offset, payload), result in zip(records, results):
+            if result is None or result[fast.source] == NOTICE_SOURCE:
+                event = decoded.get(offset)
+                if event is not None:
+                    messages.add_event(offset, event)
+                continue
+            fields = result[first:end]
+            routed = routes.get(fields)
+            if routed is None:
+                reasons = []
+                view = dict(zip(fast.template, fields), source=result[fast.source])
+                topic = sink.topics.route(view, reasons)
+                routed = routes[fields] = (topic, reasons[0] if reasons else None)
+            if routed[1] is not None:
+                messages.redirected.append(routed[1])
+            key = result[fast.key] if fast.key else None
+            messages.offsets.append(offset)
+            messages.topics.append(routed[0])
+            messages.values.append(result[0])
+            messages.keys.append(key.encode("utf-8") if key is not None else None)
+            messages.origins.append(payload)
+            messages.stamps.append(result[1])
+        return messages
+
+    def add_event(self, offset, event):
+        sink = self.sink
+        self.offsets.append(offset)
+        self.topics.append(sink.topics.route(event, self.redirected))
+        self.values.append(sink.encode(event))
+        self.keys.append(sink._key(event))
+        self.origins.append(event)
+        self.stamps.append(event.get("timestamp") if event.get("source") != NOTICE_SOURCE else None)
+
+    def event(self, index):
+        origin = self.origins[index]
+        return decode_event(origin) if type(origin) is bytes else origin
+
+    def matching(self, refused, skip):
+        """(index, reason) of the messages, but those in `skip`, that came back with a permanent
+        error: `refused` maps (topic, key, value) to those errors, and an error is taken from it
+        for each message matched (identical messages are matched by count)."""
+        out = []
+        for index, message in enumerate(zip(self.topics, self.keys, self.values)):
+            errors = refused.get(message) if index not in skip else None
+            if errors:
+                out.append((index, f"Kafka refused it: {errors.pop().str()}"))
+        return out
+
+    def hour_counts(self, rejected):
+        """HourCounts of the messages delivered: all but `rejected` (offset, event, reason)."""
+        stamps, topics = self.stamps, self.topics
+        if rejected:
+            refused = {offset for offset, _, _ in rejected}
+            kept = [i for i, offset in enumerate(self.offsets) if offset not in refused]
+            stamps, topics = [stamps[i] for i in kept], [topics[i] for i in kept]
+        return count_stamped(zip(stamps, topics))
+
+
+@dataclasses.dataclass(frozen=True)
+class FastFields:
+    """Which top-level fields native.json_fields hands back for a record, and where: the
+    timestamp, the source, the topic template's fields, the key field."""
+    names: tuple
+    template: tuple
+    key: int  # the key field's place in a json_fields result, 0 for none
+
+    source = 2  # json_fields results: (json, timestamp, source, template fields..., key)
+    first_template = 3
+
+    @property
+    def end_template(self):
+        return self.first_template + len(self.template)
+
+    @classmethod
+    def of(cls, config, topics):
+        """The fields, or None where messages need the decoded event: a format other than JSON,
+        or a topic template or key made of the timestamp or the id (not strings)."""
+        template = topics.template_fields
+        if config.format != "json" or {"timestamp", "_id"} & {*template, config.key_field}:
+            return None
+        names = ("timestamp", "source") + template
+        key = 0
+        if config.key_field:
+            key, names = len(names) + 1, names + (config.key_field,)
+        return cls(names, template, key)
