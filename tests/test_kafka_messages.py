@@ -181,7 +181,7 @@ class Broker(unittest.TestCase):
         finally:
             sys.setprofile(None)
         self.assertEqual(rejected, [])
-        self.assertEqual(calls["_on_delivery"], 0)
+        self.assertEqual(calls["on_delivery"], 0)
         messages = kafka_read(self.broker.address, ["quiet"], done=lambda m: len(m) >= 2000)
         self.assertEqual(sorted(json.loads(m.value)["context"]["i"] for m in messages), list(range(2000)))
 
@@ -290,7 +290,7 @@ class Reports(unittest.TestCase):
     def sink(self, errors, **config):
         sink = KafkaSink(KafkaConfig(enabled=True, brokers="127.0.0.1:9", **config))
         real = sink.producer
-        sink.producer = ScriptedProducer(errors, sink._on_delivery)
+        sink.producer = ScriptedProducer(errors, lambda err, msg: sink._failed.append((err, msg)))
         self.addCleanup(real.purge)
         return sink
 
@@ -342,7 +342,7 @@ class Records(unittest.TestCase):
     def sink(self, errors=lambda value: None, **config):
         sink = KafkaSink(KafkaConfig(enabled=True, brokers="127.0.0.1:9", **config))
         real = sink.producer
-        sink.producer = ScriptedProducer(errors, sink._on_delivery)
+        sink.producer = ScriptedProducer(errors, lambda err, msg: sink._failed.append((err, msg)))
         self.addCleanup(real.purge)
         return sink
 

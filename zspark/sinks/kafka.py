@@ -112,7 +112,6 @@ class KafkaSink:
             "queue.buffering.max.messages": 1000000,
             "delivery.report.only.error": True,  # a batch is confirmed by the queue draining
             "error_cb": self._on_error,
-            "on_delivery": self._on_delivery,
             # librdkafka logs each failed connection attempt (many a second while a broker is
             # down); through a rate-limited logger they say it a few times a minute.
             "logger": _RateLimitedLogger(),
@@ -120,7 +119,6 @@ class KafkaSink:
         settings.update(config.producer)
         self._settings = settings
         self._fatal = None
-        self._failed = []  # (error, message) reports of the batch in flight
         self._timed_out_batches = 0  # batches in a row whose every failure was a timeout
         self._down = None  # why, while all brokers are down (librdkafka said so; no answer since)
         self._back_at = None  # when a broker answered again after an outage (monotonic)
@@ -129,7 +127,7 @@ class KafkaSink:
         # or a replaced producer flushes; only this one may touch greenlets and the forwarder.
         self._loop_thread = _thread_id()
         self._warn = RateLimitedLog(log, burst=5)
-        self.producer = Producer(settings)
+        self.producer, self._failed = self._new_producer()
         self._legal_topics = set()  # topic names seen legal lately (the same few come again and again)
         self.encode = {"json": event_json_bytes, "bson": bson.encode, "plain": self._as_plain}[config.format]
         self.fast_fields = FastFields.of(config, self.topics)
@@ -177,7 +175,8 @@ class KafkaSink:
         # on_delivery: a Python call per message would cost as much as producing it). A message
         # has been confirmed once it has left the producer's queue with no error report; which
         # message a failed report was is worked out only for permanent errors.
-        failed = self._failed = []
+        failed = self._failed
+        failed.clear()
         if self.topics.unsaved:
             # A new topic is on disk before anything is produced to it, so that a restart does
             # not forget it and make room under kafka.max_topics for one more (raises OSError,
@@ -254,15 +253,22 @@ class KafkaSink:
                               for index, reason in rejected],
                     delivered=len(messages.values) - len(rejected))
 
-    def _on_delivery(self, err, msg):
-        """The producer's delivery report callback: only failures come (delivery.report.only.error)."""
-        if err is not None:
-            self._failed.append((err, msg))
+    def _new_producer(self):
+        """A producer, and the list its delivery reports go to: only failures come
+        (delivery.report.only.error). Each producer has a list of its own, so that a replaced
+        one's reports (its purged messages, as it is flushed in the thread pool) never reach
+        the batch in flight on its successor."""
+        failed = []
+
+        def on_delivery(err, msg):
+            if err is not None:
+                failed.append((err, msg))
+        return Producer({**self._settings, "on_delivery": on_delivery}), failed
 
     def _replace_producer(self):
-        old, self.producer = self.producer, Producer(self._settings)
+        old = self.producer
+        self.producer, self._failed = self._new_producer()
         self._fatal = None
-        self._failed = []  # (error, message) reports of the batch in flight
         self._timed_out_batches = 0
         # Drop what the old one still holds (the forwarder sends the batch again) and let it go
         # in the thread pool: destroying a producer waits for its threads.
