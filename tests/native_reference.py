@@ -5,7 +5,12 @@ the same input, and the check the property tests (test_native.py) and the fuzzer
 plain_bson_frames may say "valid as it is" (the frame's string fields) or "let Python decide"
 (None) for any frame. It must never say the first of a frame the Python path would reject,
 convert or read differently, and its fields must be the ones Python reads.
+
+json_fields may likewise leave any payload to Python (None); whatever tuple it gives must be
+json_fields_reference's, which exists only for a payload that decode_event decodes.
 """
+import datetime
+
 import bson
 
 from zspark import _native
@@ -103,4 +108,52 @@ def check_parse_head(head):
     assert got == expected, f"parsed differently: {got!r} != {expected!r} ({head!r})"
     assert type(got.content_length) is type(expected.content_length) and type(got.persistent) is bool, \
         f"types differ: {got!r} ({head!r})"
+    return got
+
+
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+_ONE_MS = datetime.timedelta(milliseconds=1)
+
+
+def json_fields_reference(payload, names):
+    """What json_fields must give for one journal payload when it gives a tuple:
+    (event_json_bytes(decode_event(payload)), v1, ..., vk), vj the top-level field names[j] as
+    decoded (a str, a datetime as int milliseconds since the epoch, None where absent). None
+    where there is no such tuple: the payload does not decode (or its JSON cannot be written),
+    or a field named holds anything else."""
+    try:
+        event = codec.decode_event(payload)
+    except Exception:  # bson raises more than InvalidBSON for garbage
+        return None
+    values = []
+    for name in names:
+        if name not in event:
+            values.append(None)
+            continue
+        value = event[name]
+        if type(value) is str:
+            values.append(value)
+        elif type(value) is datetime.datetime:
+            values.append((value - _EPOCH) // _ONE_MS)
+        else:
+            return None
+    try:
+        data = codec.event_json_bytes(event)
+    except Exception:  # RecursionError, for one
+        return None
+    return (data, *values)
+
+
+def check_json_fields(payloads, names):
+    """Fail if json_fields gives a tuple for any payload that is not json_fields_reference's
+    (values of the same types too); return its list."""
+    got = _native.json_fields(payloads, names)
+    assert type(got) is list and len(got) == len(payloads), f"{got!r} for {len(payloads)} payloads"
+    for payload, result in zip(payloads, got):
+        if result is None:
+            continue
+        expected = json_fields_reference(payload, names)
+        assert expected is not None, f"compiled: {result!r}; Python: no tuple ({payload!r}, {names!r})"
+        assert type(result) is tuple and result == expected, f"{result!r} != {expected!r} ({payload!r}, {names!r})"
+        assert [type(v) for v in result] == [type(v) for v in expected], f"types differ: {result!r} ({payload!r})"
     return got

@@ -64,6 +64,26 @@
  *   zeros dropped); no Transfer-Encoding; Connection options read for `persistent`. Anything
  *   else (every refusal, chunked, repeated or listed Content-Length, ...) is None: Python
  *   parses it and raises FramingError naming the rule broken.
+ *
+ * json_fields(payloads, names) -> list of tuple or None
+ *
+ *   For each journal payload (bytes), the JSON the Kafka forwarder sends of it,
+ *   codec.event_json_bytes(codec.decode_event(payload)), written straight from the BSON with no
+ *   dict built, and the top-level fields `names` (a tuple of at most 8 str) asks for: the tuple
+ *   (json, v1, ..., vk), vj the field's str (a BSON string), its int milliseconds since the epoch
+ *   (a BSON UTC datetime), or None (no such field). None instead of the tuple (Python decodes
+ *   the payload and decides) unless all of this holds: the payload is one BSON document whose
+ *   size field is its length, well formed throughout (every length within its container, every
+ *   document and array ending with its NUL exactly where its size says); no key repeated within
+ *   a document and no "$ref" key (such a document decodes to a DBRef); nesting at most
+ *   JSON_DEPTH_CAP levels counting the payload's own document; strings and keys strict UTF-8
+ *   (as Python's decoder takes it); values only finite doubles, strings, documents, arrays,
+ *   binary of subtype 0, ObjectIds, booleans of byte 0 or 1, datetimes in years 1..9999, nulls,
+ *   int32 and int64; every field named a string or a datetime if present. The JSON is json.dumps'
+ *   (ensure_ascii=False, compact, codec.to_json_value for ObjectIds, bytes and datetimes), the
+ *   bytes orjson writes where event_json_bytes uses it. Raises TypeError unless `payloads` is
+ *   an iterable of bytes and `names` a tuple of str, ValueError for more than 8 names (a name
+ *   no key can be, with a lone surrogate, is absent from every payload).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -944,6 +964,494 @@ fail:
     return NULL;
 }
 
+/* -- json_fields: journal payloads straight to the forwarder's JSON ------------------------- */
+
+/* Nesting json_fields leaves to Python beyond, counting the record's own document: well inside
+ * what bson.decode, json.dumps and orjson (254) take. */
+#define JSON_DEPTH_CAP 100
+#define JSON_MAX_NAMES 8
+/* The milliseconds of 0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z: what datetime holds. */
+#define JSON_MS_MIN (-62135596800000LL)
+#define JSON_MS_MAX 253402300799999LL
+
+static const char json_hex[] = "0123456789abcdef";
+/* How json.dumps(ensure_ascii=False) writes each ASCII byte of text: 0 as it is, else the letter
+ * after its backslash ('u' for \u00xx). Bytes from 0x80 are UTF-8, written as they are. */
+static unsigned char json_escape[128];
+
+static void json_tables(void) {
+    for (int c = 0; c < 0x20; c++)
+        json_escape[c] = 'u';
+    json_escape['"'] = '"';
+    json_escape['\\'] = '\\';
+    json_escape['\b'] = 'b';
+    json_escape['\f'] = 'f';
+    json_escape['\n'] = 'n';
+    json_escape['\r'] = 'r';
+    json_escape['\t'] = 't';
+}
+
+typedef struct {
+    const unsigned char *p;
+    Py_ssize_t n;
+} span_t;
+
+typedef struct {
+    buffer_t out;  /* the record's JSON */
+    span_t *keys;  /* the keys of the documents being written, the innermost's last */
+    Py_ssize_t n_keys, keys_cap;
+} json_t;
+
+/* The top-level fields asked for: their names (UTF-8; length -1 for one no key can be) and,
+ * per record, the BSON type and value of each found (type 0: absent). */
+typedef struct {
+    int count;
+    const char *name[JSON_MAX_NAMES];
+    Py_ssize_t length[JSON_MAX_NAMES];
+    unsigned char type[JSON_MAX_NAMES];
+    const unsigned char *value[JSON_MAX_NAMES];
+} fields_t;
+
+/* The length of the UTF-8 sequence at s (n bytes left, s[0] >= 0x80) if Python's strict
+ * decoder takes it (no overlong form, no surrogate, at most U+10FFFF), else 0. */
+static int utf8_sequence(const unsigned char *s, Py_ssize_t n) {
+    unsigned char c = s[0], lo = 0x80, hi = 0xBF;
+    int length;
+    if (c < 0xC2)
+        return 0;
+    if (c < 0xE0)
+        length = 2;
+    else if (c < 0xF0) {
+        length = 3;
+        if (c == 0xE0)
+            lo = 0xA0;
+        else if (c == 0xED)
+            hi = 0x9F;
+    } else if (c < 0xF5) {
+        length = 4;
+        if (c == 0xF0)
+            lo = 0x90;
+        else if (c == 0xF4)
+            hi = 0x8F;
+    } else
+        return 0;
+    if (n < length || s[1] < lo || s[1] > hi)
+        return 0;
+    for (int i = 2; i < length; i++)
+        if ((s[i] & 0xC0) != 0x80)
+            return 0;
+    return length;
+}
+
+/* UTF-8 text (s, n bytes) as a JSON string; NOT_OURS if it is not strict UTF-8. */
+static int json_text(buffer_t *b, const unsigned char *s, Py_ssize_t n) {
+    Py_ssize_t i = 0;
+    if (put(b, "\"", 1) < 0)
+        return FAILED;
+    while (i < n) {
+        /* A chunk at a time: room for its every byte escaped, and a sequence across its end. */
+        Py_ssize_t stop = n - i > 4096 ? i + 4096 : n;
+        if (grow(b, 6 * (stop - i) + 8) < 0)
+            return FAILED;
+        unsigned char *o = b->data + b->len;
+        while (i < stop) {
+            unsigned char c = s[i];
+            if (c < 0x80) {
+                unsigned char e = json_escape[c];
+                i++;
+                if (!e) {
+                    *o++ = c;
+                    continue;
+                }
+                *o++ = '\\';
+                *o++ = e;
+                if (e == 'u') {
+                    *o++ = '0';
+                    *o++ = '0';
+                    *o++ = (unsigned char)json_hex[c >> 4];
+                    *o++ = (unsigned char)json_hex[c & 15];
+                }
+            } else {
+                int k = utf8_sequence(s + i, n - i);
+                if (!k)
+                    return NOT_OURS;
+                memcpy(o, s + i, (size_t)k);
+                o += k;
+                i += k;
+            }
+        }
+        b->len = o - b->data;
+    }
+    return put(b, "\"", 1) < 0 ? FAILED : ENCODED;
+}
+
+static int json_integer(buffer_t *b, int64_t v) {
+    unsigned char digits[20];
+    int k = 0;
+    uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+    do {
+        digits[k++] = (unsigned char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (grow(b, k + 1) < 0)
+        return FAILED;
+    if (v < 0)
+        b->data[b->len++] = '-';
+    while (k)
+        b->data[b->len++] = digits[--k];
+    return ENCODED;
+}
+
+/* float.__repr__, as json.dumps writes a finite float. */
+static int json_double(buffer_t *b, double d) {
+    if (!isfinite(d))
+        return NOT_OURS; /* json writes NaN or Infinity, orjson null: Python decides */
+    char *s = PyOS_double_to_string(d, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+    if (s == NULL)
+        return FAILED;
+    int r = put(b, s, (Py_ssize_t)strlen(s)) < 0 ? FAILED : ENCODED;
+    PyMem_Free(s);
+    return r;
+}
+
+/* `n` bytes as a quoted string of lower-case hex: an ObjectId, or bytes (codec.to_json_value). */
+static int json_hex_string(buffer_t *b, const unsigned char *p, Py_ssize_t n) {
+    if (grow(b, 2 * n + 2) < 0)
+        return FAILED;
+    unsigned char *o = b->data + b->len;
+    *o++ = '"';
+    for (Py_ssize_t i = 0; i < n; i++) {
+        *o++ = (unsigned char)json_hex[p[i] >> 4];
+        *o++ = (unsigned char)json_hex[p[i] & 15];
+    }
+    *o++ = '"';
+    b->len = o - b->data;
+    return ENCODED;
+}
+
+static unsigned char *json_digits(unsigned char *o, long long v, int width) {
+    for (int i = width - 1; i >= 0; i--) {
+        o[i] = (unsigned char)('0' + v % 10);
+        v /= 10;
+    }
+    return o + width;
+}
+
+/* A BSON datetime as codec.to_json_value writes the tz-aware UTC datetime bson.decode makes of
+ * it: isoformat() with Z for +00:00, microseconds only when not zero. NOT_OURS outside years
+ * 1..9999 (which bson.decode refuses). */
+static int json_datetime(buffer_t *b, int64_t ms) {
+    if (ms < JSON_MS_MIN || ms > JSON_MS_MAX)
+        return NOT_OURS;
+    long long milli = ms % 1000, secs = ms / 1000;
+    if (milli < 0) {
+        milli += 1000;
+        secs -= 1;
+    }
+    long long days = secs / 86400, day_secs = secs % 86400;
+    if (day_secs < 0) {
+        day_secs += 86400;
+        days -= 1;
+    }
+    /* The civil date of a day count (H. Hinnant's days_from_civil, inverted). */
+    long long z = days + 719468;
+    long long era = (z >= 0 ? z : z - 146096) / 146097;
+    long long doe = z - era * 146097;
+    long long yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    long long doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    long long mp = (5 * doy + 2) / 153;
+    long long day = doy - (153 * mp + 2) / 5 + 1;
+    long long month = mp < 10 ? mp + 3 : mp - 9;
+    long long year = yoe + era * 400 + (month <= 2);
+    if (grow(b, 34) < 0)
+        return FAILED;
+    unsigned char *o = b->data + b->len;
+    *o++ = '"';
+    o = json_digits(o, year, 4);
+    *o++ = '-';
+    o = json_digits(o, month, 2);
+    *o++ = '-';
+    o = json_digits(o, day, 2);
+    *o++ = 'T';
+    o = json_digits(o, day_secs / 3600, 2);
+    *o++ = ':';
+    o = json_digits(o, day_secs / 60 % 60, 2);
+    *o++ = ':';
+    o = json_digits(o, day_secs % 60, 2);
+    if (milli) {
+        *o++ = '.';
+        o = json_digits(o, milli * 1000, 6);
+    }
+    *o++ = 'Z';
+    *o++ = '"';
+    b->len = o - b->data;
+    return ENCODED;
+}
+
+static int64_t read_i64(const unsigned char *p) {
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | p[i];
+    return (int64_t)v;
+}
+
+static int span_order(const void *a, const void *b) {
+    const span_t *x = a, *y = b;
+    if (x->n != y->n)
+        return x->n < y->n ? -1 : 1;
+    return memcmp(x->p, y->p, (size_t)x->n);
+}
+
+/* True if two of keys[0..n) are the same. Sorts them (they are not needed after). */
+static int repeated_key(span_t *keys, Py_ssize_t n) {
+    if (n <= 16) {
+        for (Py_ssize_t i = 1; i < n; i++)
+            for (Py_ssize_t k = 0; k < i; k++)
+                if (keys[i].n == keys[k].n && memcmp(keys[i].p, keys[k].p, (size_t)keys[i].n) == 0)
+                    return 1;
+        return 0;
+    }
+    qsort(keys, (size_t)n, sizeof *keys, span_order);
+    for (Py_ssize_t i = 1; i < n; i++)
+        if (span_order(&keys[i - 1], &keys[i]) == 0)
+            return 1;
+    return 0;
+}
+
+static int json_value(json_t *j, unsigned char type, const unsigned char *p, const unsigned char *end, long depth,
+                      Py_ssize_t *used);
+
+/* The document (or array) at p, which must end by `end`, `depth` levels down (the record's own
+ * document is 1), as JSON; its size in *used. At the top level `fields` notes the fields asked
+ * for. */
+static int json_container(json_t *j, const unsigned char *p, const unsigned char *end, int is_array, long depth,
+                          fields_t *fields, Py_ssize_t *used) {
+    if (depth > JSON_DEPTH_CAP || end - p < 5)
+        return NOT_OURS;
+    int32_t size = read_i32(p);
+    if (size < 5 || size > end - p)
+        return NOT_OURS;
+    const unsigned char *q = p + 4, *last = p + size - 1; /* last: the terminating NUL */
+    if (*last != 0)
+        return NOT_OURS;
+    Py_ssize_t keys_base = j->n_keys;
+    int first = 1;
+    if (put(&j->out, is_array ? "[" : "{", 1) < 0)
+        return FAILED;
+    while (q < last) {
+        unsigned char type = *q++;
+        Py_ssize_t key_length = cstring_length(q, last);
+        if (key_length < 0)
+            return NOT_OURS;
+        const unsigned char *key = q;
+        q += key_length + 1;
+        if (!first && put(&j->out, ",", 1) < 0)
+            return FAILED;
+        first = 0;
+        if (!is_array) { /* an array's keys: bson.decode skips them unread */
+            /* A document with $ref (and $id) decodes to a DBRef, not a dict. */
+            if (key_length == 4 && memcmp(key, "$ref", 4) == 0)
+                return NOT_OURS;
+            if (j->n_keys == j->keys_cap) {
+                Py_ssize_t cap = j->keys_cap ? 2 * j->keys_cap : 64;
+                span_t *keys = PyMem_Realloc(j->keys, (size_t)cap * sizeof *keys);
+                if (keys == NULL) {
+                    PyErr_NoMemory();
+                    return FAILED;
+                }
+                j->keys = keys;
+                j->keys_cap = cap;
+            }
+            j->keys[j->n_keys].p = key;
+            j->keys[j->n_keys++].n = key_length;
+            int r = json_text(&j->out, key, key_length);
+            if (r != ENCODED)
+                return r;
+            if (put(&j->out, ":", 1) < 0)
+                return FAILED;
+            if (fields != NULL) {
+                for (int i = 0; i < fields->count; i++) {
+                    if (fields->length[i] != key_length || memcmp(fields->name[i], key, (size_t)key_length) != 0)
+                        continue;
+                    if (type != 0x02 && type != 0x09)
+                        return NOT_OURS; /* a field asked for, neither text nor a time */
+                    fields->type[i] = type;
+                    fields->value[i] = q;
+                }
+            }
+        }
+        Py_ssize_t n;
+        int r = json_value(j, type, q, last, depth, &n);
+        if (r != ENCODED)
+            return r;
+        q += n;
+    }
+    if (q != last)
+        return NOT_OURS;
+    if (put(&j->out, is_array ? "]" : "}", 1) < 0)
+        return FAILED;
+    /* bson.decode keeps one value of a repeated key, in the first one's place. */
+    if (repeated_key(j->keys + keys_base, j->n_keys - keys_base))
+        return NOT_OURS;
+    j->n_keys = keys_base;
+    *used = size;
+    return ENCODED;
+}
+
+/* The value of BSON `type` at p, which must end by `end`, in a container `depth` levels down,
+ * as JSON; the bytes it takes in *used. */
+static int json_value(json_t *j, unsigned char type, const unsigned char *p, const unsigned char *end, long depth,
+                      Py_ssize_t *used) {
+    buffer_t *b = &j->out;
+    const unsigned char *s;
+    Py_ssize_t n;
+    switch (type) {
+    case 0x01: /* double */
+        if (end - p < 8)
+            return NOT_OURS;
+        *used = 8;
+        return json_double(b, read_double(p));
+    case 0x02: /* string */
+        if ((*used = string_value(p, end, &s, &n)) < 0)
+            return NOT_OURS;
+        return json_text(b, s, n);
+    case 0x03: /* document */
+        return json_container(j, p, end, 0, depth + 1, NULL, used);
+    case 0x04: /* array */
+        return json_container(j, p, end, 1, depth + 1, NULL, used);
+    case 0x05: /* binary: only subtype 0, which decodes to bytes */
+        if (end - p < 5)
+            return NOT_OURS;
+        n = read_i32(p);
+        if (n < 0 || n > end - p - 5 || p[4] != 0)
+            return NOT_OURS;
+        *used = 5 + n;
+        return json_hex_string(b, p + 5, n);
+    case 0x07: /* ObjectId */
+        if (end - p < 12)
+            return NOT_OURS;
+        *used = 12;
+        return json_hex_string(b, p, 12);
+    case 0x08: /* boolean: 0 or 1, else bson.decode refuses it */
+        if (end - p < 1 || p[0] > 1)
+            return NOT_OURS;
+        *used = 1;
+        return put(b, p[0] ? "true" : "false", p[0] ? 4 : 5) < 0 ? FAILED : ENCODED;
+    case 0x09: /* UTC datetime */
+        if (end - p < 8)
+            return NOT_OURS;
+        *used = 8;
+        return json_datetime(b, read_i64(p));
+    case 0x0A: /* null */
+        *used = 0;
+        return put(b, "null", 4) < 0 ? FAILED : ENCODED;
+    case 0x10: /* int32 */
+        if (end - p < 4)
+            return NOT_OURS;
+        *used = 4;
+        return json_integer(b, read_i32(p));
+    case 0x12: /* int64 */
+        if (end - p < 8)
+            return NOT_OURS;
+        *used = 8;
+        return json_integer(b, read_i64(p));
+    default:
+        return NOT_OURS;
+    }
+}
+
+/* One payload's (json, values...) tuple, Py_None, or NULL with an exception set. */
+static PyObject *json_record(json_t *j, const unsigned char *p, Py_ssize_t n, fields_t *fields) {
+    j->out.len = 0;
+    j->n_keys = 0;
+    for (int i = 0; i < fields->count; i++)
+        fields->type[i] = 0;
+    if (n < 5 || read_i32(p) != n)
+        Py_RETURN_NONE;
+    Py_ssize_t used;
+    int r = json_container(j, p, p + n, 0, 1, fields, &used);
+    if (r == FAILED)
+        return NULL;
+    if (r == NOT_OURS)
+        Py_RETURN_NONE;
+    PyObject *out = PyTuple_New(1 + fields->count);
+    if (out == NULL)
+        return NULL;
+    PyObject *json = PyBytes_FromStringAndSize((const char *)j->out.data, j->out.len);
+    if (json == NULL)
+        goto fail;
+    PyTuple_SET_ITEM(out, 0, json);
+    for (int i = 0; i < fields->count; i++) {
+        PyObject *value;
+        const unsigned char *v = fields->value[i];
+        if (fields->type[i] == 0x02)
+            value = PyUnicode_DecodeUTF8((const char *)v + 4, read_i32(v) - 1, NULL); /* checked: valid */
+        else if (fields->type[i] == 0x09)
+            value = PyLong_FromLongLong(read_i64(v));
+        else
+            value = Py_NewRef(Py_None);
+        if (value == NULL)
+            goto fail;
+        PyTuple_SET_ITEM(out, 1 + i, value);
+    }
+    return out;
+fail:
+    Py_DECREF(out);
+    return NULL;
+}
+
+static PyObject *json_fields(PyObject *self, PyObject *args) {
+    PyObject *payloads, *names;
+    if (!PyArg_ParseTuple(args, "OO!:json_fields", &payloads, &PyTuple_Type, &names))
+        return NULL;
+    fields_t fields;
+    if (PyTuple_GET_SIZE(names) > JSON_MAX_NAMES)
+        return PyErr_Format(PyExc_ValueError, "at most %d names, got %zd", JSON_MAX_NAMES, PyTuple_GET_SIZE(names));
+    fields.count = (int)PyTuple_GET_SIZE(names);
+    for (int i = 0; i < fields.count; i++) {
+        PyObject *name = PyTuple_GET_ITEM(names, i);
+        if (!PyUnicode_Check(name))
+            return PyErr_Format(PyExc_TypeError, "name %d is %.50s, not str", i, Py_TYPE(name)->tp_name);
+        fields.name[i] = PyUnicode_AsUTF8AndSize(name, &fields.length[i]);
+        if (fields.name[i] == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_UnicodeEncodeError))
+                return NULL;
+            PyErr_Clear(); /* a lone surrogate: no decoded key is this name */
+            fields.length[i] = -1;
+        }
+    }
+    /* A tuple of the payloads: nothing run during the walk (a finalizer run by the collector
+     * while allocating) can change what is being read. */
+    PyObject *items = PySequence_Tuple(payloads);
+    if (items == NULL)
+        return NULL;
+    Py_ssize_t count = PyTuple_GET_SIZE(items);
+    json_t j = {{NULL, 0, 0}, NULL, 0, 0};
+    PyObject *out = PyList_New(count);
+    if (out == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = PyTuple_GET_ITEM(items, i);
+        if (!PyBytes_Check(item)) {
+            PyErr_Format(PyExc_TypeError, "payload %zd is %.50s, not bytes", i, Py_TYPE(item)->tp_name);
+            Py_CLEAR(out);
+            goto done;
+        }
+        PyObject *result = json_record(&j, (const unsigned char *)PyBytes_AS_STRING(item), PyBytes_GET_SIZE(item),
+                                       &fields);
+        if (result == NULL) {
+            Py_CLEAR(out);
+            goto done;
+        }
+        PyList_SET_ITEM(out, i, result);
+    }
+done:
+    PyMem_Free(j.out.data);
+    PyMem_Free(j.keys);
+    Py_DECREF(items);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"plain_bson_frames", plain_bson_frames, METH_VARARGS,
      "plain_bson_frames(frames, max_string_bytes, max_depth, max_fields) -> list: for each BSON "
@@ -965,6 +1473,9 @@ static PyMethodDef methods[] = {
     {"parse_head", parse_head, METH_O,
      "parse_head(head) -> tuple or None: httpframing.parse_head's Head fields for a common, valid "
      "request head, else None (the Python parser decides)."},
+    {"json_fields", json_fields, METH_VARARGS,
+     "json_fields(payloads, names) -> list: for each journal payload, (json, *values of the top-level "
+     "fields named) as event_json_bytes(decode_event(payload)) writes it, or None (Python decides)."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "zspark._native",
@@ -977,6 +1488,7 @@ PyMODINIT_FUNC PyInit__native(void) {
             return NULL;
     }
     head_tables();
+    json_tables();
     head_http10 = PyUnicode_InternFromString("HTTP/1.0");
     head_http11 = PyUnicode_InternFromString("HTTP/1.1");
     head_content_length = PyUnicode_InternFromString("Content-Length");

@@ -11,6 +11,15 @@ warning at start, see `describe`).
                                         None; None instead of the list when nothing is compiled
     plain_events(raws, limits)          for each decoded JSON event, 1 if sender_fields keeps
                                         it as it is, else 0 (bytes); None when not compiled
+    json_fields(payloads, names)        for each journal payload, (json, *values) with json
+                                        codec.event_json_bytes(codec.decode_event(payload)) and
+                                        the top-level fields `names` (a tuple of at most 8 str)
+                                        asks for, each a str, a datetime as int milliseconds
+                                        since the epoch, or None where absent; None instead of
+                                        the tuple where Python must decode it (a payload not well
+                                        formed, a type or field value other than the common
+                                        ones, a repeated key...: _native.c says which); None
+                                        instead of the list when nothing is compiled
     `compiled(name, reference)`         the others: journal.record.frame_all and marks,
                                         journal.codec's splicing and batch encoding,
                                         sources.httpframing's parse_head of common heads
@@ -58,6 +67,12 @@ def _c_limits(limits):
     """The limits as C longs: any larger is as good as unlimited."""
     return (min(limits.max_string_bytes, sys.maxsize), min(limits.max_depth, sys.maxsize),
             min(limits.max_fields, sys.maxsize))
+
+
+def json_fields(payloads, names):
+    if not COMPILED:
+        return None
+    return _native.json_fields(payloads, names)
 
 
 def plain_bson_frames(frames, limits):

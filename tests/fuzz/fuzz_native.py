@@ -5,8 +5,10 @@ against the pure-Python reference (tests/native_reference.py).
 
 The input's fourth byte chooses the entry point: a ZeroMQ BSON frame for plain_bson_frames, bytes
 to splice and frame as journal records, an HTTP body's JSON for plain_events and the batch
-encoder (the first three bytes choose the limits), or an HTTP request head for parse_head. Without a
-corpus directory it starts from a few events' frames (in a temporary one). A failure prints the
+encoder (the first three bytes choose the limits), an HTTP request head for parse_head, or a
+journal payload for json_fields (the first three bytes choose the names and the journaled event
+the input is also written into). Without a corpus directory it starts from a few events' frames,
+heads and journal payloads (in a temporary one). A failure prints the
 input and leaves it in crash-<hash>; `python -m tests.fuzz.fuzz_native crash-<hash>` replays it.
 """
 import atexit
@@ -28,7 +30,8 @@ with atheris.instrument_imports():
     # imported in this block, and the Python parser is the only coverage the head entry has (the
     # C code is not instrumented).
     from zspark.sources import fastjson, httpframing
-    from tests.native_reference import check_encode_batch, check_parse_head, check_plain_events, check_plain_frame
+    from tests.native_reference import (check_encode_batch, check_json_fields, check_parse_head, check_plain_events,
+                                        check_plain_frame, json_fields_reference)
 
 SEED_EVENTS = [
     {"type": "page_view", "level": "info", "topic": "web", "context": {"user": "u1", "n": 1, "ok": True}},
@@ -91,18 +94,43 @@ def check_json(data, limits):
         check_encode_batch(fields, 7, ASSIGNED)
 
 
+NOW = datetime.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=datetime.timezone.utc)
+# Journal payloads as ingest writes them: frames spliced (FrameEvent), events normalized and encoded.
+JOURNALED = (codec.encode_events([codec.FrameEvent(bson.encode(e), NOW, "zmq_bson", "nodé") for e in SEED_EVENTS[:3]],
+                                 5)
+             + [codec.encode_event({"timestamp": NOW, **SEED_EVENTS[3], "source": "http", "node": "n"}, 2**40 + 1)])
+JSON_NAMES = [("timestamp", "source", "topic"), (), ("type", "context", "_id"), ("stimestamp", "node", "ip", "type"),
+              ("timestamp",) * 8]
+
+
+def check_payload(payload, choice):
+    """The Kafka forwarder's first step: a journal payload as read from disk (the input as it is),
+    and a journaled event with the input written over it from some byte on (its length kept), so
+    that random input reaches past the size field and the first element. The Python reference
+    reads each one, for the coverage of what it decodes."""
+    names = JSON_NAMES[choice[0] % len(JSON_NAMES)]
+    base = JOURNALED[choice[1] % len(JOURNALED)]
+    at = choice[2] * len(base) // 256
+    patched = base[:at] + payload[:len(base) - at] + base[at + len(payload):]
+    for data in (payload, patched):
+        json_fields_reference(data, names)
+    check_json_fields([payload, patched], names)
+
+
 def one_input(data):
     if len(data) < 4:
         return
-    entry = data[3] % 4
+    entry = data[3] % 5
     if entry == 0:
         check_plain_frame(data[4:], limits_of(data))
     elif entry == 1:
         check_journal_writing(data[4:])
     elif entry == 2:
         check_json(data[4:], limits_of(data))
-    else:
+    elif entry == 3:
         check_head(data[4:])
+    else:
+        check_payload(data[4:], data[:3])
 
 
 def check_head(data):
@@ -130,6 +158,9 @@ def main(argv):
         for i, head in enumerate(SEED_HEADS):
             with open(os.path.join(corpus, f"seed{i}.head"), "wb") as f:
                 f.write(b"\0\0\0\x03" + head)
+        for i, payload in enumerate(JOURNALED):
+            with open(os.path.join(corpus, f"seed{i}.payload"), "wb") as f:
+                f.write(bytes([i, i, 255, 4]) + payload)
         argv = argv + [corpus]
     atheris.Setup(argv, one_input)
     atheris.Fuzz()
