@@ -15,7 +15,7 @@ import bson
 
 from zspark import _native
 from zspark.event import STRING_FIELDS, InvalidEvent, sender_fields
-from zspark.journal import codec
+from zspark.journal import codec, record
 from zspark.sources.zmq import SPLICEABLE_FIELDS, decode_bson
 
 REJECTED = "rejected"  # the Python path refuses the frame
@@ -90,6 +90,14 @@ def check_encode_batch(fields, offset, assigned):
     if payloads is not None:
         assert payloads == codec._encode_batch(fields, offset, assigned), f"encoded differently: {fields!r}"
     return payloads
+
+
+def check_parse_run(buf, pos, want, limit, max_records, max_bytes, position, next_note, spacing):
+    """Fail unless the compiled reader of record runs gives what record._parse_run gives."""
+    args = (buf, pos, want, limit, max_records, max_bytes, position, next_note, spacing)
+    got = _native.parse_run(*args)
+    assert got == record._parse_run(*args), f"parsed differently: {args!r}"
+    return got
 
 
 def check_parse_head(head):

@@ -21,7 +21,7 @@ from zspark.journal import codec, record
 from zspark.journal.codec import FrameBurst, FrameEvent, decode_event
 from zspark.sources.zmq import SPLICEABLE_FIELDS, decode_bson
 
-from .native_reference import (check_encode_batch, check_json_fields, check_parse_head, check_plain_events,
+from .native_reference import (check_encode_batch, check_json_fields, check_parse_head, check_parse_run, check_plain_events,
                                check_plain_frame, document, element, json_fields_reference, native_verdict,
                                python_verdict)
 
@@ -286,6 +286,37 @@ class JournalWritingTest(unittest.TestCase):
         assume(offset + len(payloads) < 2**64)
         data = record._frame_all(offset, payloads)
         self.assertEqual(native._native.record_marks(data, position, spacing), record._marks(data, position, spacing))
+
+    @settings(max_examples=400)
+    @given(st.lists(st.binary(max_size=300), max_size=40), offsets, st.integers(0, 2**40), st.integers(1, 2000),
+           st.data())
+    def test_parse_run(self, payloads, offset, position, spacing, data):
+        """A reader's run of records, also damaged, cut short, from any position, with any
+        limits: the compiled reader takes what the Python one takes and stops where it stops."""
+        assume(offset + len(payloads) < 2**64)
+        buf = bytearray(record._frame_all(offset, payloads))
+        for at in data.draw(st.lists(st.integers(0, max(0, len(buf) - 1)), max_size=3)) if buf else []:
+            buf[at] ^= data.draw(st.integers(1, 255))
+        buf = bytes(buf[:data.draw(st.integers(0, len(buf)))])
+        near = st.integers(max(0, offset - 2), min(2**64 - 1, offset + len(payloads) + 2))
+        check_parse_run(buf, data.draw(st.sampled_from([0, data.draw(st.integers(0, len(buf)))])),
+                        data.draw(near), data.draw(st.one_of(near, st.just(2**64 - 1))),
+                        data.draw(st.integers(1, 50)), data.draw(st.integers(1, 20000)), position,
+                        data.draw(st.sampled_from([-1, 0, position, position + data.draw(st.integers(0, 20000))])),
+                        spacing)
+
+    def test_parse_run_of_what_the_journal_writes(self):
+        payloads = [bytes([i]) * i for i in range(50)]
+        data = native._native.frame_all(7, payloads)
+        records, pos, notes, next_note = check_parse_run(data, 0, 0, 2**64 - 1, 1000, 10**6, 100, 0, 64)
+        self.assertEqual((records, pos), (list(enumerate(payloads, 7)), len(data)))
+        self.assertEqual(notes, record._marks(data, 100, 64))
+        # From offset 20 on, at most 5 records, before offset 23: damage and limits end a run.
+        self.assertEqual([o for o, _ in check_parse_run(data, 0, 20, 23, 5, 10**6, 0, -1, 64)[0]], [20, 21, 22])
+        self.assertEqual(check_parse_run(data[:-1], 0, 0, 2**64 - 1, 1000, 10**6, 0, -1, 64)[0][-1][0], 55)
+        damaged = bytearray(data)
+        damaged[len(data) // 2] ^= 1
+        self.assertLess(len(check_parse_run(bytes(damaged), 0, 0, 2**64 - 1, 1000, 10**6, 0, -1, 64)[0]), 50)
 
     def test_what_the_journal_writes_reads_back(self):
         payloads = [bytes([i]) * i for i in range(50)]

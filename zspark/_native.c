@@ -54,6 +54,15 @@
  *   writes them, at file position `position`) and each one starting `spacing` bytes or more
  *   after the last one given: where the index notes them.
  *
+ * parse_run(buf, pos, want, limit, max_records, max_bytes, position, next_note, spacing)
+ *     -> (records, pos, notes, next_note)
+ *
+ *   journal.record.parse_run: the intact records back to back from buf[pos:], (offset, payload)
+ *   for those with offsets from `want` up, stopping before the first record that is short,
+ *   damaged (magic, length, crc) or at `limit` or beyond, or once max_records records or
+ *   max_bytes payload bytes are taken; and the index's notes of them (where next_note >= 0).
+ *   A reader's per-record loop in one call; what ends a run is left to the reader's Python.
+ *
  * parse_head(head) -> tuple or None
  *
  *   httpframing.parse_head's Head, as the tuple (method, target, version, headers,
@@ -787,6 +796,70 @@ static PyObject *record_marks(PyObject *self, PyObject *args) {
     return out;
 }
 
+/* -- parse_run: the intact records of a reader's buffer, a run at a time -------------------- */
+
+#define RECORD_MAX_BYTES (256u * 1024u * 1024u) /* journal.record.MAX_RECORD_BYTES */
+
+static PyObject *parse_run(PyObject *self, PyObject *args) {
+    Py_buffer buf;
+    Py_ssize_t pos, max_records, max_bytes;
+    unsigned long long want, limit;
+    long long position, next_note, spacing;
+    if (!PyArg_ParseTuple(args, "y*nKKnnLLL:parse_run", &buf, &pos, &want, &limit, &max_records,
+                          &max_bytes, &position, &next_note, &spacing))
+        return NULL;
+    PyObject *records = PyList_New(0), *notes = PyList_New(0), *result = NULL;
+    if (records == NULL || notes == NULL)
+        goto done;
+    if (pos < 0 || pos > buf.len) {
+        PyErr_SetString(PyExc_ValueError, "pos is outside the buffer");
+        goto done;
+    }
+    const unsigned char *p = buf.buf;
+    Py_ssize_t taken = 0, size = 0;
+    while (taken < max_records && size < max_bytes && buf.len - pos >= RECORD_HEADER) {
+        const unsigned char *h = p + pos;
+        if (h[0] != 'Z' || h[1] != 'J')
+            break;
+        uint32_t length = read_be32(h + 2);
+        if (length > RECORD_MAX_BYTES || (Py_ssize_t)length > buf.len - pos - RECORD_HEADER)
+            break;
+        uint64_t offset = read_be64(h + 6);
+        uLong crc = crc32(0L, h + 2, 12);
+        crc = crc32(crc, h + RECORD_HEADER, (uInt)length);
+        if ((uint32_t)crc != read_be32(h + 14) || offset >= limit)
+            break;
+        if (next_note >= 0 && next_note <= position + pos) {
+            PyObject *note = Py_BuildValue("(KL)", (unsigned long long)offset, position + pos);
+            if (note == NULL || PyList_Append(notes, note) < 0) {
+                Py_XDECREF(note);
+                goto done;
+            }
+            Py_DECREF(note);
+            next_note = position + pos + spacing;
+        }
+        if (offset >= want) {
+            PyObject *rec = Py_BuildValue("(Ky#)", (unsigned long long)offset,
+                                          (const char *)h + RECORD_HEADER, (Py_ssize_t)length);
+            if (rec == NULL || PyList_Append(records, rec) < 0) {
+                Py_XDECREF(rec);
+                goto done;
+            }
+            Py_DECREF(rec);
+            taken++;
+            size += length;
+            want = offset + 1;
+        }
+        pos += RECORD_HEADER + (Py_ssize_t)length;
+    }
+    result = Py_BuildValue("(OnOL)", records, pos, notes, next_note);
+done:
+    Py_XDECREF(records);
+    Py_XDECREF(notes);
+    PyBuffer_Release(&buf);
+    return result;
+}
+
 /* -- parse_head: the common HTTP request head (httpframing.parse_head's fast path) ------------ */
 
 #define HEAD_MAX_BYTES (64 * 1024) /* httpframing.MAX_HEAD_BYTES */
@@ -1470,6 +1543,9 @@ static PyMethodDef methods[] = {
      "frame_all(offset, payloads) -> bytes: the journal records of payloads, joined."},
     {"record_marks", record_marks, METH_VARARGS,
      "record_marks(data, position, spacing) -> list of (offset, position) for the index."},
+    {"parse_run", parse_run, METH_VARARGS,
+     "parse_run(buf, pos, want, limit, max_records, max_bytes, position, next_note, spacing) -> "
+     "(records, pos, notes, next_note): journal.record.parse_run, a run of intact records."},
     {"parse_head", parse_head, METH_O,
      "parse_head(head) -> tuple or None: httpframing.parse_head's Head fields for a common, valid "
      "request head, else None (the Python parser decides)."},

@@ -30,8 +30,8 @@ with atheris.instrument_imports():
     # imported in this block, and the Python parser is the only coverage the head entry has (the
     # C code is not instrumented).
     from zspark.sources import fastjson, httpframing
-    from tests.native_reference import (check_encode_batch, check_json_fields, check_parse_head, check_plain_events,
-                                        check_plain_frame, json_fields_reference)
+    from tests.native_reference import (check_encode_batch, check_json_fields, check_parse_head, check_parse_run,
+                                        check_plain_events, check_plain_frame, json_fields_reference)
 
 SEED_EVENTS = [
     {"type": "page_view", "level": "info", "topic": "web", "context": {"user": "u1", "n": 1, "ok": True}},
@@ -58,7 +58,8 @@ ASSIGNED = codec._assigned(datetime.datetime(2026, 1, 1, tzinfo=datetime.timezon
 
 def check_journal_writing(data):
     """Splice the input's bytes as a document (a lying size field must be refused, never read
-    past), then frame the input's pieces as records and find the index's marks in them."""
+    past), then frame the input's pieces as records, find the index's marks in them and read
+    them back in runs (also damaged, and the input itself as records)."""
     size = int.from_bytes(data[:4], "little", signed=True) if len(data) >= 4 else 0
     try:
         spliced = _native.splice([data], 12345, *ASSIGNED)
@@ -72,6 +73,13 @@ def check_journal_writing(data):
     assert records == record._frame_all(2**40 - 3, pieces)
     spacing = 1 + (data[0] if data else 0)
     assert _native.record_marks(records, 99, spacing) == record._marks(records, 99, spacing)
+    # Read back as a reader reads a segment's bytes: the records, the input itself as if it were
+    # a segment, and the records with the input written over their middle (damage in a run).
+    middle = len(records) // 2
+    knob = data[1] if len(data) > 1 else 0
+    for buf in (records, data, records[:middle] + data + records[middle + len(data):]):
+        check_parse_run(buf, knob % 3, 2**40 - 3 + knob % 4, 2**40 + knob, 1 + knob % 50, 1 + knob * 40,
+                        99, knob % 2 * 64 - 1, spacing)
 
 
 def check_json(data, limits):

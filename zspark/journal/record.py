@@ -101,7 +101,7 @@ def _parse_run(buf, pos, want, limit, max_records, max_bytes, position, next_not
 
 frame_all = native.compiled("frame_all", _frame_all)
 marks = native.compiled("record_marks", _marks)
-parse_run = _parse_run
+parse_run = native.compiled("parse_run", _parse_run)
 
 
 def parse(buf, pos):
