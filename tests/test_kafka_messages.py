@@ -389,6 +389,35 @@ class Records(unittest.TestCase):
         self.assertEqual(by_records.topics.redirected, by_events.topics.redirected)
         self.assertEqual(by_records.topics.redirected, 1)  # secret-1: not allowed
 
+    def test_templates_and_keys_of_any_field_route_as_the_decoded_events_do(self):
+        """Topic templates and keys over fields that hold times (the sender's stimestamp), over
+        more fields than the compiled path hands back, and illegal names met again once the cap
+        is full: the same messages, refusals and counts either way."""
+        stamp = datetime.datetime(2025, 12, 31, 23, 30, tzinfo=UTC)
+        events = [{"type": "t", "topic": "bad name", "stimestamp": stamp, "env": "e", "level": "l"},
+                  {"type": "t", "topic": "a", "stimestamp": stamp, "env": "e", "level": "l"},
+                  {"type": "t", "topic": "bad name", "env": "e", "level": "l"},
+                  {"type": "u", "topic": "b", "stimestamp": stamp, "env": "f", "level": "m"}]
+        records = [(offset, encode_event({"timestamp": NOW, **event, "source": "http", "node": "node-1"}, offset))
+                   for offset, event in enumerate(events)]
+        items = [(offset, decode_event(payload)) for offset, payload in records]
+        for config in [dict(key_field="stimestamp"), dict(topic="ev.{stimestamp:%Y%m%d}"),
+                       dict(topic="{stimestamp}"), dict(max_topics=1),
+                       dict(topic="{type}.{env}.{level}.{topic}.{type}.{env}.{level}", key_field="topic")]:
+            with self.subTest(**config):
+                by_events, by_records = self.sink(**config), self.sink(**config)
+                rejected = by_events.send(items)
+                sent = by_records.send_records(records, hours=True)
+                self.assertEqual(by_records.producer.produced, by_events.producer.produced)
+                self.assertEqual(sent.rejected, rejected)
+                self.assertEqual(by_records.topics.redirected, by_events.topics.redirected)
+                refused = {offset for offset, _, _ in rejected}
+                self.assertEqual(sent.hours, count_hours([e for o, e in items if o not in refused],
+                                                         by_events.topic_for))
+        keyed = self.sink(key_field="stimestamp")
+        keyed.send_records(records)  # the two "bad name" are dead-lettered, not produced
+        self.assertEqual([key for _, key, _ in keyed.producer.produced], [b"2025-12-31T23:30:00Z"] * 2)
+
     def test_only_what_the_compiled_path_leaves_is_decoded(self):
         sink = self.sink(key_field="env")
         decoded_offsets = []

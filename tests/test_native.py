@@ -298,7 +298,7 @@ class JournalWritingTest(unittest.TestCase):
         for at in data.draw(st.lists(st.integers(0, max(0, len(buf) - 1)), max_size=3)) if buf else []:
             buf[at] ^= data.draw(st.integers(1, 255))
         buf = bytes(buf[:data.draw(st.integers(0, len(buf)))])
-        near = st.integers(max(0, offset - 2), min(2**64 - 1, offset + len(payloads) + 2))
+        near = st.integers(max(-3, offset - 2), min(2**64 - 1, offset + len(payloads) + 2))
         check_parse_run(buf, data.draw(st.sampled_from([0, data.draw(st.integers(0, len(buf)))])),
                         data.draw(near), data.draw(st.one_of(near, st.just(2**64 - 1))),
                         data.draw(st.integers(1, 50)), data.draw(st.integers(1, 20000)), position,
@@ -314,6 +314,9 @@ class JournalWritingTest(unittest.TestCase):
         # From offset 20 on, at most 5 records, before offset 23: damage and limits end a run.
         self.assertEqual([o for o, _ in check_parse_run(data, 0, 20, 23, 5, 10**6, 0, -1, 64)[0]], [20, 21, 22])
         self.assertEqual(check_parse_run(data[:-1], 0, 0, 2**64 - 1, 1000, 10**6, 0, -1, 64)[0][-1][0], 55)
+        # An offset below any (zcmd tail --from-offset -1) takes from the first record on.
+        self.assertEqual(check_parse_run(data, 0, -1, 2**64 - 1, 1000, 10**6, 0, -1, 64)[0][0][0], 7)
+        self.assertEqual(check_parse_run(data, 0, 0, -5, 1000, 10**6, 0, -1, 64)[0], [])
         damaged = bytearray(data)
         damaged[len(data) // 2] ^= 1
         self.assertLess(len(check_parse_run(bytes(damaged), 0, 0, 2**64 - 1, 1000, 10**6, 0, -1, 64)[0]), 50)

@@ -800,13 +800,35 @@ static PyObject *record_marks(PyObject *self, PyObject *args) {
 
 #define RECORD_MAX_BYTES (256u * 1024u * 1024u) /* journal.record.MAX_RECORD_BYTES */
 
+/* An offset argument: a negative one is 0 (no record's offset is below either), one beyond a
+ * uint64 an OverflowError. */
+static int offset_arg(PyObject *obj, void *out) {
+    int overflow;
+    if (!PyLong_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "an offset must be an int, not %.50s", Py_TYPE(obj)->tp_name);
+        return 0;
+    }
+    long long small = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    if (small == -1 && PyErr_Occurred())
+        return 0;
+    if (overflow < 0 || (overflow == 0 && small < 0)) {
+        *(unsigned long long *)out = 0;
+        return 1;
+    }
+    unsigned long long value = PyLong_AsUnsignedLongLong(obj);
+    if (value == (unsigned long long)-1 && PyErr_Occurred())
+        return 0;
+    *(unsigned long long *)out = value;
+    return 1;
+}
+
 static PyObject *parse_run(PyObject *self, PyObject *args) {
     Py_buffer buf;
     Py_ssize_t pos, max_records, max_bytes;
     unsigned long long want, limit;
     long long position, next_note, spacing;
-    if (!PyArg_ParseTuple(args, "y*nKKnnLLL:parse_run", &buf, &pos, &want, &limit, &max_records,
-                          &max_bytes, &position, &next_note, &spacing))
+    if (!PyArg_ParseTuple(args, "y*nO&O&nnLLL:parse_run", &buf, &pos, offset_arg, &want, offset_arg, &limit,
+                          &max_records, &max_bytes, &position, &next_note, &spacing))
         return NULL;
     PyObject *records = PyList_New(0), *notes = PyList_New(0), *result = NULL;
     if (records == NULL || notes == NULL)

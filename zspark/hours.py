@@ -32,6 +32,7 @@ in an hour already announced (one held longer than the grace) is counted as late
 The clock (`clock`, time.time by default) is the tracker's own: tests move it past an hour's end
 (tests/shifted_clock.py).
 """
+import datetime
 import json
 import logging
 import os
@@ -76,8 +77,15 @@ class HourCounts(dict):
 
 def count_hours(events, topic_for):
     """HourCounts of `events`, each under `topic_for(event)`, the topic it was delivered to."""
-    return count_stamped((event.get("timestamp"), topic_for(event)) for event in events
-                         if event.get("source") != NOTICE_SOURCE)
+    return count_stamped((stamp, topic_for(event)) for event in events if (stamp := counted_time(event)) is not None)
+
+
+def counted_time(event):
+    """The time an event is counted under: its timestamp, if it is a time (zspark's ingest always
+    writes one; a record written otherwise may hold anything there); None for a notice or
+    anything else, which are not counted."""
+    value = event.get("timestamp")
+    return value if isinstance(value, datetime.datetime) and event.get("source") != NOTICE_SOURCE else None
 
 
 def count_stamped(pairs):

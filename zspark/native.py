@@ -69,6 +69,9 @@ def _c_limits(limits):
             min(limits.max_fields, sys.maxsize))
 
 
+JSON_FIELDS_MAX_NAMES = 8  # json_fields takes at most this many names (_native.c)
+
+
 def json_fields(payloads, names):
     if not COMPILED:
         return None

@@ -44,11 +44,11 @@ from gevent.monkey import get_original
 from .. import blocking, native
 from ..errors import PermanentDeliveryError, TransientDeliveryError
 from ..event import NOTICE_SOURCE
-from ..hours import count_stamped
+from ..hours import count_stamped, counted_time
 from ..journal.codec import decode_event, decode_records, event_json_bytes, to_json_value
 from ..metrics import RateLimitedLog
 from ..redact import redact
-from ..topics import LEGAL_TOPIC, TopicPolicy, state_path
+from ..topics import LEGAL_TOPIC, TopicPolicy, legal_topic, state_path
 from . import Sent, Unreachable, first_line
 
 log = logging.getLogger("zspark.sinks.kafka")
@@ -210,6 +210,11 @@ class KafkaSink:
                         break
             self._wait_for_reports()
         except Exception as e:
+            if len(self.producer):
+                # Messages of this attempt still queued would report into the next attempt's
+                # list (a refusal matched to no message of it would fail the forwarder): the
+                # retry goes on a new producer, this one's messages purged.
+                self._replace_producer()
             # A fatal error (the idempotent producer's state lost, e.g. a broker that restarted
             # empty) comes out of produce/flush as an exception, not through error_cb: this
             # producer refuses everything from now on, so the retry needs a new one.
@@ -465,16 +470,20 @@ class _Messages:
         results = native.json_fields([payload for _, payload in records], fast.names) if fast else None
         if results is None:
             results = [None] * len(records)
+        else:
+            # Also left to Python: a notice (its key is the node), and a record whose source,
+            # topic or key field is a datetime (an int here; the template formats a datetime).
+            results = [None if result is None or result[2] == NOTICE_SOURCE or int in map(type, result[2:])
+                       else result for result in results]
         # The records the compiled path left to Python (all of them when it is not compiled),
-        # decoded in one call; notices too (their key is the node).
-        slow = [record for record, result in zip(records, results)
-                if result is None or result[fast.source] == NOTICE_SOURCE]
+        # decoded in one call.
+        slow = [record for record, result in zip(records, results) if result is None]
         decoded = dict(decode_records(slow, lambda offset, payload, e: messages.undecodable.append(
             (offset, payload, e)))) if slow else {}
         routes = {}  # the template fields' values -> (topic, why it was redirected or None)
         first, end = (fast.first_template, fast.end_template) if fast else (0, 0)
         for (offset, payload), result in zip(records, results):
-            if result is None or result[fast.source] == NOTICE_SOURCE:
+            if result is None:
                 event = decoded.get(offset)
                 if event is not None:
                     messages.add_event(offset, event)
@@ -483,9 +492,11 @@ class _Messages:
             routed = routes.get(fields)
             if routed is None:
                 reasons = []
-                view = dict(zip(fast.template, fields), source=result[fast.source])
+                view = dict(zip(fast.template, fields), source=result[2])
                 topic = sink.topics.route(view, reasons)
-                routed = routes[fields] = (topic, reasons[0] if reasons else None)
+                routed = (topic, reasons[0] if reasons else None)
+                if legal_topic(topic):  # an illegal name is not taken: the next may find the cap full
+                    routes[fields] = routed
             if routed[1] is not None:
                 messages.redirected.append(routed[1])
             key = result[fast.key] if fast.key else None
@@ -504,7 +515,7 @@ class _Messages:
         self.values.append(sink.encode(event))
         self.keys.append(sink._key(event))
         self.origins.append(event)
-        self.stamps.append(event.get("timestamp") if event.get("source") != NOTICE_SOURCE else None)
+        self.stamps.append(counted_time(event))
 
     def event(self, index):
         origin = self.origins[index]
@@ -539,7 +550,7 @@ class FastFields:
     template: tuple
     key: int  # the key field's place in a json_fields result, 0 for none
 
-    source = 2  # json_fields results: (json, timestamp, source, template fields..., key)
+    # json_fields results: (json, timestamp, source, template fields..., key)
     first_template = 3
 
     @property
@@ -549,7 +560,8 @@ class FastFields:
     @classmethod
     def of(cls, config, topics):
         """The fields, or None where messages need the decoded event: a format other than JSON,
-        or a topic template or key made of the timestamp or the id (not strings)."""
+        a topic template or key made of the timestamp or the id (not strings), or more fields
+        than json_fields hands back."""
         template = topics.template_fields
         if config.format != "json" or {"timestamp", "_id"} & {*template, config.key_field}:
             return None
@@ -557,4 +569,4 @@ class FastFields:
         key = 0
         if config.key_field:
             key, names = len(names) + 1, names + (config.key_field,)
-        return cls(names, template, key)
+        return cls(names, template, key) if len(names) <= native.JSON_FIELDS_MAX_NAMES else None
