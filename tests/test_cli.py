@@ -85,6 +85,14 @@ class GlobalOptionsTest(CliCase):
                 self.assertEqual(result.returncode, 0, result.stderr)
                 self.assertEqual([json.loads(line)["type"] for line in result.stdout.splitlines()], ["b"])
 
+    def test_tail_refuses_a_negative_offset_or_count_naming_it(self):
+        for option, message in (("--from-offset", "not an offset: '-1'"), ("-n", "not '-1'")):
+            with self.subTest(option):
+                result = zcmd("-y", self.config_path, "tail", option, "-1")
+                self.assertEqual(result.returncode, 2, result.stderr)
+                self.assertIn(option, result.stderr)
+                self.assertIn(message, result.stderr)
+
     def test_after_the_command_wins_over_before_it(self):
         result = zcmd("-y", self.tmp.join("missing.yaml"), "validate", "-q", "-y", self.config_path)
         self.assertEqual(result.returncode, 0, result.stderr)

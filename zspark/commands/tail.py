@@ -38,9 +38,9 @@ PATTERN_HELP = "shell wildcards such as 'page.*' allowed; may repeat"
 
 def add_arguments(parser):
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("-n", "--lines", type=int, default=10, metavar="N",
+    where.add_argument("-n", "--lines", type=argtypes.record_count, default=10, metavar="N",
                        help="start with the last N (matching) events (default 10)")
-    where.add_argument("--from-offset", type=int, metavar="OFFSET",
+    where.add_argument("--from-offset", type=argtypes.offset, metavar="OFFSET",
                        help="start at this journal offset instead")
     parser.add_argument("-f", "--follow", action="store_true", help="keep printing new events as they arrive")
     parser.add_argument("--offsets", action="store_true", help="add each record's journal offset as \"_offset\"")
