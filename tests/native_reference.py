@@ -123,25 +123,25 @@ _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 _ONE_MS = datetime.timedelta(milliseconds=1)
 
 
-def json_fields_reference(payload, names):
+def json_fields_reference(payload, names, times_before=8):
     """What json_fields must give for one journal payload when it gives a tuple:
     (event_json_bytes(decode_event(payload)), v1, ..., vk), vj the top-level field names[j] as
-    decoded (a str, a datetime as int milliseconds since the epoch, None where absent). None
-    where there is no such tuple: the payload does not decode (or its JSON cannot be written),
-    or a field named holds anything else."""
+    decoded (a str, a datetime as int milliseconds since the epoch if j < times_before, None
+    where absent). None where there is no such tuple: the payload does not decode (or its JSON
+    cannot be written), or a field named holds anything else."""
     try:
         event = codec.decode_event(payload)
     except Exception:  # bson raises more than InvalidBSON for garbage
         return None
     values = []
-    for name in names:
+    for index, name in enumerate(names):
         if name not in event:
             values.append(None)
             continue
         value = event[name]
         if type(value) is str:
             values.append(value)
-        elif type(value) is datetime.datetime:
+        elif type(value) is datetime.datetime and index < times_before:
             values.append((value - _EPOCH) // _ONE_MS)
         else:
             return None
@@ -152,15 +152,15 @@ def json_fields_reference(payload, names):
     return (data, *values)
 
 
-def check_json_fields(payloads, names):
+def check_json_fields(payloads, names, times_before=8):
     """Fail if json_fields gives a tuple for any payload that is not json_fields_reference's
     (values of the same types too); return its list."""
-    got = _native.json_fields(payloads, names)
+    got = _native.json_fields(payloads, names, times_before)
     assert type(got) is list and len(got) == len(payloads), f"{got!r} for {len(payloads)} payloads"
     for payload, result in zip(payloads, got):
         if result is None:
             continue
-        expected = json_fields_reference(payload, names)
+        expected = json_fields_reference(payload, names, times_before)
         assert expected is not None, f"compiled: {result!r}; Python: no tuple ({payload!r}, {names!r})"
         assert type(result) is tuple and result == expected, f"{result!r} != {expected!r} ({payload!r}, {names!r})"
         assert [type(v) for v in result] == [type(v) for v in expected], f"types differ: {result!r} ({payload!r})"

@@ -942,6 +942,12 @@ class JsonFieldsTest(unittest.TestCase):
                 self.assertEqual(native._native.json_fields([payload], ("s", name)), [None])
         self.assertEqual(native._native.json_fields([document([b"\x02\x00" + bson_string(b"v")])], ("",)),
                          [(b'{"":"v"}', "v")])
+        # A time only before `times_before`: after it, a time leaves the payload to Python too.
+        for names, times_before, expected in [(("t", "s"), 1, [(json_bytes, -315619199999, "é")]),
+                                              (("s", "t"), 1, [None]), (("s", "t"), 0, [None]),
+                                              (("s", "t"), 2, [(json_bytes, "é", -315619199999)])]:
+            with self.subTest(names=names, times_before=times_before):
+                self.assertEqual(check_json_fields([payload], names, times_before), expected)
 
     def test_many_keys(self):
         """More keys than the pairwise check takes (16): a repeat anywhere is still found."""

@@ -74,7 +74,7 @@
  *   else (every refusal, chunked, repeated or listed Content-Length, ...) is None: Python
  *   parses it and raises FramingError naming the rule broken.
  *
- * json_fields(payloads, names) -> list of tuple or None
+ * json_fields(payloads, names[, times_before]) -> list of tuple or None
  *
  *   For each journal payload (bytes), the JSON the Kafka forwarder sends of it,
  *   codec.event_json_bytes(codec.decode_event(payload)), written straight from the BSON with no
@@ -88,7 +88,8 @@
  *   JSON_DEPTH_CAP levels counting the payload's own document; strings and keys strict UTF-8
  *   (as Python's decoder takes it); values only finite doubles, strings, documents, arrays,
  *   binary of subtype 0, ObjectIds, booleans of byte 0 or 1, datetimes in years 1..9999, nulls,
- *   int32 and int64; every field named a string or a datetime if present. The JSON is json.dumps'
+ *   int32 and int64; every field named a string or a datetime if present (only a string from the
+ *   name at index `times_before` on). The JSON is json.dumps'
  *   (ensure_ascii=False, compact, codec.to_json_value for ObjectIds, bytes and datetimes), the
  *   bytes orjson writes where event_json_bytes uses it. Raises TypeError unless `payloads` is
  *   an iterable of bytes and `names` a tuple of str, ValueError for more than 8 names (a name
@@ -1101,6 +1102,7 @@ typedef struct {
  * per record, the BSON type and value of each found (type 0: absent). */
 typedef struct {
     int count;
+    int times_before; /* names from this index on must be text: a time there is not ours */
     const char *name[JSON_MAX_NAMES];
     Py_ssize_t length[JSON_MAX_NAMES];
     unsigned char type[JSON_MAX_NAMES];
@@ -1368,8 +1370,8 @@ static int json_container(json_t *j, const unsigned char *p, const unsigned char
                 for (int i = 0; i < fields->count; i++) {
                     if (fields->length[i] != key_length || memcmp(fields->name[i], key, (size_t)key_length) != 0)
                         continue;
-                    if (type != 0x02 && type != 0x09)
-                        return NOT_OURS; /* a field asked for, neither text nor a time */
+                    if (type != 0x02 && (type != 0x09 || i >= fields->times_before))
+                        return NOT_OURS; /* a field asked for, neither text nor a time where one may be */
                     fields->type[i] = type;
                     fields->value[i] = q;
                 }
@@ -1497,12 +1499,14 @@ fail:
 
 static PyObject *json_fields(PyObject *self, PyObject *args) {
     PyObject *payloads, *names;
-    if (!PyArg_ParseTuple(args, "OO!:json_fields", &payloads, &PyTuple_Type, &names))
+    int times_before = JSON_MAX_NAMES;
+    if (!PyArg_ParseTuple(args, "OO!|i:json_fields", &payloads, &PyTuple_Type, &names, &times_before))
         return NULL;
     fields_t fields;
     if (PyTuple_GET_SIZE(names) > JSON_MAX_NAMES)
         return PyErr_Format(PyExc_ValueError, "at most %d names, got %zd", JSON_MAX_NAMES, PyTuple_GET_SIZE(names));
     fields.count = (int)PyTuple_GET_SIZE(names);
+    fields.times_before = times_before;
     for (int i = 0; i < fields.count; i++) {
         PyObject *name = PyTuple_GET_ITEM(names, i);
         if (!PyUnicode_Check(name))

@@ -72,10 +72,10 @@ def _c_limits(limits):
 JSON_FIELDS_MAX_NAMES = 8  # json_fields takes at most this many names (_native.c)
 
 
-def json_fields(payloads, names):
+def json_fields(payloads, names, times_before=JSON_FIELDS_MAX_NAMES):
     if not COMPILED:
         return None
-    return _native.json_fields(payloads, names)
+    return _native.json_fields(payloads, names, times_before)
 
 
 def plain_bson_frames(frames, limits):

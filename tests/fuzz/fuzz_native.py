@@ -122,7 +122,7 @@ def check_payload(payload, choice):
     patched = base[:at] + payload[:len(base) - at] + base[at + len(payload):]
     for data in (payload, patched):
         json_fields_reference(data, names)
-    check_json_fields([payload, patched], names)
+    check_json_fields([payload, patched], names, choice[1] % 3 if choice[0] & 128 else 8)
 
 
 def one_input(data):

@@ -467,14 +467,13 @@ class _Messages:
     def of_records(cls, sink, records):
         messages = cls(sink)
         fast = sink.fast_fields
-        results = native.json_fields([payload for _, payload in records], fast.names) if fast else None
+        # Only the timestamp may be a time: a record whose source, topic or key field is not
+        # text (a sender's stimestamp, anything in an event_noval record) is left to Python.
+        results = native.json_fields([payload for _, payload in records], fast.names, 1) if fast else None
         if results is None:
             results = [None] * len(records)
-        else:
-            # Also left to Python: a notice (its key is the node), and a record whose source,
-            # topic or key field is a datetime (an int here; the template formats a datetime).
-            results = [None if result is None or result[2] == NOTICE_SOURCE or int in map(type, result[2:])
-                       else result for result in results]
+        else:  # also left to Python: a notice (its key is the node)
+            results = [None if result is None or result[2] == NOTICE_SOURCE else result for result in results]
         # The records the compiled path left to Python (all of them when it is not compiled),
         # decoded in one call.
         slow = [record for record, result in zip(records, results) if result is None]
