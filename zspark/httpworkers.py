@@ -42,6 +42,7 @@ from .config import pixel_address
 from .errors import StartupError
 from .journal import JournalError
 from .journal.codec import FrameBurst, encode_events
+from .metrics import numbers_flat
 from .sources.httperrors import dumps
 from .topics import TopicNotAllowed
 
@@ -107,14 +108,6 @@ def split_documents(blob, count):
     if pos != end:
         raise LinkError(f"an append of {count} documents holds more")
     return docs
-
-
-def _flat(data, prefix=""):
-    for key, value in data.items():
-        if isinstance(value, dict):
-            yield from _flat(value, f"{prefix}{key}.")
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            yield prefix + key, value
 
 
 def _nested(flat):
@@ -203,8 +196,8 @@ class _Worker:
         totals = self.totals
         for key in ("accepted", "rejected", "refused"):
             totals[key] += int(current.get(key) or 0)
-        details = dict(_flat(totals["details"]))
-        for key, value in _flat(current.get("details") or {}):
+        details = dict(numbers_flat(totals["details"]))
+        for key, value in numbers_flat(current.get("details") or {}):
             if key not in GAUGES:
                 details[key] = details.get(key, 0) + value
         totals["details"] = _nested(details)
@@ -248,8 +241,8 @@ class _Worker:
         """accepted, rejected, refused (this run's and the earlier ones') and the details."""
         current, totals = self.current, self.totals
         out = {key: totals[key] + int(current.get(key) or 0) for key in ("accepted", "rejected", "refused")}
-        details = dict(_flat(totals["details"]))
-        for key, value in _flat(current.get("details") or {}):
+        details = dict(numbers_flat(totals["details"]))
+        for key, value in numbers_flat(current.get("details") or {}):
             details[key] = details.get(key, 0) + value
         out["details"] = details
         return out

@@ -97,3 +97,12 @@ class RateLimitedLog:
             self.logger.log(self.level, msg, *args)
         else:
             window[2] += 1
+
+
+def numbers_flat(data, prefix=""):
+    """(key, number) pairs of a nested dict (a source's details), nested keys joined by "."."""
+    for key, value in data.items():
+        if isinstance(value, dict):
+            yield from numbers_flat(value, f"{prefix}{key}.")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield prefix + key, value

@@ -15,6 +15,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from . import __version__, blocking
 from .forwarder import BACKING_OFF, FAILED, RUNNING, STOPPED
 from .journal.journal import SYNC_BUCKETS
+from .metrics import numbers_flat
 
 FORWARDER_STATES = (RUNNING, BACKING_OFF, STOPPED, FAILED)
 
@@ -104,7 +105,7 @@ class ZsparkCollector(Collector):
     def _source_details(self):
         families = {}
         for name, stats in list(self.metrics.sources.items()):
-            for key, value in _flat(stats.details() if stats.details else {}):
+            for key, value in numbers_flat(stats.details() if stats.details else {}):
                 known = SOURCE_DETAILS.get(key)
                 if known is None:
                     continue
@@ -190,15 +191,6 @@ class ZsparkCollector(Collector):
             if f.last_error_time is not None:
                 last_error.add_metric(name, f.last_error_time)
         return delivered, failed, dead, lag, cursor, state, last_ok, last_error
-
-
-def _flat(data, prefix=""):
-    """(key, number) pairs of a nested dict, nested keys joined by "."."""
-    for key, value in data.items():
-        if isinstance(value, dict):
-            yield from _flat(value, f"{prefix}{key}.")
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            yield prefix + key, value
 
 
 class _InThreadpool(Collector):
