@@ -69,5 +69,8 @@ def register():
 
 
 if __name__ == "__main__":
-    register()
+    # Registered from the module by its name, not as __main__, so that the child processes of
+    # serve (forward.own_process, http.workers) can import what the Config holds of it.
+    from tests import sink_plugin
+    sink_plugin.register()
     sys.exit(cli.main())

@@ -32,13 +32,22 @@ class TestSinkRegistry(unittest.TestCase):
         self.addCleanup(self.tmp.remove)
         self.out = self.tmp.join("out.jsonl")
 
-    def configure(self, **jsonfile):
-        self.data = config_data(self.tmp.path, jsonfile={"path": self.out, **jsonfile})
+    def configure(self, sections=None, **jsonfile):
+        self.data = config_data(self.tmp.path, jsonfile={"path": self.out, **jsonfile}, **(sections or {}))
         self.config = write_config(self.tmp.path, self.data)
         return self.config
 
     def test_a_registered_sink_is_served_and_shown_in_status(self):
         self.configure(enabled=True)
+        self.assert_served()
+
+    def test_a_registered_sink_is_served_by_child_processes_too(self):
+        """Its forwarder in a process of its own, HTTP in worker processes: each child gets the
+        sink types registered in the serving process with its config, and builds its sink."""
+        self.configure({"forward": {"own_process": True}, "http": {"workers": 2}}, enabled=True)
+        self.assert_served()
+
+    def assert_served(self):
         port = self.data["http"]["port"]
         server = ServeProcess(self.config, port, self.tmp.join("serve.log"), module="tests.sink_plugin")
         self.addCleanup(server.kill)

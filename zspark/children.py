@@ -36,6 +36,7 @@ import gevent.socket
 from gevent import subprocess
 from gevent.lock import Semaphore
 
+from . import sinks
 from .errors import ZsparkError
 from .retry import Backoff
 
@@ -197,7 +198,9 @@ class Child:
         link = self.link = Link(gevent.socket.socket(fileno=ours.detach()))
         log.info("%s started (pid %d)%s", self.name, self.process.pid,
                  f", restart {self.restarts}" if self.restarts else "")
-        link.send({"kind": "config"}, pickle.dumps(self.config))
+        # With the sink types registered beyond the built-in ones: the Config holds their
+        # sections, and the child builds them (zspark/sinks/__init__.py).
+        link.send({"kind": "config"}, pickle.dumps((sinks.added(), self.config)))
         gevent.spawn(self._serve_link, link)
 
     def _serve_link(self, link):
@@ -275,7 +278,12 @@ def attach():
     header, blob = link.recv()
     if header.get("kind") != "config":
         raise LinkError(f"the owner's first message is {header.get('kind')!r}, not the config")
-    return link, pickle.loads(blob)
+    # The sink types first: unpickling them imports their modules, whose classes the Config holds.
+    added, config = pickle.loads(blob)
+    for sink_type in added:
+        if sink_type.name not in sinks.names():
+            sinks.register(sink_type)
+    return link, config
 
 
 def _die_with_parent():

@@ -102,6 +102,11 @@ def register(sink_type):
     _registry[sink_type.name] = sink_type
 
 
+def added():
+    """The sink types registered beyond the built-in ones (a child process registers them too)."""
+    return [t for t in _registry.values() if t not in BUILTIN]
+
+
 def types():
     """The registered sink types, in delivery order."""
     return list(_registry.values())
