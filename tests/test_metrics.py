@@ -297,3 +297,25 @@ class SyncHistogram(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class SharedLogLimitsTest(unittest.TestCase):
+    """HTTP workers log the same kinds of line: each logs its share of a burst, so that N of
+    them together log about what one process would (the hostile suite counts the lines)."""
+
+    def logged(self, processes):
+        import logging
+        from zspark import metrics
+        metrics.share_log_limits(processes)
+        self.addCleanup(metrics.share_log_limits, 1)
+        with self.assertLogs("zspark.test.limits", "WARNING") as logs:
+            limited = metrics.RateLimitedLog(logging.getLogger("zspark.test.limits"), burst=10)
+            for n in range(50):
+                limited("a flood: %d", n)
+            logging.getLogger("zspark.test.limits").warning("end")
+        return len(logs.output) - 1
+
+    def test_each_process_logs_its_share(self):
+        self.assertEqual(self.logged(1), 10)
+        self.assertEqual(self.logged(2), 5)
+        self.assertEqual(self.logged(32), 1)  # never nothing

@@ -52,7 +52,7 @@ import gevent  # noqa: E402
 from gevent.event import AsyncResult, Event  # noqa: E402
 from prometheus_client import CONTENT_TYPE_LATEST  # noqa: E402
 
-from . import accesslog, children, logsetup, reload  # noqa: E402
+from . import accesslog, children, logsetup, metrics, reload  # noqa: E402
 from .children import LinkError  # noqa: E402
 from .errors import StartupError  # noqa: E402
 from .event import Limits  # noqa: E402
@@ -363,6 +363,7 @@ def main(argv=None):
     logsetup.setup(config.log.level, format=config.log.format, path=config.log.file)
     gevent.signal_handler(signal.SIGHUP, logsetup.reopen)  # log rotation: SIGHUP to the process group
     index, port, pixel_port = (int(a) for a in argv[:3])
+    metrics.share_log_limits(config.http.workers)  # each worker logs its share of every kind of line
     try:
         worker = HttpWorker(link, config, index, {"main": port, "pixel": pixel_port})
         worker.start()

@@ -70,10 +70,22 @@ class Metrics:
         return time.time() - self.started
 
 
+# The processes that log the same kinds of line, each with its own limits (http.workers): each
+# takes its share of every burst, so that together they log about what one process would.
+_processes_sharing = 1
+
+
+def share_log_limits(processes):
+    """This process is one of `processes` that log the same lines (an HTTP worker)."""
+    global _processes_sharing
+    _processes_sharing = max(1, processes)
+
+
 class RateLimitedLog:
     """Log at most `burst` messages of each kind (format string) per `interval` seconds, then a
     count of the ones held back: a flood of one kind (head timeouts, say) never hides another
-    (the descriptors running out)."""
+    (the descriptors running out). In one of several processes sharing the limits, its share
+    of `burst` (at least 1)."""
 
     def __init__(self, logger, level=logging.WARNING, burst=10, interval=60.0):
         self.logger = logger
@@ -92,7 +104,7 @@ class RateLimitedLog:
                 self.logger.log(self.level, "... %d more like this in the last %.0fs were not logged: %s",
                                 window[2], self.interval, msg)
             window[:] = now, 0, 0
-        if window[1] < self.burst:
+        if window[1] < max(1, self.burst // _processes_sharing):
             window[1] += 1
             self.logger.log(self.level, msg, *args)
         else:
