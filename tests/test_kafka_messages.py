@@ -59,6 +59,21 @@ def decoded(event, offset=7):
     return decode_event(encode_event(event, offset))
 
 
+def python_calls(function, *args, **kw):
+    """function(*args, **kw), and a Counter of the Python functions it called, by name."""
+    calls = collections.Counter()
+
+    def profile(frame, event, arg):
+        if event == "call":
+            calls[frame.f_code.co_name] += 1
+
+    sys.setprofile(profile)
+    try:
+        return function(*args, **kw), calls
+    finally:
+        sys.setprofile(None)
+
+
 def expected(event):
     return event_to_json(event).encode("utf-8")
 
@@ -169,17 +184,7 @@ class Broker(unittest.TestCase):
         delivery callback per message (which cost as much as producing it)."""
         sink = self.sink(topic="quiet")
         items = [(offset, decoded({"type": "t", "context": {"i": offset}}, offset)) for offset in range(2000)]
-        calls = collections.Counter()
-
-        def profile(frame, event, arg):
-            if event == "call":
-                calls[frame.f_code.co_name] += 1
-
-        sys.setprofile(profile)
-        try:
-            rejected = sink.send(items)
-        finally:
-            sys.setprofile(None)
+        rejected, calls = python_calls(sink.send, items)
         self.assertEqual(rejected, [])
         self.assertEqual(calls["on_delivery"], 0)
         messages = kafka_read(self.broker.address, ["quiet"], done=lambda m: len(m) >= 2000)
@@ -196,17 +201,7 @@ class Broker(unittest.TestCase):
         records = [(offset, encode_event({"timestamp": NOW, "type": "t", "level": f"l{offset % 7}",
                                           "context": {"i": offset, "f": 0.5, "ok": True}, "source": "http",
                                           "node": "node-1"}, offset)) for offset in range(2000)]
-        calls = collections.Counter()
-
-        def profile(frame, event, arg):
-            if event == "call":
-                calls[frame.f_code.co_name] += 1
-
-        sys.setprofile(profile)
-        try:
-            sent = sink.send_records(records, hours=True)
-        finally:
-            sys.setprofile(None)
+        sent, calls = python_calls(sink.send_records, records, hours=True)
         self.assertEqual((sent.rejected, sent.undecodable, sent.delivered), ([], [], 2000))
         self.assertLess(sum(calls.values()), 200, calls.most_common(5))
         self.assertEqual(sent.hours, {(1772600400, "quiet-records"): 2000})
