@@ -78,6 +78,10 @@ class NoticeCase(unittest.TestCase):
                               env={CLOCK_OFFSET_ENV: self.clock_file}).start()
         self.addCleanup(server.stop, signal.SIGKILL)
         self.server = server
+        # /imok can come from an HTTP worker (http.workers) while the owner is still starting;
+        # /status waits for the whole start, so the hour tracker has read its clock before a test
+        # moves it.
+        self.status()
         return server
 
     def send(self, topic, count):
