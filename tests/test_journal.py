@@ -132,6 +132,34 @@ class Waiting(JournalCase):
         consumer.join(5)
         self.assertEqual([p for _, p in got], [b"one", b"two", b"three"])
 
+    def test_a_reader_at_offsets_missing_before_the_end_waits_for_new_records(self):
+        # Cut short, then opened again past a forwarder's cursor: offsets 3..9 are missing, so a
+        # reader at 3 finds nothing below the end (10). Its wait must wait for records past 10,
+        # not return at once for ever (a loop that never yields: nothing else runs, not even
+        # the append that would end it).
+        journal = self.open()
+        journal.append(payloads(3))
+        journal.cursor("mongo").commit(10)
+        journal.close()
+        journal = self.open()
+        self.assertEqual(journal.end_offset, 10)
+        reader = journal.reader(0)
+        got, waits = [], []
+
+        def consume():
+            while len(got) < 5 and len(waits) < 20:
+                batch = reader.read()
+                if not batch:
+                    waits.append(reader.wait(5))
+                got.extend(batch)
+
+        consumer = gevent.spawn(consume)
+        gevent.sleep(0.05)
+        journal.append(payloads(2, start=10))
+        consumer.join(5)
+        self.assertEqual([o for o, _ in got], [0, 1, 2, 10, 11])
+        self.assertLessEqual(len(waits), 2, "the reader's wait returned without records to read")
+
     def test_wait_times_out_when_nothing_arrives(self):
         journal = self.open()
         reader = journal.reader(0)

@@ -60,6 +60,7 @@ class Reader:
         self._verify = None  # the offset the index says starts at the position we jumped to
         self._aligned = False  # parsing record after record from a known start (not after a resync)
         self._next_note = 0  # the file position from which the next record is worth noting in the index
+        self._found_nothing_below = None  # the end the last read() stopped at with nothing to give
 
     # -- public -----------------------------------------------------------------------------
 
@@ -114,12 +115,16 @@ class Reader:
                 continue
             if not self._next_segment():
                 break
+        self._found_nothing_below = limit if not out else None
         return out
 
     def wait(self, timeout=None):
         """Block cooperatively until new records may be readable (or `timeout` seconds)."""
         if self._journal is not None:
-            self._journal.wait_for_append(self.offset, timeout)
+            # Past the end the last read() came to empty-handed: offsets below it that it did not
+            # find are missing (a journal cut short, then started again past a forwarder's
+            # cursor), and waiting for them would return at once, for ever, never yielding.
+            self._journal.wait_for_append(max(self.offset, self._found_nothing_below or 0), timeout)
         else:
             gevent.sleep(self._poll_interval if timeout is None else min(timeout, self._poll_interval))
 
@@ -127,6 +132,7 @@ class Reader:
         self.close()
         self.offset = offset
         self._gap_after = None
+        self._found_nothing_below = None
 
     def close(self):
         if self._fd is not None:
