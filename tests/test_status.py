@@ -151,8 +151,8 @@ class Rate(unittest.TestCase):
     """SourceStats.rate from once-a-second samples of the accepted count."""
 
     def test_rate_over_the_window(self):
-        stats = SourceStats("x")
-        self.assertEqual(stats.rate(now=0.0), 0.0)  # no sample yet
+        stats = SourceStats("x", started=0.0)
+        self.assertEqual(stats.rate(now=0.0), 0.0)  # nothing yet
         for second in range(200):
             stats.sample(float(second))
             stats.accepted += 10 if second < 100 else 40
@@ -161,7 +161,15 @@ class Rate(unittest.TestCase):
         self.assertEqual(len(stats._samples), RATE_WINDOW_S)
 
     def test_rate_just_after_start(self):
-        stats = SourceStats("x")
+        stats = SourceStats("x", started=0.0)
         stats.sample(0.0)
         stats.accepted += 5
         self.assertAlmostEqual(stats.rate(now=2.0), 2.5)
+
+    def test_events_accepted_before_the_first_sample_count(self):
+        # With http.workers a worker serves while the server still starts, before the sampler
+        # first looks: those events are in the rate too.
+        stats = SourceStats("x", started=0.0)
+        stats.accepted += 8
+        stats.sample(0.5)
+        self.assertAlmostEqual(stats.rate(now=2.0), 4.0)

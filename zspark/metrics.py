@@ -18,7 +18,7 @@ RATE_WINDOW_S = 60  # the rate covers this many seconds (less just after the sta
 
 
 class SourceStats:
-    def __init__(self, name):
+    def __init__(self, name, started=None):
         self.name = name
         self.accepted = 0
         self.rejected = 0
@@ -26,14 +26,15 @@ class SourceStats:
         self.last_rejection = None
         self.details = None  # () -> more counters for status() (a source's connections)
         self._samples = collections.deque(maxlen=RATE_WINDOW_S)  # (monotonic time, accepted)
+        # Counted from the source's start, not from the sampler's first look: events may be
+        # accepted before it (an HTTP worker listens while the others and the forwarders start).
+        self._samples.append((time.monotonic() if started is None else started, 0))
 
     def sample(self, now):
         self._samples.append((now, self.accepted))
 
     def rate(self, now=None):
         """Accepted events per second since the oldest sample (RATE_WINDOW_S seconds ago at most)."""
-        if not self._samples:
-            return 0.0
         then, count = self._samples[0]
         elapsed = (time.monotonic() if now is None else now) - then
         return (self.accepted - count) / elapsed if elapsed > 0 else 0.0
