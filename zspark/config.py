@@ -184,7 +184,11 @@ class EventConfig:
 @dataclass
 class ForwardConfig:
     """How every forwarder batches and retries."""
-    batch_size: int = 1000
+    # Up to this many events per delivery. A batch is sent and confirmed before the next is read,
+    # so a backlog moves at batch_size per round trip: 4000 forwarded ZeroMQ events to Kafka
+    # about 1.3x as fast as 1000 did (scripts/bench), at the price of up to that many sent twice
+    # after a crash. A trickle makes small batches whatever this is.
+    batch_size: int = 4000
     # Gathering a trickle into one batch; kept short because a batch in flight (send, wait for
     # the destination's confirmation, fsync the cursor) already gathers the next one, and every
     # event below batch_size / batch_wait events/s waits this long on top of its delivery.
