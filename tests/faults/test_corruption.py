@@ -8,6 +8,7 @@ afterwards), so Kafka shows what survived, and MongoDB's saved cursor is past th
 end: the server must not give those offsets out again."""
 import os
 import signal
+import time
 import unittest
 
 from zspark.journal import decode_event, list_segments, record
@@ -121,6 +122,37 @@ class Corruption(FaultCase):
                      duplicated={"kafka": len(messages) - len(kafka), "mongo": len(mongo) - len(set(mongo))},
                      rejected=load.rejected, damage=f"{len(done)} places",
                      skipped_regions=damage["regions"], cut_bytes=damage["cut_bytes"])
+
+    def test_a_forwarder_that_reaches_offsets_missing_at_the_journals_end_waits_and_the_server_serves_on(self):
+        # MongoDB delivers 20 events; the journal then loses its last 5 (cut cleanly between two
+        # records). At the restart new records start at 20, past MongoDB's cursor, and Kafka,
+        # enabled only now, delivers 0..14, then stands before the missing 15..19 with nothing
+        # to read. It must wait there (it once spun without yielding: no request was answered,
+        # and the Kafka forwarder process never heard of new records).
+        self.configure(mongo={})
+        server = self.serve()
+        before = self.post([{"type": "before", "topic": self.topic, "context": {"uid": f"before-{i}"}}
+                            for i in range(20)])
+        self.wait_delivered(["mongo"])
+        self.stop(server)
+        last = list_segments(self.journal_dir)[-1]
+        path = os.path.join(self.journal_dir, record.segment_name(last))
+        cut = {offset: start for offset, start, _, _, _ in segment_records(path)}[15]
+        os.truncate(path, cut)
+
+        self.configure(mongo={}, kafka={})
+        server = self.serve()
+        wait_until(lambda: self.status()["forwarders"]["kafka"]["delivered"] == 15,
+                   message="Kafka to deliver the 15 records left")
+        time.sleep(1.0)  # standing before the missing offsets
+        status = self.status()
+        self.assertEqual((status["journal"]["end_offset"], status["forwarders"]["kafka"]["cursor"]), (20, 15))
+        after = self.post([{"type": "after", "topic": self.topic, "context": {"uid": f"after-{i}"}}
+                           for i in range(3)])
+        self.wait_delivered(["kafka", "mongo"])
+        messages = self.read_kafka([self.topic], before[:15] + after)
+        self.assertEqual(sorted(message_id(m) for m in messages), sorted(before[:15] + after))
+        self.stop(server)
 
 
 if __name__ == "__main__":
