@@ -8,6 +8,7 @@ after, and ZeroMQ keeps one sender's frames in order, so once a socket's good ev
 as accepted its bad ones have been counted too.
 """
 import json
+import logging
 import os
 import signal
 import time
@@ -20,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import zspark
 from zspark.journal import Journal
+from zspark import metrics
 from zspark.metrics import Metrics
 from zspark.prometheus import Exposition
 
@@ -295,17 +297,11 @@ class SyncHistogram(unittest.TestCase):
         self.assertEqual(m("zspark_journal_fsyncs_total"), 5)
 
 
-if __name__ == "__main__":
-    unittest.main()
-
-
 class SharedLogLimitsTest(unittest.TestCase):
     """HTTP workers log the same kinds of line: each logs its share of a burst, so that N of
     them together log about what one process would (the hostile suite counts the lines)."""
 
     def logged(self, processes):
-        import logging
-        from zspark import metrics
         metrics.share_log_limits(processes)
         self.addCleanup(metrics.share_log_limits, 1)
         with self.assertLogs("zspark.test.limits", "WARNING") as logs:
@@ -319,3 +315,7 @@ class SharedLogLimitsTest(unittest.TestCase):
         self.assertEqual(self.logged(1), 10)
         self.assertEqual(self.logged(2), 5)
         self.assertEqual(self.logged(32), 1)  # never nothing
+
+
+if __name__ == "__main__":
+    unittest.main()
