@@ -26,6 +26,12 @@ def lines(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
+def forwarders(port):
+    status, _, body = request(port, "GET", "/status")
+    assert status == 200, (status, body)
+    return json.loads(body)["forwarders"]
+
+
 class TestSinkRegistry(unittest.TestCase):
     def setUp(self):
         self.tmp = TempDir()
@@ -57,9 +63,10 @@ class TestSinkRegistry(unittest.TestCase):
         delivered = wait_until(lambda: len(lines(self.out)) == 5 and lines(self.out), timeout=20,
                                message="5 events in the test sink's file")
         self.assertEqual([e["type"] for e in delivered], [f"plugged.{n}" for n in range(5)])
-        status, _, body = request(port, "GET", "/status")
-        self.assertEqual(status, 200)
-        forwarder = json.loads(body)["forwarders"]["jsonfile"]
+        # The sink writes its file before the forwarder saves its cursor and counts the batch:
+        # /status catches up a moment after the file.
+        forwarder = wait_until(lambda: (f := forwarders(port)["jsonfile"])["lag"] == 0 and f, timeout=20,
+                               message="the jsonfile forwarder's cursor past the 5 events")
         self.assertEqual(forwarder["destination"], f"JSON lines in {self.out}")
         self.assertEqual(forwarder["delivered"], 5)
         self.assertEqual(forwarder["state"], "running")
@@ -119,9 +126,7 @@ class Failures(unittest.TestCase):
         return server, config
 
     def forwarder(self):
-        status, _, body = request(self.port, "GET", "/status")
-        self.assertEqual(status, 200)
-        return json.loads(body)["forwarders"]["jsonfile"]
+        return forwarders(self.port)["jsonfile"]
 
     def send(self, names):
         for name in names:
@@ -133,8 +138,9 @@ class Failures(unittest.TestCase):
         delivered = wait_until(lambda: len(lines(self.out)) >= 4 and lines(self.out), timeout=20,
                                message="4 events in the test sink's file")
         self.assertEqual(sorted(e["type"] for e in delivered), [f"retried.{n}" for n in range(4)])
-        forwarder = self.forwarder()
-        self.assertEqual((forwarder["state"], forwarder["failed"], forwarder["lag"]), ("running", 3, 0))
+        forwarder = wait_until(lambda: (f := self.forwarder())["lag"] == 0 and f, timeout=20,
+                               message="the jsonfile forwarder's cursor past the 4 events")
+        self.assertEqual((forwarder["state"], forwarder["failed"], forwarder["delivered"]), ("running", 3, 4))
         self.assertIn("JSON lines: the disk is away", forwarder["last_error"])
         self.assertEqual(server.stop(), 0, server.log())
         self.assertIn("delivered after 3 failed attempt(s)", server.log())
