@@ -43,7 +43,13 @@ def python_verdict(frame, limits):
 
 
 def native_verdict(frame, limits):
-    return _native.plain_bson_frames([frame], limits.max_string_bytes, limits.max_depth, limits.max_fields)[0]
+    """The compiled verdict on one frame: its fields or None; the verdict alone (without the
+    fields) must be the same."""
+    args = ([frame], limits.max_string_bytes, limits.max_depth, limits.max_fields)
+    fields = _native.plain_bson_frames(*args)[0]
+    alone = _native.plain_bson_frames(*args, False)[0]
+    assert alone is (None if fields is None else True), f"verdict alone {alone!r}, with fields {fields!r}"
+    return fields
 
 
 def check_plain_frame(frame, limits):

@@ -174,6 +174,7 @@ class PlainBsonFramesTest(unittest.TestCase):
         frames = [bson.encode({"type": "a"}), b"\x05\x00\x00\x00\x00", bson.encode({"type": "b", "topic": "t"})]
         got = native._native.plain_bson_frames(frames, 1000, 32, 1000)
         self.assertEqual(got, [{"type": "a"}, None, {"type": "b", "topic": "t"}])
+        self.assertEqual(native._native.plain_bson_frames(frames, 1000, 32, 1000, False), [True, None, True])
         self.assertEqual(python_verdict(frames[1], DEFAULT), "rejected")
 
 
@@ -345,6 +346,81 @@ class SwitchTest(unittest.TestCase):
 
     def test_this_run_uses_what_its_environment_asks(self):
         self.assertEqual(native.COMPILED, not native.PURE)
+
+
+# -- ZeroMQ bursts (native.frame_receiver) ----------------------------------------------------
+
+class ReceiveFramesTest(unittest.TestCase):
+    """The compiled receive against its reference, on the same frames sent over TCP to two PULL
+    sockets: the same bytes, in the same order, burst by burst; the same errors."""
+
+    def setUp(self):
+        import zmq
+        self.zmq = zmq
+        self.context = zmq.Context()
+        self.addCleanup(self.context.destroy, linger=0)
+        self.assertTrue(native._found_libzmq(), "the libzmq pyzmq loaded is found")
+        self.compiled = native._receive_frames_compiled
+
+    def pair(self):
+        pull = self.context.socket(self.zmq.PULL)
+        port = pull.bind_to_random_port("tcp://127.0.0.1")
+        push = self.context.socket(self.zmq.PUSH)
+        push.connect(f"tcp://127.0.0.1:{port}")
+        return push, pull
+
+    def sent(self, messages):
+        """Two PULL sockets holding `messages` (each a list of parts) whole, as the ZeroMQ source
+        takes them: each after a poll."""
+        pulls = []
+        for _ in range(2):
+            push, pull = self.pair()
+            for parts in messages:
+                push.send_multipart(parts, copy=True)
+            pulls.append(pull)
+        return pulls
+
+    def drain(self, receive, pull, max_frames, expected):
+        bursts = []
+        while sum(map(len, bursts)) < expected:
+            self.assertTrue(pull.poll(10_000), "the frames arrive")
+            burst = receive(pull, max_frames)
+            self.assertLessEqual(len(burst), max_frames)
+            bursts.append(burst)
+        self.assertEqual(receive(pull, max_frames), [], "nothing more")
+        return [frame for burst in bursts for frame in burst]
+
+    @settings(max_examples=40, deadline=None)
+    @given(st.lists(st.lists(st.one_of(st.binary(max_size=300), st.sampled_from([b"", b"\x00" * 70_000])),
+                             min_size=1, max_size=3), max_size=60),
+           st.integers(1, 70))
+    def test_the_same_frames_as_the_reference(self, messages, max_frames):
+        compiled_pull, python_pull = self.sent(messages)
+        expected = sum(map(len, messages))
+        got = self.drain(self.compiled, compiled_pull, max_frames, expected)
+        want = self.drain(native.receive_frames_python, python_pull, max_frames, expected)
+        self.assertEqual(got, want)
+        self.assertEqual(got, [part for parts in messages for part in parts])
+        self.assertTrue(all(type(frame) is bytes for frame in got))
+
+    def test_the_source_receives_as_its_environment_asks(self):
+        self.assertIs(native.frame_receiver(),
+                      native._receive_frames_compiled if native.COMPILED else native.receive_frames_python)
+
+    def test_the_same_errors(self):
+        zmq = self.zmq
+        push, pull = self.pair()
+        for receive in (self.compiled, native.receive_frames_python):
+            with self.subTest(receive=receive.__name__):
+                with self.assertRaises(zmq.ZMQError) as raised:
+                    receive(push, 10)  # a PUSH socket cannot receive
+                self.assertEqual(raised.exception.errno, zmq.ENOTSUP)
+        pull.close()
+        for receive in (self.compiled, native.receive_frames_python):
+            with self.subTest(receive=receive.__name__, closed=True):
+                with self.assertRaises(zmq.ZMQError) as raised:
+                    receive(pull, 10)
+                self.assertEqual(raised.exception.errno, zmq.ENOTSOCK)
 
 
 # -- HTTP request heads (httpframing.parse_head) ---------------------------------------------------

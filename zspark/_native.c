@@ -1,12 +1,13 @@
 /* zspark._native: compiled hot paths. zspark/native.py says when they are used; each has a
  * pure-Python reference it is tested and fuzzed against (tests/test_native.py, tests/fuzz/).
  *
- * plain_bson_frames(frames, max_string_bytes, max_depth, max_fields) -> list
+ * plain_bson_frames(frames, max_string_bytes, max_depth, max_fields[, fields]) -> list
  *
  *   For each ZeroMQ BSON frame, walks its bytes (no decoding to Python objects) and says whether
  *   it is an event that event.sender_fields keeps exactly as sent: a dict of its top-level string
  *   fields (type, level, topic, ...: what the topic policy may read) when it is, else None, and
- *   the frame goes down the pure-Python path, which accepts or rejects it with its reason.
+ *   the frame goes down the pure-Python path, which accepts or rejects it with its reason. With
+ *   `fields` false, True instead of the dict: the verdict alone, where no topic policy reads them.
  *
  *   So this function never rejects anything and never words a message: it only recognises the
  *   common case. It says yes only when every byte is what that path would accept as it is:
@@ -98,6 +99,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <dlfcn.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -242,7 +244,7 @@ static int field_of(const unsigned char *key, Py_ssize_t n) {
 }
 
 /* The string fields of the frame if it is plain (see the top), else Py_None; NULL on an error. */
-static PyObject *plain_frame(const unsigned char *p, Py_ssize_t n, const limits_t *lim) {
+static PyObject *plain_frame(const unsigned char *p, Py_ssize_t n, const limits_t *lim, int want_fields) {
     const unsigned char *text[N_STRING_FIELDS];
     Py_ssize_t length[N_STRING_FIELDS];
     int order[N_STRING_FIELDS], n_strings = 0;
@@ -287,6 +289,8 @@ static PyObject *plain_frame(const unsigned char *p, Py_ssize_t n, const limits_
     }
     if (q != last || !(seen & (1u << F_TYPE)) || length[F_TYPE] == 0)
         Py_RETURN_NONE;
+    if (!want_fields)
+        Py_RETURN_TRUE;
 
     PyObject *fields = PyDict_New();
     if (fields == NULL)
@@ -312,8 +316,9 @@ static PyObject *plain_frame(const unsigned char *p, Py_ssize_t n, const limits_
 static PyObject *plain_bson_frames(PyObject *self, PyObject *args) {
     PyObject *frames;
     limits_t lim;
-    if (!PyArg_ParseTuple(args, "Onll:plain_bson_frames", &frames, &lim.max_string, &lim.max_depth,
-                          &lim.max_fields))
+    int want_fields = 1;
+    if (!PyArg_ParseTuple(args, "Onll|p:plain_bson_frames", &frames, &lim.max_string, &lim.max_depth,
+                          &lim.max_fields, &want_fields))
         return NULL;
     PyObject *seq = PySequence_Fast(frames, "frames must be a sequence");
     if (seq == NULL)
@@ -332,7 +337,7 @@ static PyObject *plain_bson_frames(PyObject *self, PyObject *args) {
             Py_DECREF(out);
             return NULL;
         }
-        result = plain_frame(view.buf, view.len, &lim);
+        result = plain_frame(view.buf, view.len, &lim, want_fields);
         PyBuffer_Release(&view);
         if (result == NULL) {
             Py_DECREF(seq);
@@ -1551,11 +1556,92 @@ done:
     return out;
 }
 
+
+/* ---- receive_frames: a burst of ZeroMQ messages in one call ------------------------------- */
+
+/* libzmq's message, as zmq.h declares it since 4.0 (64 bytes, pointer-aligned). */
+typedef struct {
+    _Alignas(void *) unsigned char _[64];
+} zmq_msg_t;
+
+static struct {
+    int (*msg_init)(zmq_msg_t *);
+    int (*msg_recv)(zmq_msg_t *, void *, int);
+    void *(*msg_data)(zmq_msg_t *);
+    size_t (*msg_size)(const zmq_msg_t *);
+    int (*msg_close)(zmq_msg_t *);
+    int (*errno_)(void);
+} zmq_api;
+
+#define ZMQ_DONTWAIT_ 1
+
+static PyObject *use_libzmq(PyObject *self, PyObject *arg) {
+    const char *path = PyUnicode_AsUTF8(arg);
+    if (path == NULL)
+        return NULL;
+    /* Only a libzmq already loaded (by pyzmq): never a second copy with sockets of its own. */
+    void *lib = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
+    if (lib == NULL)
+        Py_RETURN_FALSE;
+    zmq_api.msg_init = (int (*)(zmq_msg_t *))dlsym(lib, "zmq_msg_init");
+    zmq_api.msg_recv = (int (*)(zmq_msg_t *, void *, int))dlsym(lib, "zmq_msg_recv");
+    zmq_api.msg_data = (void *(*)(zmq_msg_t *))dlsym(lib, "zmq_msg_data");
+    zmq_api.msg_size = (size_t (*)(const zmq_msg_t *))dlsym(lib, "zmq_msg_size");
+    zmq_api.msg_close = (int (*)(zmq_msg_t *))dlsym(lib, "zmq_msg_close");
+    zmq_api.errno_ = (int (*)(void))dlsym(lib, "zmq_errno");
+    if (!zmq_api.msg_init || !zmq_api.msg_recv || !zmq_api.msg_data || !zmq_api.msg_size ||
+        !zmq_api.msg_close || !zmq_api.errno_) {
+        memset(&zmq_api, 0, sizeof zmq_api);
+        Py_RETURN_FALSE;
+    }
+    Py_RETURN_TRUE;
+}
+
+static PyObject *receive_frames(PyObject *self, PyObject *args) {
+    unsigned long long handle;
+    Py_ssize_t max_frames;
+    if (!PyArg_ParseTuple(args, "Kn:receive_frames", &handle, &max_frames))
+        return NULL;
+    if (zmq_api.msg_recv == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "receive_frames: use_libzmq has not found libzmq");
+        return NULL;
+    }
+    if (handle == 0) {
+        PyErr_SetString(PyExc_ValueError, "receive_frames: a closed socket");
+        return NULL;
+    }
+    void *socket = (void *)(uintptr_t)handle;
+    PyObject *frames = PyList_New(0);
+    if (frames == NULL)
+        return NULL;
+    int error = 0;
+    while (PyList_GET_SIZE(frames) < max_frames) {
+        zmq_msg_t msg;
+        zmq_api.msg_init(&msg);
+        if (zmq_api.msg_recv(&msg, socket, ZMQ_DONTWAIT_) < 0) {
+            error = zmq_api.errno_();
+            zmq_api.msg_close(&msg);
+            break;
+        }
+        PyObject *frame = PyBytes_FromStringAndSize((const char *)zmq_api.msg_data(&msg),
+                                                    (Py_ssize_t)zmq_api.msg_size(&msg));
+        zmq_api.msg_close(&msg);
+        if (frame == NULL || PyList_Append(frames, frame) < 0) {
+            Py_XDECREF(frame);
+            Py_DECREF(frames);
+            return NULL;
+        }
+        Py_DECREF(frame);
+    }
+    PyObject *result = Py_BuildValue("(Ni)", frames, error);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"plain_bson_frames", plain_bson_frames, METH_VARARGS,
-     "plain_bson_frames(frames, max_string_bytes, max_depth, max_fields) -> list: for each BSON "
-     "frame, a dict of its top-level string fields if event.sender_fields keeps it exactly as "
-     "sent, else None (the pure-Python path decides)."},
+     "plain_bson_frames(frames, max_string_bytes, max_depth, max_fields[, fields]) -> list: for "
+     "each BSON frame, a dict of its top-level string fields (True with fields false) if "
+     "event.sender_fields keeps it exactly as sent, else None (the pure-Python path decides)."},
     {"plain_events", plain_events, METH_VARARGS,
      "plain_events(raws, max_string_bytes, max_depth, max_fields) -> bytes: 1 for each decoded "
      "event event.sender_fields keeps as it is, else 0."},
@@ -1578,6 +1664,11 @@ static PyMethodDef methods[] = {
     {"json_fields", json_fields, METH_VARARGS,
      "json_fields(payloads, names) -> list: for each journal payload, (json, *values of the top-level "
      "fields named) as event_json_bytes(decode_event(payload)) writes it, or None (Python decides)."},
+    {"use_libzmq", use_libzmq, METH_O,
+     "use_libzmq(path) -> bool: receive_frames calls the libzmq loaded from `path` (not loading it)."},
+    {"receive_frames", receive_frames, METH_VARARGS,
+     "receive_frames(handle, max_frames) -> (frames, errno): up to max_frames messages of the "
+     "socket `handle` without waiting, and the error that ended the burst (0 if none)."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "zspark._native",

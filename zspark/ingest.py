@@ -153,8 +153,11 @@ class Ingest:
         return FrameBurst(frames, now, source, self.node) if self.topics is None else None
 
     def plain_bson_frames(self, frames):
-        """native.plain_bson_frames under this ingest's limits, or None where it cannot serve."""
-        return native.plain_bson_frames(frames, self.limits) if self.plain_frames else None
+        """native.plain_bson_frames under this ingest's limits, or None where it cannot serve;
+        the fields only where the topic policy reads them (else True for a plain frame)."""
+        if not self.plain_frames:
+            return None
+        return native.plain_bson_frames(frames, self.limits, fields=self.topics is not None)
 
     def append_nowait(self, events, source):
         """Hand normalized events (dicts and FrameEvents, or a FrameBurst) to the journal; `.wait()` on the result

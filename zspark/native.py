@@ -6,9 +6,11 @@ is held to (tests/test_native.py, tests/fuzz/) and the fallback. `ZSPARK_PURE=1`
 environment runs the Python code alone; so does a checkout whose module was not built (with a
 warning at start, see `describe`).
 
-    plain_bson_frames(frames, limits)   for each ZeroMQ BSON frame, its top-level string fields
-                                        if event.sender_fields keeps it exactly as sent, else
-                                        None; None instead of the list when nothing is compiled
+    plain_bson_frames(frames, limits[, fields])
+                                        for each ZeroMQ BSON frame, its top-level string fields
+                                        (True if not `fields`) if event.sender_fields keeps it
+                                        exactly as sent, else None; None instead of the list
+                                        when nothing is compiled
     plain_events(raws, limits)          for each decoded JSON event, 1 if sender_fields keeps
                                         it as it is, else 0 (bytes); None when not compiled
     json_fields(payloads, names)        for each journal payload, (json, *values) with json
@@ -20,10 +22,15 @@ warning at start, see `describe`).
                                         formed, a type or field value other than the common
                                         ones, a repeated key...: _native.c says which); None
                                         instead of the list when nothing is compiled
+    frame_receiver()(sock, max_frames)  up to max_frames messages waiting on a pyzmq socket,
+                                        each as bytes, taken without waiting (what the plain
+                                        recv(NOBLOCK, copy=True) loop of receive_frames_python
+                                        gives) in one call into the libzmq pyzmq loaded
     `compiled(name, reference)`         the others: journal.record.frame_all and marks,
                                         journal.codec's splicing and batch encoding,
                                         sources.httpframing's parse_head of common heads
 """
+import errno
 import os
 import sys
 
@@ -78,7 +85,53 @@ def json_fields(payloads, names, times_before=JSON_FIELDS_MAX_NAMES):
     return _native.json_fields(payloads, names, times_before)
 
 
-def plain_bson_frames(frames, limits):
+def receive_frames_python(sock, max_frames):
+    """The reference of receive_frames: the frames waiting on `sock` (a pyzmq socket), at most
+    `max_frames`, from recv(NOBLOCK, copy=True). The plain class's recv, not zmq.green's: that
+    one re-reads the socket's event state (a getsockopt, a syscall in libzmq) after every frame,
+    20x the cost of the recv itself; the caller polls before waiting again, which reads it."""
+    import zmq
+    frames = []
+    recv = zmq.Socket.recv
+    try:
+        while len(frames) < max_frames:
+            frames.append(recv(sock, zmq.NOBLOCK, copy=True))
+    except zmq.Again:
+        pass
+    return frames
+
+
+def _receive_frames_compiled(sock, max_frames):
+    import zmq
+    if sock.closed:
+        raise zmq.ZMQError(zmq.ENOTSOCK)
+    frames, error = _native.receive_frames(sock.underlying, max_frames)
+    if error and error not in (errno.EAGAIN, errno.EINTR) and not frames:
+        raise zmq.ZMQError(error)
+    return frames
+
+
+def frame_receiver():
+    """receive_frames: compiled where the libzmq pyzmq loaded is found, else the reference."""
+    return _receive_frames_compiled if COMPILED and _found_libzmq() else receive_frames_python
+
+
+def _found_libzmq():
+    """True once _native calls the libzmq that pyzmq loaded, found in this process's memory map
+    (the wheel's bundled copy or the system's, whichever pyzmq links)."""
+    import zmq
+    if _native is None or zmq.zmq_version_info() < (4, 0):  # zmq_msg_t has been 64 bytes since 4.0
+        return False
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split(None, 5)[5].strip() for line in maps
+                     if "libzmq" in line and len(line.split(None, 5)) == 6}
+    except OSError:
+        return False
+    return any(_native.use_libzmq(path) for path in sorted(paths) if path.startswith("/"))
+
+
+def plain_bson_frames(frames, limits, fields=True):
     if not COMPILED:
         return None
-    return _native.plain_bson_frames(frames, *_c_limits(limits))
+    return _native.plain_bson_frames(frames, *_c_limits(limits), fields)

@@ -30,8 +30,8 @@ import time
 import bson
 import gevent
 import zmq.green as zmq
-from zmq import Socket as _PlainSocket  # the plain class: see _receive
 
+from .. import native
 from ..event import InvalidEvent
 from ..journal import JournalClosed, JournalError, JournalFull, TooLargeForJournal
 from ..journal.codec import DECODE_OPTIONS, decode_events
@@ -100,6 +100,7 @@ class ZmqSource:
         self.zmq_config = config.zmq
         self.max_message_bytes = config.zmq.max_message_bytes
         self.receive_batch = max(1, config.zmq.receive_batch)
+        self._receive_frames = native.frame_receiver()
         self.stats = ingest.metrics.source(name)
         self.splice = decode is decode_bson
         self.curve = curve  # (public, secret): a CURVE server socket (sources/curve.py)
@@ -183,18 +184,8 @@ class ZmqSource:
             while not sock.poll(200, zmq.POLLIN):
                 if self._stopping:
                     return None
-        # The burst is taken with the plain non-blocking recv: zmq.green's recv re-reads the
-        # socket's event state after every frame (a getsockopt(ZMQ_EVENTS), a syscall in libzmq),
-        # 20x the cost of the recv itself. Never blocking, and always polling (which reads that
-        # state) before waiting again, we need none of it.
-        frames = []
-        recv = _PlainSocket.recv
-        try:
-            while len(frames) < self.receive_batch:
-                frames.append(recv(sock, zmq.NOBLOCK, copy=True))
-        except zmq.Again:
-            pass
-        return frames
+        # Never blocking, and always polling before waiting again (see native.receive_frames_python).
+        return self._receive_frames(sock, self.receive_batch)
 
     def _stop_taking_frames(self):
         """Unbind so no new frames arrive; False if that failed (then stop receiving now)."""
