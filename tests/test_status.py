@@ -39,6 +39,11 @@ class StatusCase(unittest.TestCase):
         self.addCleanup(server.stop)
         return f"http://127.0.0.1:{port}/status"
 
+    def source_accepted(self, source):
+        status, _, body = request(self.port, "GET", "/status")
+        self.assertEqual(status, 200, body)
+        return json.loads(body)["sources"].get(source, {}).get("accepted", 0)
+
 
 class WithServer(StatusCase):
     def test_summary_of_a_running_server_listening_on_every_interface(self):
@@ -50,6 +55,10 @@ class WithServer(StatusCase):
         with ZSparkClient(self.data["zmq"]["bson_bind"], linger_ms=1000) as client:
             client.event("over_zmq", {"n": 1})
         wait_until(lambda: len(journal_events(self.data["journal"]["dir"])) == 8, message="8 events")
+        # The journal's files hold the ZeroMQ event before its write is synced; only then does the
+        # server move the journal's end and count the event as accepted: /status a moment later.
+        wait_until(lambda: self.source_accepted("zmq_bson") >= 1,
+                   message="/status counting the ZeroMQ event as accepted (journaled and synced)")
 
         result = zcmd("-y", self.config, "status")
         self.assertEqual(result.returncode, 0, result.stderr)
