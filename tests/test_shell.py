@@ -2,6 +2,7 @@
 beside a running server and on a journal with a torn tail, which it must leave as it is), client
 and config; exit codes; MongoDB down; the standard console fed on stdin."""
 import datetime
+import json
 import os
 import unittest
 import uuid
@@ -57,6 +58,11 @@ class ShellCase(unittest.TestCase):
         self.assertEqual(result.returncode, expect, f"stdout {result.stdout!r}\nstderr {result.stderr[-3000:]}")
         return result
 
+    def forwarder_lag(self, name):
+        status, _, body = request(self.port, "GET", "/status")
+        self.assertEqual(status, 200, body)
+        return json.loads(body)["forwarders"][name]["lag"]
+
     def serve(self):
         server = ServeProcess(self.config, self.port, self.tmp.join("serve.log"))
         self.addCleanup(server.stop)
@@ -73,6 +79,10 @@ class BesideARunningServer(ShellCase):
         client = mongo_client(self.mongo.uri)
         self.addCleanup(client.close)
         wait_until(lambda: client[self.database].event.count_documents({}) == 5, message="5 events in MongoDB")
+        # MongoDB holds a batch before the forwarder saves its cursor file past it (what
+        # journal.cursors() prints): its cursor in /status moves once the file is written.
+        wait_until(lambda: self.forwarder_lag("mongo") == 0,
+                   message="the mongo forwarder's cursor (file) past the 5 events")
 
         result = self.shell("print(journal.first_offset(), journal.end_offset(), len(journal.segments()))\n"
                             "print([e['type'] for e in journal.last(3)])\n"
