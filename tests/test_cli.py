@@ -149,6 +149,17 @@ class ServeCase(CliCase):
         except FileNotFoundError:
             return ""
 
+    def wait_reloaded(self, token=None):
+        """Wait until every process serving HTTP has applied a SIGHUP. With HTTP worker processes
+        (http.workers) the serving process logs "SIGHUP: applied" once it has sent the reload to
+        them, and each worker applies it a moment later. /status is the barrier: the serving
+        process answers it only after asking every worker for its counters over the link the
+        reload went by, so each has applied it by then; with tokens, a 200 for the new `token`
+        comes from a worker that applied it."""
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        wait_until(lambda: request(self.port, "GET", "/status", headers=headers)[0] == 200,
+                   message="/status answered once every HTTP process applied the SIGHUP")
+
 
 class SighupTest(ServeCase):
     def test_reopens_the_log_and_reloads_tokens_and_level_without_stopping(self):
@@ -165,6 +176,7 @@ class SighupTest(ServeCase):
         self.assertIn("SIGHUP: applied http.tokens, log.level; changed in the file but applied only at a "
                       "restart: forward.batch_size", self.read("zspark.log"))
         self.assertNotIn("two", self.read("zspark.log"))  # keys named, never their values
+        self.wait_reloaded("two")
         self.assertEqual((self.post("one"), self.post("two")), (401, 200))
         self.assertIsNone(server.proc.poll())
 
@@ -189,6 +201,7 @@ class SighupCorsTest(ServeCase):
         server.proc.send_signal(signal.SIGHUP)
         wait_until(lambda: "SIGHUP: applied" in self.read("zspark.log"), message="the reload's log line")
         self.assertIn("SIGHUP: applied http.cors.allowed_origins, http.cors.max_age_s\n", self.read("zspark.log"))
+        self.wait_reloaded()
         status, headers, _ = ask("https://new.example")
         self.assertEqual((status, headers["access-control-allow-origin"], headers["access-control-max-age"]),
                          (204, "https://new.example", "30"))
