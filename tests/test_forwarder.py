@@ -339,6 +339,21 @@ class Failures(ForwarderCase):
                    message="delivered without waiting out the backoff")
         self.assertEqual((forwarder.state, len(sink.calls)), (RUNNING, 3))
 
+    def test_an_idle_forwarder_whose_destination_was_down_and_came_back_shows_running(self):
+        """Nothing to deliver meanwhile: no batch's success will set it back, the return must."""
+        sink = FakeSink()
+        sink.on_destination = None
+        forwarder = self.forwarder(sink)
+        wait_until(lambda: forwarder.state == RUNNING, message="the forwarder running")
+        sink.on_destination("Kafka: 1/1 brokers are down")
+        self.assertEqual(forwarder.state, BACKING_OFF)
+        sink.on_destination(None)
+        self.assertEqual(forwarder.state, RUNNING)
+        self.assertEqual(forwarder.last_error, "Kafka: 1/1 brokers are down", "the last error stays on record")
+        self.append(1)
+        wait_until(lambda: forwarder.cursor.offset == 1, message="delivered")
+        self.assertEqual((forwarder.state, len(sink.calls)), (RUNNING, 1))
+
 
 class DeadLetter(ForwarderCase):
     def test_refused_records_are_dead_lettered_with_reason_and_offset_and_the_stream_goes_on(self):

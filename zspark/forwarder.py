@@ -253,6 +253,8 @@ class Forwarder:
     def _on_destination(self, reason):
         """The sink's word on its destination: down (`reason`) or answering again (None)."""
         if reason is None:
+            if self.state == BACKING_OFF and not self._backoff.attempt:
+                self.state = RUNNING  # said down while no attempt failed (idle): nothing else would say it is back
             self._backoff.wake()  # retry now rather than at the end of a long backoff
         elif self.state == RUNNING:
             self.state = BACKING_OFF
