@@ -153,7 +153,7 @@ class Curve(AccessCase):
         wait_until(lambda: journal_events(journal), message="the authorized event")
         time.sleep(0.5)  # the others had as long to arrive, had they been let in
         self.assertEqual([e["type"] for e in journal_events(journal)], ["allowed"])
-        self.assertIn("refused a connection", server.log())
+        wait_until(lambda: "refused a connection" in server.log(), message="the stranger's refusal logged")
 
         # A key added to the directory counts from the client's next connection.
         os.link(stranger_public, self.tmp.join("clients", "stranger.key"))
