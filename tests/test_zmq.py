@@ -404,6 +404,26 @@ class BurstTest(ZmqCase):
         self.wait_counts("zmq_bson", 2, 2)
 
 
+class BurstsInFlightTest(ZmqCase):
+    """Receiving goes on while bursts wait for their fsync: with a slow fsync pace and small
+    bursts, one fsync covers many bursts (one burst in flight at a time, as before, would make it
+    cover at most two, and cap the rate at two bursts per journal.sync_interval_ms)."""
+    zmq_settings = {"receive_batch": 10}
+    journal_settings = {"sync_interval_ms": 300}
+
+    def test_one_fsync_covers_more_than_two_bursts(self):
+        sock = self.push(self.bson_addr)
+        frames = [bson.encode({"type": "queued", "context": {"n": n}}) for n in range(400)]
+        for frame in frames:  # under the high-water marks: queued at once, no wait
+            sock.send(frame)
+        events = self.wait_events(400, timeout=60)
+        self.assertEqual([e["context"]["n"] for e in events], list(range(400)))
+        self.wait_counts("zmq_bson", 400, 0)
+        status, _, body = request(self.port, "GET", "/status")
+        syncs = json.loads(body)["journal"]["syncs"]
+        self.assertLess(syncs, 400 // 20, "an fsync covered two bursts of 10 at most")
+
+
 class FullJournalTest(ZmqCase):
     journal_settings = {"max_bytes": 30000}
 

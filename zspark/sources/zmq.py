@@ -6,7 +6,8 @@ A frame is a document; its `$command` key selects what to do with it:
     "event_noval"       Zarkov's pre-validated event: journal it with its fields as they are
 
 Frames are received in bursts (up to `receive_batch` at a time), normalized one by one and
-journaled together; while one burst waits for its fsync the next is being received. An
+journaled together; while bursts wait for their fsync the next are being received (at most
+MAX_BURSTS_IN_FLIGHT of them, MAX_BYTES_IN_FLIGHT of frames). An
 undecodable or invalid frame is counted and logged (rate-limited) and the socket keeps serving.
 
 Limits on what a peer can hold (see `apply_limits`): a frame over `max_message_bytes` is a counted
@@ -22,6 +23,7 @@ PUSH has no acknowledgement, so when the journal cannot take events (full disk o
 source holds its burst and stops receiving until it can: senders queue up to their high-water
 mark and then block, instead of events being dropped.
 """
+import collections
 import datetime
 import json
 import logging
@@ -54,6 +56,10 @@ SPLICEABLE_FIELDS = frozenset(("type", "level", "topic", "env", "version", "ip",
 HARD_LIMIT_FACTOR = 4
 RETRY_SECONDS = 1.0  # while the journal refuses events: a full disk empties at its own pace
 DRAIN_SECONDS = 2.0  # at stop, frames still arriving this long after it are no longer taken
+# Bursts handed to the journal and not yet durable while the next are received: at most this
+# many, and beyond the oldest one at most this many bytes of frames.
+MAX_BURSTS_IN_FLIGHT = 8
+MAX_BYTES_IN_FLIGHT = 32 * 1024**2
 
 
 def decode_bson(frame):
@@ -156,22 +162,35 @@ class ZmqSource:
             self._socket = None
 
     def _run(self):
-        previous = []  # [(pending append, its events)]: one burst in flight while we receive
+        # Bursts handed over and not yet known durable, oldest first: (their parts as
+        # _hand_over gives them, their frames' bytes). Receiving goes on meanwhile: the journal
+        # syncs at most every journal.sync_interval_ms, and one burst at a time in flight would
+        # cap the rate at receive_batch frames per sync.
+        in_flight = collections.deque()
+        in_flight_bytes = 0
         while True:
-            frames = self._receive(wait=not previous)
+            frames = self._receive(wait=not in_flight)
             if frames is None:
                 break
             if not frames:
-                # Nothing more to receive now: finish the burst in flight before waiting for
-                # frames, so it is counted (and retried if its write failed) without delay.
-                self._wait_durable(previous)
-                previous = []
+                # Nothing more to receive now: finish the bursts in flight before waiting for
+                # frames, so they are counted (and retried if a write failed) without delay.
+                while in_flight:
+                    self._wait_durable(in_flight.popleft()[0])
+                in_flight_bytes = 0
                 continue
+            nbytes = sum(map(len, frames))
             events = self._normalize(frames)
-            current = self._hand_over(events) if events else []
-            self._wait_durable(previous)
-            previous = current
-        self._wait_durable(previous)
+            if events:
+                in_flight.append((self._hand_over(events), nbytes))
+                in_flight_bytes += nbytes
+            while len(in_flight) > 1 and (len(in_flight) > MAX_BURSTS_IN_FLIGHT or
+                                          in_flight_bytes > MAX_BYTES_IN_FLIGHT):
+                parts, nbytes = in_flight.popleft()
+                self._wait_durable(parts)
+                in_flight_bytes -= nbytes
+        while in_flight:
+            self._wait_durable(in_flight.popleft()[0])
 
     def _receive(self, wait):
         """A burst of frames: [] if none is there and not `wait`; None once stopping and the
