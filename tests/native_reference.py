@@ -7,7 +7,9 @@ plain_bson_frames may say "valid as it is" (the frame's string fields) or "let P
 convert or read differently, and its fields must be the ones Python reads.
 
 json_fields may likewise leave any payload to Python (None); whatever tuple it gives must be
-json_fields_reference's, which exists only for a payload that decode_event decodes.
+json_fields_reference's, which exists only for a payload that decode_event decodes. So may
+ndjson_frames leave any body to Python; whatever documents it gives must be those of the dicts
+the HTTP source decodes from the body's lines, journaled as the same bytes.
 """
 import datetime
 
@@ -16,6 +18,8 @@ import bson
 from zspark import _native
 from zspark.event import STRING_FIELDS, InvalidEvent, sender_fields
 from zspark.journal import codec, record
+from zspark.sources.httperrors import HttpError
+from zspark.sources.httpingest import _parse_ndjson
 from zspark.sources.zmq import SPLICEABLE_FIELDS, decode_bson
 
 REJECTED = "rejected"  # the Python path refuses the frame
@@ -96,6 +100,31 @@ def check_encode_batch(fields, offset, assigned):
     if payloads is not None:
         assert payloads == codec._encode_batch(fields, offset, assigned), f"encoded differently: {fields!r}"
     return payloads
+
+
+def check_ndjson_frames(body, added, assigned):
+    """Fail unless the compiled NDJSON writer, where it answers, gives for each line the BSON of
+    the dict the HTTP source's own decoding gives (httpingest._parse_ndjson: orjson or json), of
+    a line holding none of `added`'s names at its top level; and unless those documents, spliced
+    with `added` (a dict of request fields) and the `assigned` fields, are the payloads the batch
+    encoder writes of the dicts with `added` added. Return the compiled result."""
+    frames = _native.ndjson_frames(body, tuple(name.encode() for name in added))
+    if frames is None:
+        return None
+    try:
+        body.decode("utf-8")
+        values = _parse_ndjson(body)
+    except (UnicodeDecodeError, HttpError) as e:
+        raise AssertionError(f"compiled: {len(frames)} documents; Python: {e!r} ({body!r})") from None
+    assert len(values) == len(frames), f"compiled: {len(frames)} lines; Python: {len(values)} ({body!r})"
+    for value, frame in zip(values, frames):
+        assert type(value) is dict and not set(value) & set(added), f"compiled took {value!r}"
+        assert frame == bson.encode(value), f"written differently: {value!r} ({body!r})"
+    offset = 2**40 - 1
+    spliced = codec.splice_frames(frames, *assigned, offset, codec.encode_elements(added) if added else b"")
+    assert spliced == codec._encode_batch([{**value, **added} for value in values], offset,
+                                          codec._assigned(*assigned)), f"spliced differently: {body!r}"
+    return frames
 
 
 def check_parse_run(buf, pos, want, limit, max_records, max_bytes, position, next_note, spacing):

@@ -20,7 +20,10 @@ import gevent
 from bson import ObjectId
 
 from tests.support import TempDir, config_data, journal_events, request, wait_until
+from zspark import native
 from zspark.config import from_dict
+from zspark.journal import codec
+from zspark.journal import Reader
 from zspark.server import Server
 from zspark.sources import httpserver
 
@@ -324,6 +327,31 @@ class PostLogTest(HttpCase):
                               "i": 0, "s": "caf\u00e9 \U0001F600 \u00e9\n", "dup": 2})
             self.assertEqual([type(context[k]) for k in ("f", "z", "i")], [float, float, int])
         self.assertEqual(self.events()[0]["context"]["id"], "12345678901234567890123")
+
+    def test_ndjson_and_a_json_array_of_the_same_events_are_journaled_alike(self):
+        """NDJSON of the common kind goes from its lines straight to BSON (native.ndjson_frames);
+        each record is the bytes the JSON array's events make, but for its _id and timestamp."""
+        events = [{"type": "a", "level": "info", "context": {"n": [0, -0, 2**31, -2**63, 1.5, -0.0, 1e-300],
+                                                             "s": "x\"\\/\b\f\n\r\t\u0001", "t": True, "f": False,
+                                                             "none": None, "deep": {"e": {}, "l": [[]]}}},
+                  {"type": "b", "referrer": "http://r/", "extra": "e"},
+                  {"type": "c", "topic": "t", "env": "prod", "version": "1", "extra": [{"k": 1}]}]
+        headers = {"User-Agent": "ua/1", "X-Forwarded-For": "10.9.8.7"}
+        with mock.patch("zspark.ingest.splice_frames", wraps=codec.splice_frames) as straight_to_bson:
+            for separators in ((",", ":"), (", ", ": ")):
+                ndjson = "\n".join(json.dumps(e, separators=separators) for e in events).encode() + b"\r\n"
+                self.assert_accepted(self.post(ndjson, {**headers, **NDJSON}), 3)
+        self.assertEqual(straight_to_bson.call_count, 2 if native.COMPILED else 0)
+        self.assert_accepted(self.post(events, headers), 3)
+        reader = Reader(self.journal_dir, 0)
+        self.addCleanup(reader.close)
+        payloads = [payload for _, payload in reader]
+        self.assertEqual(len(payloads), 9)
+        # A payload: its size, then _id (17 bytes) and timestamp (19), then the rest.
+        same = [(p[:4], p[4 + 17 + 19:]) for p in payloads]
+        self.assertEqual(same[0:3], same[6:9])
+        self.assertEqual(same[3:6], same[6:9])
+        self.assertEqual(list(self.events()[0])[-5:], ["context", "ip", "user_agent", "source", "node"])
 
     def test_gzip(self):
         self.assert_accepted(self.post(gzip.compress(b'[{"type":"g1"},{"type":"g2"}]'),

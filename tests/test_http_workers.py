@@ -67,17 +67,32 @@ class Workers(WorkersCase):
         status, _, raw = request(self.port, "GET", "/log?type=four&topic=web&x=1")
         self.assertEqual(status, 200, raw)
         answered += json.loads(raw)["ids"]
+        # NDJSON of the common kind: BSON written straight from the lines, the request's fields after.
+        status, _, raw = request(self.port, "POST", "/log",
+                                 b'{"type":"five","context":{"n":[1,2.5,true,null,-3e-2]}}\n'
+                                 b' {"type":"six","referrer":"http://r/","extra":{"k":"v\\n"}}\r\n',
+                                 {"Content-Type": "application/x-ndjson", "User-Agent": "ua/1"})
+        self.assertEqual(status, 200, raw)
+        answered += json.loads(raw)["ids"]
         reader = Reader(self.server.journal.directory, 0)
         self.addCleanup(reader.close)
         records = list(reader)
-        self.assertEqual([offset for offset, _ in records], [0, 1, 2, 3])
+        self.assertEqual([offset for offset, _ in records], [0, 1, 2, 3, 4, 5])
         for offset, payload in records:
             event = decode_event(payload)
             self.assertEqual(str(event["_id"]), answered[offset])
             # What the single process's encoder makes of the same event, byte for byte.
             self.assertEqual(encode_event(dict(event), offset), payload)
             self.assertEqual((event["source"], event["node"]), ("http", "test"))
-        self.assertEqual([decode_event(p)["type"] for _, p in records], ["one", "two", "three", "four"])
+        self.assertEqual([decode_event(p)["type"] for _, p in records], ["one", "two", "three", "four", "five", "six"])
+        five, six = (decode_event(p) for _, p in records[4:])
+        # In the order one process writes them: the sender's fields, then the request's.
+        self.assertEqual(list(five), ["_id", "timestamp", "type", "context", "ip", "user_agent", "source", "node"])
+        self.assertEqual(list(six), ["_id", "timestamp", "type", "referrer", "extra", "ip", "user_agent", "source",
+                                     "node"])
+        self.assertEqual((five["context"], five["user_agent"], five["ip"]),
+                         ({"n": [1, 2.5, True, None, -3e-2]}, "ua/1", "127.0.0.1"))
+        self.assertEqual((six["referrer"], six["extra"], six["user_agent"]), ("http://r/", {"k": "v\n"}, "ua/1"))
 
     def test_status_metrics_and_the_commands_show_every_process(self):
         self.assertEqual(request(self.port, "GET", "/log?type=a")[0], 200)

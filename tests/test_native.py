@@ -21,7 +21,8 @@ from zspark.journal import codec, record
 from zspark.journal.codec import FrameBurst, FrameEvent, decode_event
 from zspark.sources.zmq import SPLICEABLE_FIELDS, decode_bson
 
-from .native_reference import (check_encode_batch, check_json_fields, check_parse_head, check_parse_run, check_plain_events,
+from .native_reference import (check_encode_batch, check_json_fields, check_ndjson_frames, check_parse_head,
+                               check_parse_run, check_plain_events,
                                check_plain_frame, document, element, json_fields_reference, native_verdict,
                                python_verdict)
 
@@ -253,6 +254,70 @@ class DecodedJsonTest(unittest.TestCase):
             with self.subTest(fields=fields):
                 self.assertIsNone(native._native.encode_spliced(fields, 0, *assigned))
 
+
+
+def ndjson_line(draw, event):
+    """`event` as one NDJSON line, written as a sender might: compact or spaced, escaped or not."""
+    text = json.dumps(event, ensure_ascii=draw(st.booleans()),
+                      separators=draw(st.sampled_from([(",", ":"), (", ", ": "), (" ,\t", " :\r ")])))
+    return draw(st.sampled_from(["", " ", "\t\r "])) + text + draw(st.sampled_from(["", " \r", "\t"]))
+
+
+@st.composite
+def ndjson_bodies(draw, events):
+    lines = [ndjson_line(draw, event) for event in draw(st.lists(events, min_size=1, max_size=6))]
+    blank = draw(st.sampled_from(["\n", "\n\n", "\n \r\n"]))
+    return (blank.join(lines) + draw(st.sampled_from(["", "\n", "\r\n"]))).encode()
+
+
+REQUEST_FIELDS = st.sampled_from([{}, {"ip": "10.1.2.3"}, {"ip": "::1", "referrer": "http://a/", "user_agent": "ua/1"}])
+ASSIGNED_NOW = (NOW, "http", "nodé")
+
+
+class NdjsonFramesTest(unittest.TestCase):
+    """NDJSON bodies straight to BSON: the documents of the dicts the HTTP source decodes, and
+    the same journal payloads."""
+
+    @settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+    @given(ndjson_bodies(st.one_of(json_events, st.dictionaries(keys, json_values, max_size=5), json_values)),
+           REQUEST_FIELDS)
+    def test_writes_what_python_decodes(self, body, added):
+        check_ndjson_frames(body, added, ASSIGNED_NOW)
+
+    @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+    @given(ndjson_bodies(plain_json_events), REQUEST_FIELDS)
+    def test_writes_plain_events(self, body, added):
+        assume(b'"referrer"' not in body or "referrer" not in added)
+        self.assertIsNotNone(check_ndjson_frames(body, added, ASSIGNED_NOW), body)
+
+    @settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+    @given(ndjson_bodies(plain_json_events), st.lists(st.tuples(st.integers(0, 10**4), st.integers(0, 255)),
+                                                      min_size=1, max_size=4), REQUEST_FIELDS)
+    def test_mutated_bodies(self, body, flips, added):
+        data = bytearray(body)
+        for at, byte in flips:
+            data[at % len(data)] = byte
+        check_ndjson_frames(bytes(data), added, ASSIGNED_NOW)
+
+    def test_left_to_python(self):
+        for body in [b'{"a":1,"a":2}', b'{"c":{"a":1,"a":1}}', b'{"ip":"x"}', b'{"_id":1}', b'[{"a":1}]', b'"a"',
+                     '{"a":"é"}'.encode(), b'{"a":"\\u00e9"}', b'{"a":"\\u0000"}', b'{"a\\u0000":1}',
+                     b'{"a":1e400}', b'{"a":-1e400}', b'{"a":NaN}', b'{"a":Infinity}', b'{"a":-Infinity}',
+                     b'{"a":9223372036854775808}', b'{"a":-9223372036854775809}', b'{"a":12345678901234567890}',
+                     b'{"a":01}', b'{"a":1.}', b'{"a":.5}', b'{"a":+1}',
+                     b'{"a":"x\ty"}', b'{"a":1}x', b'{"a":1} {"b":2}', b'{"a":1,}', b'{,}', b'{"a" 1}', b'{"a":tru}',
+                     b'', b'\n \r\n\t', b'{"a":1}\n{"b"', "\ufeff{}".encode(), b'{"a":"\\ud83d\\ude00"}',
+                     b'{"k":' * 65 + b'1' + b'}' * 65, ("{" + ",".join(f'"k{i}":1' for i in range(65)) + "}").encode()]:
+            with self.subTest(body=body):
+                self.assertIsNone(native._native.ndjson_frames(body, (b"ip",)))
+
+    def test_edges_it_writes(self):
+        body = (b'{"type":"t","n":[0,-0,2147483647,2147483648,-2147483648,-2147483649,999999999999999999,'
+                b'-999999999999999999,9223372036854775807,-9223372036854775808],'
+                b'"f":[0.0,-0.0,1E5,1e-400,2.5e+3,0.1,5e-324],"s":"\\"\\\\\\/\\b\\f\\n\\r\\t\\u0001\\u007F",'
+                b'"e":{},"l":[],"d":' + b'{"k":' * 62 + b'[]' + b'}' * 62 + b'}\n{"type":"u"}')
+        frames = check_ndjson_frames(body, {"ip": "1.2.3.4"}, ASSIGNED_NOW)
+        self.assertEqual(len(frames), 2)
 
 
 class JournalWritingTest(unittest.TestCase):

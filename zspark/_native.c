@@ -75,6 +75,18 @@
  *   else (every refusal, chunked, repeated or listed Content-Length, ...) is None: Python
  *   parses it and raises FramingError naming the rule broken.
  *
+ * ndjson_frames(body, names) -> list of bytes or None
+ *
+ *   For each line of an NDJSON body (bytes) as httpingest._parse_ndjson takes it (split at "\n",
+ *   " \t\r" stripped, empty lines skipped), the BSON document pymongo's encoder writes of the
+ *   dict json.loads gives of it, with no dict built. None (Python decodes the lines and decides)
+ *   unless every line is ours: a JSON object whose strings, keys included, decode to ASCII
+ *   without NUL (escapes allowed); no key repeated within an object; at most 64 keys per object
+ *   and 64 levels of nesting; integers of at most 18 digits, floats finite (Python's own
+ *   conversion); at the top level no key "_id" and none of `names` (a tuple of bytes); and at
+ *   least one line. The documents are the sender's fields as sent: validation is
+ *   plain_bson_frames' job.
+ *
  * json_fields(payloads, names[, times_before]) -> list of tuple or None
  *
  *   For each journal payload (bytes), the JSON the Kafka forwarder sends of it,
@@ -1557,6 +1569,353 @@ done:
 }
 
 
+/* -- ndjson_frames: NDJSON lines straight to BSON documents --------------------------------- */
+
+#define NDJSON_DEPTH_CAP 64 /* nesting left to Python beyond (objects and arrays, the line's own) */
+#define NDJSON_MAX_KEYS 64  /* keys of one object checked for repeats; more are left to Python */
+#define NDJSON_MAX_NUMBER 64 /* a number's characters; longer ones are left to Python */
+
+typedef struct {
+    const unsigned char *p, *end; /* what is left of the line */
+    buffer_t b;                   /* the document being written */
+} ndjson_t;
+
+static void ndjson_space(ndjson_t *j) {
+    while (j->p < j->end && (*j->p == ' ' || *j->p == '\t' || *j->p == '\r'))
+        j->p++;
+}
+
+static int hex_digit(unsigned char c) {
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* The JSON string at j->p (its opening quote) written out decoded, without its quotes. Only text
+ * that decodes to ASCII without NUL is ours: a plain event holds no other (plain_frame). */
+static int ndjson_string(ndjson_t *j) {
+    j->p++;
+    const unsigned char *run = j->p;
+    for (;;) {
+        if (j->p >= j->end)
+            return NOT_OURS;
+        unsigned char c = *j->p;
+        if (c == '"' || c == '\\') {
+            if (put(&j->b, run, j->p - run) < 0)
+                return FAILED;
+            if (c == '"') {
+                j->p++;
+                return ENCODED;
+            }
+            if (j->end - j->p < 2)
+                return NOT_OURS;
+            unsigned char e = j->p[1], out;
+            j->p += 2;
+            switch (e) {
+            case '"': case '\\': case '/': out = e; break;
+            case 'b': out = '\b'; break;
+            case 'f': out = '\f'; break;
+            case 'n': out = '\n'; break;
+            case 'r': out = '\r'; break;
+            case 't': out = '\t'; break;
+            case 'u': {
+                if (j->end - j->p < 4)
+                    return NOT_OURS;
+                int code = 0;
+                for (int i = 0; i < 4; i++) {
+                    int h = hex_digit(j->p[i]);
+                    if (h < 0)
+                        return NOT_OURS;
+                    code = code * 16 + h;
+                }
+                if (code == 0 || code >= 0x80)
+                    return NOT_OURS;
+                out = (unsigned char)code;
+                j->p += 4;
+                break;
+            }
+            default:
+                return NOT_OURS;
+            }
+            if (put(&j->b, &out, 1) < 0)
+                return FAILED;
+            run = j->p;
+        } else if (c < 0x20 || c >= 0x80) {
+            return NOT_OURS; /* a control character (refused by json) or non-ASCII text */
+        } else {
+            j->p++;
+        }
+    }
+}
+
+/* The JSON number at j->p as a BSON int32, int64 or double (pymongo's choice for the int or float
+ * json gives); its type byte in *type. Integers beyond 64 bits are left to Python. */
+static int ndjson_number(ndjson_t *j, unsigned char *type) {
+    const unsigned char *start = j->p, *q = j->p;
+    int is_float = 0;
+    if (q < j->end && *q == '-')
+        q++;
+    if (q >= j->end || *q < '0' || *q > '9')
+        return NOT_OURS;
+    if (*q == '0')
+        q++;
+    else
+        while (q < j->end && *q >= '0' && *q <= '9')
+            q++;
+    const unsigned char *int_end = q;
+    if (q < j->end && *q == '.') {
+        is_float = 1;
+        q++;
+        if (q >= j->end || *q < '0' || *q > '9')
+            return NOT_OURS;
+        while (q < j->end && *q >= '0' && *q <= '9')
+            q++;
+    }
+    if (q < j->end && (*q == 'e' || *q == 'E')) {
+        is_float = 1;
+        q++;
+        if (q < j->end && (*q == '+' || *q == '-'))
+            q++;
+        if (q >= j->end || *q < '0' || *q > '9')
+            return NOT_OURS;
+        while (q < j->end && *q >= '0' && *q <= '9')
+            q++;
+    }
+    Py_ssize_t n = q - start;
+    if (n > NDJSON_MAX_NUMBER)
+        return NOT_OURS;
+    unsigned char le[8];
+    if (is_float) {
+        char text[NDJSON_MAX_NUMBER + 1], *parsed_end;
+        memcpy(text, start, (size_t)n);
+        text[n] = '\0';
+        /* Python's own correctly rounded conversion: what float() and json give. */
+        double d = PyOS_string_to_double(text, &parsed_end, NULL);
+        if (d == -1.0 && PyErr_Occurred()) {
+            if (PyErr_ExceptionMatches(PyExc_MemoryError))
+                return FAILED;
+            PyErr_Clear();
+            return NOT_OURS;
+        }
+        if (parsed_end != text + n || !isfinite(d))
+            return NOT_OURS; /* 1e400: json's inf, which Python refuses with its reason */
+        uint64_t u;
+        memcpy(&u, &d, 8);
+        for (int i = 0; i < 8; i++)
+            le[i] = (unsigned char)(u >> (8 * i));
+        *type = 0x01;
+        j->p = q;
+        return put(&j->b, le, 8) < 0 ? FAILED : ENCODED;
+    }
+    const unsigned char *digits = start + (*start == '-');
+    if (int_end - digits > 19) /* 10**19 > 2**63: beyond 64 bits */
+        return NOT_OURS;
+    uint64_t magnitude = 0;
+    for (const unsigned char *d = digits; d < int_end; d++)
+        magnitude = magnitude * 10 + (uint64_t)(*d - '0');
+    if (magnitude > (*start == '-' ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX))
+        return NOT_OURS; /* Python's int, which pymongo cannot encode: Python says so */
+    int64_t v = *start == '-' ? (int64_t)(0 - magnitude) : (int64_t)magnitude;
+    j->p = q;
+    if (v >= INT32_MIN && v <= INT32_MAX) {
+        *type = 0x10;
+        put_le32(le, (uint32_t)(int32_t)v);
+        return put(&j->b, le, 4) < 0 ? FAILED : ENCODED;
+    }
+    *type = 0x12;
+    for (int i = 0; i < 8; i++)
+        le[i] = (unsigned char)((uint64_t)v >> (8 * i));
+    return put(&j->b, le, 8) < 0 ? FAILED : ENCODED;
+}
+
+static int ndjson_container(ndjson_t *j, int is_array, int depth, PyObject *names);
+
+/* The JSON value at j->p written as a BSON value; its type byte in *type. */
+static int ndjson_value(ndjson_t *j, unsigned char *type, int depth) {
+    if (j->p >= j->end)
+        return NOT_OURS;
+    switch (*j->p) {
+    case '{':
+    case '[':
+        *type = *j->p == '[' ? 0x04 : 0x03;
+        return ndjson_container(j, *j->p == '[', depth + 1, NULL);
+    case '"': {
+        *type = 0x02;
+        Py_ssize_t at = j->b.len;
+        if (put_i32(&j->b, 0) < 0)
+            return FAILED;
+        int r = ndjson_string(j);
+        if (r != ENCODED)
+            return r;
+        if (j->b.len - at - 4 + 1 > INT32_MAX)
+            return NOT_OURS;
+        put_le32(j->b.data + at, (uint32_t)(j->b.len - at - 4 + 1));
+        return put(&j->b, "\0", 1) < 0 ? FAILED : ENCODED;
+    }
+    case 't':
+    case 'f': {
+        int truth = *j->p == 't';
+        const char *word = truth ? "true" : "false";
+        size_t n = strlen(word);
+        if ((size_t)(j->end - j->p) < n || memcmp(j->p, word, n) != 0)
+            return NOT_OURS;
+        j->p += n;
+        *type = 0x08;
+        return put(&j->b, truth ? "\1" : "\0", 1) < 0 ? FAILED : ENCODED;
+    }
+    case 'n':
+        if (j->end - j->p < 4 || memcmp(j->p, "null", 4) != 0)
+            return NOT_OURS;
+        j->p += 4;
+        *type = 0x0A;
+        return ENCODED;
+    default:
+        return ndjson_number(j, type);
+    }
+}
+
+/* The JSON object or array at j->p as a BSON document or array: int32 size, elements, NUL. Any
+ * key repeated within an object is left to Python (json keeps the last value in the first's
+ * place). In the line's own object (`names` not NULL), so are the key "_id" (pymongo's encoder
+ * writes it first) and the keys in `names` (a tuple of bytes: fields the caller adds where an
+ * event has none). */
+static int ndjson_container(ndjson_t *j, int is_array, int depth, PyObject *names) {
+    if (depth > NDJSON_DEPTH_CAP)
+        return NOT_OURS;
+    Py_ssize_t start = j->b.len, key_at[NDJSON_MAX_KEYS], key_length[NDJSON_MAX_KEYS];
+    int count = 0;
+    unsigned char close = is_array ? ']' : '}';
+    if (put_i32(&j->b, 0) < 0)
+        return FAILED;
+    j->p++;
+    ndjson_space(j);
+    if (j->p < j->end && *j->p == close) {
+        j->p++;
+    } else {
+        for (;;) {
+            Py_ssize_t type_at = j->b.len;
+            if (put(&j->b, "\0", 1) < 0)
+                return FAILED;
+            if (is_array) {
+                char key[24];
+                int n = snprintf(key, sizeof key, "%d", count);
+                if (put(&j->b, key, n + 1) < 0)
+                    return FAILED;
+            } else {
+                if (j->p >= j->end || *j->p != '"' || count >= NDJSON_MAX_KEYS)
+                    return NOT_OURS;
+                Py_ssize_t at = j->b.len;
+                int r = ndjson_string(j);
+                if (r != ENCODED)
+                    return r;
+                Py_ssize_t n = j->b.len - at;
+                const unsigned char *key = j->b.data + at;
+                for (int i = 0; i < count; i++)
+                    if (key_length[i] == n && memcmp(j->b.data + key_at[i], key, (size_t)n) == 0)
+                        return NOT_OURS;
+                if (names != NULL) {
+                    if (n == 3 && memcmp(key, "_id", 3) == 0)
+                        return NOT_OURS;
+                    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(names); i++) {
+                        PyObject *name = PyTuple_GET_ITEM(names, i);
+                        if (PyBytes_GET_SIZE(name) == n && memcmp(PyBytes_AS_STRING(name), key, (size_t)n) == 0)
+                            return NOT_OURS;
+                    }
+                }
+                key_at[count] = at;
+                key_length[count] = n;
+                if (put(&j->b, "\0", 1) < 0)
+                    return FAILED;
+                ndjson_space(j);
+                if (j->p >= j->end || *j->p != ':')
+                    return NOT_OURS;
+                j->p++;
+                ndjson_space(j);
+            }
+            unsigned char type;
+            int r = ndjson_value(j, &type, depth);
+            if (r != ENCODED)
+                return r;
+            j->b.data[type_at] = type;
+            count++;
+            ndjson_space(j);
+            if (j->p < j->end && *j->p == ',') {
+                j->p++;
+                ndjson_space(j);
+                continue;
+            }
+            if (j->p < j->end && *j->p == close) {
+                j->p++;
+                break;
+            }
+            return NOT_OURS;
+        }
+    }
+    if (put(&j->b, "\0", 1) < 0)
+        return FAILED;
+    if (j->b.len - start > INT32_MAX)
+        return NOT_OURS;
+    put_le32(j->b.data + start, (uint32_t)(j->b.len - start));
+    return ENCODED;
+}
+
+static int ndjson_blank(unsigned char c) {
+    return c == ' ' || c == '\t' || c == '\r';
+}
+
+static PyObject *ndjson_frames(PyObject *self, PyObject *args) {
+    Py_buffer body;
+    PyObject *names;
+    if (!PyArg_ParseTuple(args, "y*O!:ndjson_frames", &body, &PyTuple_Type, &names))
+        return NULL;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(names); i++)
+        if (!PyBytes_Check(PyTuple_GET_ITEM(names, i))) {
+            PyBuffer_Release(&body);
+            PyErr_SetString(PyExc_TypeError, "ndjson_frames: names must be a tuple of bytes");
+            return NULL;
+        }
+    ndjson_t j = {NULL, NULL, {NULL, 0, 0}};
+    PyObject *out = PyList_New(0);
+    const unsigned char *p = body.buf, *end = p + body.len;
+    while (out != NULL && p < end) {
+        /* A line as _parse_ndjson takes it: up to "\n", without blanks around, skipped if empty. */
+        const unsigned char *newline = memchr(p, '\n', (size_t)(end - p));
+        const unsigned char *line_end = newline ? newline : end, *q = p;
+        p = newline ? newline + 1 : end;
+        while (q < line_end && ndjson_blank(*q))
+            q++;
+        while (line_end > q && ndjson_blank(line_end[-1]))
+            line_end--;
+        if (q == line_end)
+            continue;
+        j.p = q;
+        j.end = line_end;
+        j.b.len = 0;
+        int r = *q == '{' ? ndjson_container(&j, 0, 1, names) : NOT_OURS;
+        if (r == ENCODED && j.p != j.end)
+            r = NOT_OURS;
+        if (r != ENCODED) {
+            Py_CLEAR(out);
+            if (r == NOT_OURS)
+                out = Py_NewRef(Py_None);
+            break;
+        }
+        PyObject *frame = PyBytes_FromStringAndSize((const char *)j.b.data, j.b.len);
+        if (frame == NULL || PyList_Append(out, frame) < 0)
+            Py_CLEAR(out);
+        Py_XDECREF(frame);
+    }
+    if (out != NULL && out != Py_None && PyList_GET_SIZE(out) == 0)
+        Py_SETREF(out, Py_NewRef(Py_None)); /* no event: Python says the batch is empty */
+    PyMem_Free(j.b.data);
+    PyBuffer_Release(&body);
+    return out;
+}
+
 /* ---- receive_frames: a burst of ZeroMQ messages in one call ------------------------------- */
 
 /* libzmq's message, as zmq.h declares it since 4.0 (64 bytes, pointer-aligned). */
@@ -1664,6 +2023,9 @@ static PyMethodDef methods[] = {
     {"json_fields", json_fields, METH_VARARGS,
      "json_fields(payloads, names) -> list: for each journal payload, (json, *values of the top-level "
      "fields named) as event_json_bytes(decode_event(payload)) writes it, or None (Python decides)."},
+    {"ndjson_frames", ndjson_frames, METH_VARARGS,
+     "ndjson_frames(body, names) -> list or None: each NDJSON line of body as the BSON document "
+     "pymongo encodes of json's value, or None where Python must decode the lines."},
     {"use_libzmq", use_libzmq, METH_O,
      "use_libzmq(path) -> bool: receive_frames calls the libzmq loaded from `path` (not loading it)."},
     {"receive_frames", receive_frames, METH_VARARGS,

@@ -58,7 +58,7 @@ from .errors import StartupError  # noqa: E402
 from .event import Limits  # noqa: E402
 from .ingest import BatchRejected, Ingest  # noqa: E402
 from .journal import JournalError, JournalFull, TooLargeForJournal  # noqa: E402
-from .journal.codec import event_ids  # noqa: E402
+from .journal.codec import event_ids, with_elements  # noqa: E402
 from .journal.follow import FollowedJournal  # noqa: E402
 from .metrics import Metrics  # noqa: E402
 from .sources.http import HttpSource, TlsError  # noqa: E402
@@ -153,8 +153,12 @@ class RemoteIngest(Ingest):
         header = {"kind": "append", "n": len(fields), "t": micros(received.timestamp)}
         if received.topics is not None:
             header["topics"] = received.topics
-        blob = _encode(fields[0], False, _OPTIONS) if len(fields) == 1 else \
-            b"".join([_encode(f, False, _OPTIONS) for f in fields])
+        if received.added is not None:  # BSON documents already (Ingest.ndjson_frames)
+            blob = b"".join(with_elements(fields, received.added))
+        elif len(fields) == 1:
+            blob = _encode(fields[0], False, _OPTIONS)
+        else:
+            blob = b"".join([_encode(f, False, _OPTIONS) for f in fields])
         try:
             reply, _ = self.owner.ask(header, blob).get()
         except EOFError as e:

@@ -10,7 +10,8 @@ from itertools import repeat
 
 from . import native
 from .event import NOTICE_SOURCE, InvalidEvent, Limits, normalize, sender_fields
-from .journal.codec import FrameBurst, FrameEvent, encode_batch, encode_events, event_ids
+from .journal.codec import (FrameBurst, FrameEvent, encode_batch, encode_elements, encode_events, event_ids,
+                            splice_frames)
 from .native import PLAIN_FRAME_OMITS
 
 
@@ -27,15 +28,18 @@ class Received:
     """A batch of events received together and validated: their sender fields (each as
     `event.sender_fields` returns them), and the receive time and source they share. `topics`:
     each event's Kafka topic, where an HTTP worker process leaves the topic check to the
-    journal's owner (zspark/httpworker.py); else None."""
+    journal's owner (zspark/httpworker.py); else None. `added`: None where `fields` are dicts;
+    where they are BSON documents (Ingest.ndjson_frames), the BSON elements each event gets
+    after its own."""
 
-    __slots__ = ("fields", "timestamp", "source", "topics")
+    __slots__ = ("fields", "timestamp", "source", "topics", "added")
 
-    def __init__(self, fields, timestamp, source):
+    def __init__(self, fields, timestamp, source, added=None):
         self.fields = fields
         self.timestamp = timestamp
         self.source = source
         self.topics = None
+        self.added = added
 
     def __len__(self):
         return len(self.fields)
@@ -87,6 +91,22 @@ class Ingest:
         if self.topics is not None and source != NOTICE_SOURCE:
             self._check_topics(received, len(raws))
         return received
+
+    def ndjson_frames(self, body, source, added=None):
+        """normalize_all of the events of an NDJSON `body` (bytes) with `added` as there, taken
+        with no dict built: a Received of each line's BSON document, where compiled code writes
+        every line (native.ndjson_frames) and finds every event valid as it is, and `added` too.
+        Else None: normalize_all of the decoded lines decides."""
+        if self.topics is not None or (added and not self._valid_as_they_are(added)):
+            return None
+        frames = native.ndjson_frames(body, tuple(name.encode() for name in added) if added else ())
+        if frames is None:
+            return None
+        plain = native.plain_bson_frames(frames, self.limits, fields=False)
+        if plain is None or None in plain:
+            return None
+        return Received(frames, datetime.datetime.now(datetime.timezone.utc), source,
+                        encode_elements(added) if added else b"")
 
     def _check_topics(self, received, count):
         """The topic policy's verdict on a batch (refuse mode): BatchRejected, counted."""
@@ -177,6 +197,12 @@ class Ingest:
         return event_ids(received.timestamp, self.node, offsets) if ids else len(offsets)
 
     def _encoder(self, received):
+        if received.added is not None:
+            def encode_all(frames, offset):
+                return splice_frames(frames, received.timestamp, received.source, self.node, offset,
+                                     received.added)
+            return encode_all
+
         def encode_all(fields, offset):
             return encode_batch(fields, received.timestamp, received.source, self.node, offset)
         return encode_all

@@ -22,6 +22,12 @@ warning at start, see `describe`).
                                         formed, a type or field value other than the common
                                         ones, a repeated key...: _native.c says which); None
                                         instead of the list when nothing is compiled
+    ndjson_frames(body, names)          for each line of an NDJSON body, the BSON document
+                                        pymongo encodes of the dict json decodes from it (the
+                                        sender's fields, unvalidated), if every line is a JSON
+                                        object of the common kind, with no top-level key among
+                                        `names` (a tuple of bytes); else None (Python decodes
+                                        the lines); None when nothing is compiled
     frame_receiver()(sock, max_frames)  up to max_frames messages waiting on a pyzmq socket,
                                         each as bytes, taken without waiting (what the plain
                                         recv(NOBLOCK, copy=True) loop of receive_frames_python
@@ -129,6 +135,12 @@ def _found_libzmq():
     except OSError:
         return False
     return any(_native.use_libzmq(path) for path in sorted(paths) if path.startswith("/"))
+
+
+def ndjson_frames(body, names=()):
+    if not COMPILED:
+        return None
+    return _native.ndjson_frames(body, names)
 
 
 def plain_bson_frames(frames, limits, fields=True):

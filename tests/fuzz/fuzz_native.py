@@ -7,7 +7,8 @@ The input's fourth byte chooses the entry point: a ZeroMQ BSON frame for plain_b
 to splice and frame as journal records, an HTTP body's JSON for plain_events and the batch
 encoder (the first three bytes choose the limits), an HTTP request head for parse_head, or a
 journal payload for json_fields (the first three bytes choose the names and the journaled event
-the input is also written into). Without a corpus directory it starts from a few events' frames,
+the input is also written into), or an NDJSON body for ndjson_frames (the first byte chooses the
+request's fields). Without a corpus directory it starts from a few events' frames,
 heads and journal payloads (in a temporary one). A failure prints the
 input and leaves it in crash-<hash>; `python -m tests.fuzz.fuzz_native crash-<hash>` replays it.
 """
@@ -30,8 +31,9 @@ with atheris.instrument_imports():
     # imported in this block, and the Python parser is the only coverage the head entry has (the
     # C code is not instrumented).
     from zspark.sources import fastjson, httpframing
-    from tests.native_reference import (check_encode_batch, check_json_fields, check_parse_head, check_parse_run,
-                                        check_plain_events, check_plain_frame, json_fields_reference)
+    from tests.native_reference import (check_encode_batch, check_json_fields, check_ndjson_frames, check_parse_head,
+                                        check_parse_run, check_plain_events, check_plain_frame,
+                                        json_fields_reference)
 
 SEED_EVENTS = [
     {"type": "page_view", "level": "info", "topic": "web", "context": {"user": "u1", "n": 1, "ok": True}},
@@ -128,7 +130,7 @@ def check_payload(payload, choice):
 def one_input(data):
     if len(data) < 4:
         return
-    entry = data[3] % 5
+    entry = data[3] % 6
     if entry == 0:
         check_plain_frame(data[4:], limits_of(data))
     elif entry == 1:
@@ -137,8 +139,13 @@ def one_input(data):
         check_json(data[4:], limits_of(data))
     elif entry == 3:
         check_head(data[4:])
-    else:
+    elif entry == 4:
         check_payload(data[4:], data[:3])
+    else:
+        check_ndjson_frames(data[4:], REQUEST_FIELDS[data[0] % len(REQUEST_FIELDS)], (NOW, "http", "nodé"))
+
+
+REQUEST_FIELDS = [{}, {"ip": "10.0.0.1"}, {"ip": "::1", "referrer": "http://a/", "user_agent": "ua"}]
 
 
 def check_head(data):
@@ -166,6 +173,9 @@ def main(argv):
         for i, head in enumerate(SEED_HEADS):
             with open(os.path.join(corpus, f"seed{i}.head"), "wb") as f:
                 f.write(b"\0\0\0\x03" + head)
+        with open(os.path.join(corpus, "seed.ndjson"), "wb") as f:
+            f.write(b"\1\0\0\x05" + b"\n".join(json.dumps(e, default=str).encode() for e in SEED_EVENTS)
+                    + b'\n {"type":"t","context":{"s":"a\\"\\u0041","f":-1.5e-3,"n":[-0,9223372036854775807]}}\r\n')
         for i, payload in enumerate(JOURNALED):
             with open(os.path.join(corpus, f"seed{i}.payload"), "wb") as f:
                 f.write(bytes([i, i, 255, 4]) + payload)

@@ -185,6 +185,28 @@ def encode_batch(fields, timestamp, source, node, offset):
     return _encode_batch(fields, offset, assigned)
 
 
+def splice_frames(frames, timestamp, source, node, offset, added=b""):
+    """Payloads for events received together as BSON documents of their sender fields (what
+    native.ndjson_frames writes), each followed by `added` (BSON elements: fields the request gave
+    every event, none of which a document has): encode_batch's bytes for the dicts they encode
+    with those fields added."""
+    head, stamp, tail, extra = _assigned(timestamp, source, node)
+    return splice_all(frames, offset, (head, stamp, added + tail, extra + len(added)))
+
+
+def with_elements(docs, elements):
+    """Each BSON document of `docs` with the BSON `elements` after its own."""
+    if not elements:
+        return docs
+    pack = _INT32.pack
+    return [b"".join((pack(len(doc) + len(elements)), doc[4:-1], elements, b"\0")) for doc in docs]
+
+
+def encode_elements(fields):
+    """The BSON elements of the dict `fields`, in order (a document's bytes between its size and its NUL)."""
+    return _encode(fields, False, _ENCODE_OPTIONS)[4:-1]
+
+
 def _encode_batch(fields, offset, assigned):
     """encode_batch in Python: the reference of the compiled encoder, and what decides whatever
     that one leaves to it."""

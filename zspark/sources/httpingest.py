@@ -16,7 +16,7 @@ import logging
 
 import gevent
 
-from ..ingest import BatchRejected
+from ..ingest import BatchRejected, Received
 from ..journal import JournalError, JournalFull, TooLargeForJournal
 from ..metrics import RateLimitedLog
 from . import fastjson, httpbody
@@ -90,10 +90,10 @@ class LogEndpoint:
         if self.stopping():
             raise HttpError(503, "the server is stopping", {**self._retry(), "Connection": "close"})
         self.tokens.check(environ)
-        raws, added = read_events(environ, held)
+        raws, added = read_events(environ, held)  # or a Received already (Ingest.ndjson_frames)
         if len(raws) > _LARGE_BATCH:
             gevent.sleep(0)  # decoding, validating and encoding a large batch each take tens of ms
-        received = self.ingest.normalize_all(raws, SOURCE, added=added)
+        received = raws if type(raws) is Received else self.ingest.normalize_all(raws, SOURCE, added=added)
         if len(raws) > _LARGE_BATCH:
             gevent.sleep(0)  # the batch is still journaled whole: it is all in hand
         try:
@@ -128,28 +128,34 @@ class LogEndpoint:
         return self.events.from_query(environ), None
 
     def _events_from_body(self, environ, held):
-        events = self._parse_body(environ, held)
-        return events, self.events.sender_fields(environ) if self.config.post_request_fields else None
-
-    def _parse_body(self, environ, held):
         body = httpbody.read_body(environ, self.config.max_body_bytes, self.config.body_timeout_s, held,
                                   self.config.retry_after_s)
-        content_type = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError as e:
             raise HttpError(400, f"the body is not valid UTF-8 (at byte {e.start})") from None
-        if content_type in NDJSON_TYPES:
-            return _parse_ndjson(body)
-        # Anything else is read as JSON: `curl -d` says form-urlencoded but sends JSON.
-        value = _loads(text, "the body")
-        if isinstance(value, list):
-            if not value:
-                raise HttpError(400, "the batch is empty")
-            return value
-        if isinstance(value, dict):
-            return [value]
-        raise HttpError(400, "the body must be a JSON object, an array of objects, or NDJSON")
+        added = self.events.sender_fields(environ) if self.config.post_request_fields else None
+        content_type = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
+        if content_type not in NDJSON_TYPES:
+            return _parse_json(text), added
+        # Events of the common kind go from the lines to BSON in compiled code, no dict built.
+        received = self.ingest.ndjson_frames(body, SOURCE, added)
+        if received is not None:
+            return received, None
+        return _parse_ndjson(body), added
+
+
+def _parse_json(text):
+    """The events of a JSON body (valid UTF-8): an object or an array of them."""
+    # Anything but NDJSON is read as JSON: `curl -d` says form-urlencoded but sends JSON.
+    value = _loads(text, "the body")
+    if isinstance(value, list):
+        if not value:
+            raise HttpError(400, "the batch is empty")
+        return value
+    if isinstance(value, dict):
+        return [value]
+    raise HttpError(400, "the body must be a JSON object, an array of objects, or NDJSON")
 
 
 def _loads(text, what):
