@@ -4,6 +4,7 @@ import http.client
 import json
 import os
 import shutil
+import random
 import signal
 import socket
 import subprocess
@@ -20,6 +21,23 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def closed_port():
+    """A port of 127.0.0.1 where nothing listens, below the kernel's ephemeral range (32768 up):
+    there no listener bound to port 0 can take it meanwhile, and no connection to it can be one
+    from that same port to itself (TCP's simultaneous open), which a client retrying a port in
+    the range now and then makes, then talks to itself."""
+    rng = random.Random()
+    for _ in range(100):
+        port = rng.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no closed port found in 20000-32000")
 
 
 class TempDir:

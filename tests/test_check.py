@@ -6,7 +6,7 @@ import re
 import unittest
 import uuid
 
-from .support import (ServeProcess, TempDir, config_data, free_port, mongo_client, request, start_mongo,
+from .support import (ServeProcess, TempDir, closed_port, config_data, mongo_client, request, start_mongo,
                       wait_until, write_config, zcmd)
 
 SERVICES = {}
@@ -89,7 +89,7 @@ class Forwarders(CheckCase):
         self.assertEqual(perf["lag_mongo"], ["0", "5", "50", "0"])
 
     def test_forwarder_backing_off_and_lag(self):
-        dead = free_port()  # nothing listens here
+        dead = closed_port()  # nothing listens here
         self.serve(mongo={"enabled": True, "uri": f"mongodb://127.0.0.1:{dead}/?directConnection=true",
                           "timeout_ms": 200},
                    forward={"backoff_initial_ms": 50, "backoff_max_s": 0.5})

@@ -28,7 +28,7 @@ from zspark.hours import count_hours
 from zspark.sinks import kafka as kafka_sink_module
 from zspark.sinks.kafka import KafkaSink
 
-from .support import TempDir, free_port, kafka_read, start_broker, wait_until
+from .support import TempDir, closed_port, kafka_read, start_broker, wait_until
 
 UTC = datetime.timezone.utc
 NOW = datetime.datetime(2026, 3, 4, 5, 6, 7, 891000, tzinfo=UTC)
@@ -438,7 +438,7 @@ class Outage(unittest.TestCase):
     instead of waiting out the timeout. (No broker: a bare listening socket is "back".)"""
 
     def test_all_brokers_down_is_reported_at_once_and_their_return_ends_the_batch_in_flight(self):
-        port = free_port()  # nothing listens here yet
+        port = closed_port()  # nothing listens here yet
         sink = KafkaSink(KafkaConfig(enabled=True, brokers=f"127.0.0.1:{port}", message_timeout_ms=600000))
         self.addCleanup(sink.close, abandon=True)
         said = []

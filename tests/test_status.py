@@ -11,7 +11,7 @@ from gevent.pywsgi import WSGIServer
 from zspark.client import ZSparkClient
 from zspark.metrics import RATE_WINDOW_S, SourceStats
 
-from .support import ServeProcess, TempDir, config_data, free_port, journal_events, request, wait_until, \
+from .support import ServeProcess, TempDir, closed_port, config_data, free_port, journal_events, request, wait_until, \
     write_config, zcmd
 
 
@@ -82,7 +82,7 @@ class WithServer(StatusCase):
         self.assertGreater(status["sources"]["http"]["rate"], 0)
 
     def test_forwarder_rows(self):
-        dead = free_port()  # nothing listens here: the forwarder backs off
+        dead = closed_port()  # nothing listens here: the forwarder backs off
         self.configure(mongo={"enabled": True, "uri": f"mongodb://127.0.0.1:{dead}/?directConnection=true",
                               "timeout_ms": 200},
                        forward={"backoff_initial_ms": 50, "backoff_max_s": 0.5})
