@@ -341,7 +341,8 @@ class PostLogTest(HttpCase):
             for separators in ((",", ":"), (", ", ": ")):
                 ndjson = "\n".join(json.dumps(e, separators=separators) for e in events).encode() + b"\r\n"
                 self.assert_accepted(self.post(ndjson, {**headers, **NDJSON}), 3)
-        self.assertEqual(straight_to_bson.call_count, 2 if native.COMPILED else 0)
+        if self.server.config.http.workers == 1:  # else worker processes serve it, out of the spy's sight
+            self.assertEqual(straight_to_bson.call_count, 2 if native.COMPILED else 0)
         self.assert_accepted(self.post(events, headers), 3)
         reader = Reader(self.journal_dir, 0)
         self.addCleanup(reader.close)
