@@ -3,8 +3,8 @@
 import http.client
 import json
 import os
-import shutil
 import random
+import shutil
 import signal
 import socket
 import subprocess

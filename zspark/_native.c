@@ -82,7 +82,7 @@
  *   dict json.loads gives of it, with no dict built. None (Python decodes the lines and decides)
  *   unless every line is ours: a JSON object whose strings, keys included, decode to ASCII
  *   without NUL (escapes allowed); no key repeated within an object; at most 64 keys per object
- *   and 64 levels of nesting; integers of at most 18 digits, floats finite (Python's own
+ *   and 64 levels of nesting; integers within 64 bits, floats finite (Python's own
  *   conversion); at the top level no key "_id" and none of `names` (a tuple of bytes); and at
  *   least one line. The documents are the sender's fields as sent: validation is
  *   plain_bson_frames' job.
